@@ -1,0 +1,32 @@
+# `make run` and `make test` each set up .venv when missing (or when pyproject.toml changed) and run.
+PY := .venv/bin/python
+STAMP := .venv/.installed-stamp
+export HF_HUB_OFFLINE ?= 1
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_LOGGING_LEVEL ?= INFO
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: run test lint install clean-data
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, from the pinned CPU wheel: letting the resolver choose pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m flows.main
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean-data:
+	rm -rf data

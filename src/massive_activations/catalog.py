@@ -1,0 +1,177 @@
+"""Pythia architectures, the checkpoint schedule, and the step selectors users type.
+
+Figures from the EleutherAI/pythia README (see shared/science.md): d_ff = 4·d, rotary on 25% of
+head dims, parallel residual, vocabulary padded to 50,304, untied embeddings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+PYTHIA_VOCAB = 50304
+PYTHIA_CONTEXT = 2048
+TOKENS_PER_STEP = 2_097_152
+# step0, 1, 2, 4, …, 512, then every 1000 up to 143000: 154 checkpoints.
+PYTHIA_STEPS: tuple[int, ...] = (0, *(2**i for i in range(10)), *range(1000, 143001, 1000))
+
+
+class CatalogError(ValueError):
+    """An unknown model or a step selection that does not fit the schedule."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the regressors and the capture need to know about a GPT-NeoX model."""
+
+    name: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_ff: int
+    rotary_pct: float = 0.25
+    vocab_size: int = PYTHIA_VOCAB
+    context: int = PYTHIA_CONTEXT
+    parallel_residual: bool = True
+
+    def __post_init__(self) -> None:
+        for field in ("n_layers", "d_model", "n_heads", "d_ff", "vocab_size", "context"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value <= 0:
+                raise CatalogError(f"{self.name}: {field} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise CatalogError(f"{self.name}: n_heads={self.n_heads} does not divide d_model={self.d_model}")
+        if not 0.0 < self.rotary_pct <= 1.0:
+            raise CatalogError(f"{self.name}: rotary_pct must be in (0, 1], got {self.rotary_pct}")
+
+    @property
+    def n_params(self) -> int:
+        """Total parameters: untied in/out embeddings, 12d²+13d per layer, a final LayerNorm."""
+        d = self.d_model
+        per_layer = 4 * d * d + 4 * d + 2 * d * self.d_ff + self.d_ff + d + 4 * d
+        return 2 * self.vocab_size * d + self.n_layers * per_layer + 2 * d
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"n_params": self.n_params}
+
+    @classmethod
+    def from_config(cls, name: str, config: Any) -> Architecture:
+        """From a transformers GPTNeoXConfig (4.x keeps rotary_pct; 5.x keeps it in rope_parameters)."""
+        rope = getattr(config, "rope_parameters", None) or {}
+        rotary = rope.get("partial_rotary_factor", getattr(config, "rotary_pct", 0.25))
+        return cls(name=name, n_layers=config.num_hidden_layers, d_model=config.hidden_size,
+                   n_heads=config.num_attention_heads, d_ff=config.intermediate_size,
+                   rotary_pct=float(rotary), vocab_size=config.vocab_size,
+                   context=config.max_position_embeddings,
+                   parallel_residual=bool(getattr(config, "use_parallel_residual", True)))
+
+
+_SIZES = {  # size: (layers, d_model, heads)
+    "14m": (6, 128, 4), "31m": (6, 256, 8), "70m": (6, 512, 8), "160m": (12, 768, 12),
+    "410m": (24, 1024, 16), "1b": (16, 2048, 8), "1.4b": (24, 2048, 16), "2.8b": (32, 2560, 32),
+    "6.9b": (32, 4096, 32), "12b": (36, 5120, 40),
+}
+_NO_DEDUPED = {"14m", "31m"}
+
+
+def _pythia(name: str, layers: int, d: int, heads: int) -> Architecture:
+    return Architecture(name=name, n_layers=layers, d_model=d, n_heads=heads, d_ff=4 * d)
+
+
+PYTHIA: dict[str, Architecture] = {}
+for _size, (_l, _d, _h) in _SIZES.items():
+    PYTHIA[f"pythia-{_size}"] = _pythia(f"pythia-{_size}", _l, _d, _h)
+    if _size not in _NO_DEDUPED:
+        PYTHIA[f"pythia-{_size}-deduped"] = _pythia(f"pythia-{_size}-deduped", _l, _d, _h)
+
+
+def pythia_model(name: str) -> Architecture:
+    """Look up a Pythia model by 'pythia-70m', '70m', 'pythia-70m-deduped' or 'EleutherAI/pythia-70m'."""
+    key = name.strip().removeprefix("EleutherAI/")
+    if not key.startswith("pythia-"):
+        key = f"pythia-{key}"
+    if key not in PYTHIA:
+        raise CatalogError(f"unknown Pythia model {name!r}; valid: {', '.join(PYTHIA)}")
+    return PYTHIA[key]
+
+
+def hub_repo(name: str) -> str:
+    return f"EleutherAI/{pythia_model(name).name}"
+
+
+def _log_prefix(schedule: Sequence[int]) -> list[int]:
+    out = []
+    for step in schedule:
+        if step == 0 or (step & (step - 1)) == 0:
+            out.append(step)
+        else:
+            break
+    return out
+
+
+def _describe(schedule: Sequence[int]) -> str:
+    log = _log_prefix(schedule)
+    rest = list(schedule[len(log):])
+    text = ", ".join(map(str, log))
+    if len(rest) > 2:
+        text += f", {rest[0]}, {rest[1]}, …, {rest[-1]}"
+    elif rest:
+        text += ", " + ", ".join(map(str, rest))
+    return f"{len(schedule)} steps: {text}"
+
+
+def select_steps(selector: str | int | Iterable[int], schedule: Sequence[int] = PYTHIA_STEPS) -> list[int]:
+    """Resolve a step selector against a checkpoint schedule.
+
+    A selector is a comma-separated union of: ``all``; ``log`` (the leading 0, 1, 2, 4, … part);
+    ``start:stop:stride`` (inclusive of stop; stride defaults to every scheduled step in between);
+    ``every=N`` (every N-th scheduled checkpoint, always keeping the first and the last); or a step.
+    Steps off the schedule are an error, not silently dropped.
+    """
+    valid = sorted(set(schedule))
+    if not valid:
+        raise CatalogError("the checkpoint schedule is empty")
+    valid_set = set(valid)
+    if isinstance(selector, int):
+        tokens: list[str] = [str(selector)]
+    elif isinstance(selector, str):
+        tokens = [t.strip() for t in selector.split(",") if t.strip()]
+    else:
+        tokens = [str(int(s)) for s in selector]
+    if not tokens:
+        raise CatalogError(f"empty step selection {selector!r}; the schedule has {_describe(valid)}")
+    chosen: set[int] = set()
+    for token in tokens:
+        if token == "all":
+            chosen.update(valid)
+        elif token == "log":
+            chosen.update(_log_prefix(valid))
+        elif m := re.fullmatch(r"every=(\d+)", token):
+            n = int(m.group(1))
+            if n < 1:
+                raise CatalogError(f"every=N needs N >= 1, got {token!r}")
+            chosen.update(valid[::n])
+            chosen.add(valid[-1])
+        elif m := re.fullmatch(r"(\d+):(\d+)(?::(\d+))?", token):
+            start, stop = int(m.group(1)), int(m.group(2))
+            stride = int(m.group(3)) if m.group(3) else None
+            if stride == 0 or stop < start:
+                raise CatalogError(f"bad range {token!r}: need start <= stop and stride >= 1")
+            wanted = range(start, stop + 1, stride) if stride else [s for s in valid if start <= s <= stop]
+            off = [s for s in wanted if s not in valid_set]
+            if off:
+                raise CatalogError(f"range {token!r} includes steps not on the schedule: {off[:5]}"
+                                   f"{' …' if len(off) > 5 else ''}; the schedule has {_describe(valid)}")
+            chosen.update(wanted)
+        elif re.fullmatch(r"\d+", token):
+            if int(token) not in valid_set:
+                raise CatalogError(f"step {token} is not on the schedule; it has {_describe(valid)}")
+            chosen.add(int(token))
+        else:
+            raise CatalogError(f"cannot read step selector {token!r}; use all, log, start:stop:stride, "
+                               "every=N or step numbers, separated by commas")
+    if not chosen:
+        raise CatalogError(f"step selection {selector!r} selects no checkpoint")
+    return sorted(chosen)

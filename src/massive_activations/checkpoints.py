@@ -1,0 +1,314 @@
+"""Where checkpoints come from, and loading them into a ready model.
+
+Two sources yield the same thing, a :class:`LoadedCheckpoint`:
+
+- :class:`HubSource`: ``EleutherAI/pythia-<size>[-deduped]`` at revision ``step<N>`` through
+  huggingface_hub, fetching only the files a model needs, into a size-capped cache.
+- :class:`FolderSource`: ``<root>/<model>/step<N>/`` in Hugging Face format, where root is any
+  store URL (a local folder, or ``s3://…``, copied to a local cache first).
+
+Weights are checked before transformers sees them, so a corrupted or truncated file is an error
+naming the file rather than a crash deep in torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from massive_activations.catalog import PYTHIA_STEPS, Architecture, hub_repo, select_steps
+from massive_activations.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_CANDIDATES = ("model.safetensors", "model.safetensors.index.json",
+                     "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEFAULT_CACHE = Path(os.environ.get("MA_CACHE_DIR", Path.home() / ".cache" / "massive_activations"))
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be had."""
+
+
+class CheckpointNotFoundError(CheckpointError):
+    """The model, revision or file does not exist: retrying cannot help."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A weight or config file that is unreadable, truncated, or does not match its config."""
+
+
+class TransientSourceError(CheckpointError):
+    """The source failed in a way that may pass (connection, timeout, 5xx, 429)."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    model_name: str
+    step: int
+    model: Any  # GPTNeoXForCausalLM, eval mode, on the chosen device and dtype
+    tokenizer: Any
+    architecture: Architecture
+    source: str
+    path: Path
+
+
+class CheckpointSource(Protocol):
+    kind: str
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def steps(self, model: str) -> list[int]: ...
+
+    def fetch(self, model: str, step: int) -> Path: ...
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present; anything else must be a device torch knows."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available on this machine")
+    return dev
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+# --- the Hub ----------------------------------------------------------------------------------
+def _is_transient(err: BaseException) -> bool:
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    if isinstance(err, (httpx.TransportError, TimeoutError, ConnectionError)):
+        return True
+    if isinstance(err, HfHubHTTPError) and err.response is not None:
+        code = err.response.status_code
+        return code == 429 or code >= 500
+    # huggingface_hub reports a failed HEAD with no cached copy this way; the cause says why.
+    if isinstance(err, LocalEntryNotFoundError) and err.__cause__ is not None:
+        return _is_transient(err.__cause__)
+    return False
+
+
+class HubSource:
+    """Pythia checkpoints from the Hugging Face Hub (or any server speaking its file protocol)."""
+
+    kind = "hub"
+
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None, max_cache_gb: float = 200.0,
+                 endpoint: str | None = None, retries: int = 5, backoff_s: float = 1.0,
+                 max_backoff_s: float = 60.0, timeout_s: float = 30.0, seed: int | None = None):
+        self.cache_dir = Path(cache_dir or DEFAULT_CACHE / "hub")
+        self.max_cache_bytes = int(max_cache_gb * 2**30)
+        self.endpoint = endpoint or os.environ.get("HF_ENDPOINT")
+        self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
+        self.timeout_s = timeout_s
+        self._jitter = random.Random(seed)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "endpoint": self.endpoint or "https://huggingface.co"}
+
+    def steps(self, model: str) -> list[int]:
+        hub_repo(model)  # validates the name
+        return list(PYTHIA_STEPS)
+
+    def _download(self, repo: str, filename: str, revision: str) -> Path:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (EntryNotFoundError, RepositoryNotFoundError,
+                                            RevisionNotFoundError)
+
+        for attempt in range(self.retries + 1):
+            try:
+                return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=self.cache_dir,
+                                            endpoint=self.endpoint, etag_timeout=self.timeout_s))
+            except RevisionNotFoundError as err:
+                raise CheckpointNotFoundError(f"{repo} has no revision {revision!r}") from err
+            except RepositoryNotFoundError as err:
+                raise CheckpointNotFoundError(f"no repository {repo!r} on {self.describe()['endpoint']}") from err
+            except EntryNotFoundError:
+                raise
+            except Exception as err:  # noqa: BLE001 - classified just below
+                if not _is_transient(err):
+                    raise
+                if attempt == self.retries:
+                    raise TransientSourceError(f"{repo}@{revision}/{filename}: still failing after "
+                                               f"{self.retries + 1} attempts: {err}") from err
+                delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + self._jitter.random())
+                log.warning("%s@%s/%s: %s; retrying in %.1fs (attempt %d/%d)", repo, revision, filename,
+                            type(err).__name__, delay, attempt + 1, self.retries)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _optional(self, repo: str, filename: str, revision: str) -> Path | None:
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            return self._download(repo, filename, revision)
+        except EntryNotFoundError:
+            return None
+
+    def fetch(self, model: str, step: int) -> Path:
+        repo = hub_repo(model)
+        select_steps(step, PYTHIA_STEPS)
+        revision = f"step{step}"
+        config = self._download(repo, "config.json", revision)
+        weights = None
+        for name in WEIGHT_CANDIDATES:
+            weights = self._optional(repo, name, revision)
+            if weights is None:
+                continue
+            if name.endswith(".index.json"):
+                for shard in sorted(set(json.loads(weights.read_text())["weight_map"].values())):
+                    self._download(repo, shard, revision)
+            break
+        if weights is None:
+            raise CheckpointNotFoundError(f"{repo}@{revision} has none of {', '.join(WEIGHT_CANDIDATES)}")
+        for name in TOKENIZER_FILES:
+            self._optional(repo, name, revision)
+        self.prune_cache(keep=config.parent)
+        return config.parent
+
+    def prune_cache(self, keep: Path) -> None:
+        """Evict least recently used revisions until the cache is under its cap."""
+        from huggingface_hub import scan_cache_dir
+
+        info = scan_cache_dir(self.cache_dir)
+        if info.size_on_disk <= self.max_cache_bytes:
+            return
+        revisions = sorted((r for repo in info.repos for r in repo.revisions if r.snapshot_path != keep),
+                           key=lambda r: r.last_modified)
+        excess, doomed = info.size_on_disk - self.max_cache_bytes, []
+        for rev in revisions:
+            if excess <= 0:
+                break
+            doomed.append(rev.commit_hash)
+            excess -= rev.size_on_disk
+        if doomed:
+            log.info("hub cache over %.1f GiB: evicting %d revisions", self.max_cache_bytes / 2**30, len(doomed))
+            info.delete_revisions(*doomed).execute()
+
+
+# --- a folder (local or on the store) ---------------------------------------------------------
+_STEP_DIR = re.compile(r"^step(\d+)$")
+
+
+class FolderSource:
+    """Checkpoints laid out as ``<root>/<model>/step<N>/`` (config.json, weights, tokenizer files)."""
+
+    kind = "folder"
+
+    def __init__(self, root: str | Store, cache_dir: str | os.PathLike[str] | None = None):
+        self.store = root if isinstance(root, Store) else Store(root)
+        self.cache_dir = Path(cache_dir or DEFAULT_CACHE / "folders")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "root": self.store.url}
+
+    def models(self) -> list[str]:
+        return sorted({k.split("/", 1)[0] for k in self.store.list("") if "/step" in k}) \
+            if self.store.scheme == "s3" else sorted(p.name for p in Path(self.store.root).iterdir()
+                                                     if p.is_dir() and any(p.glob("step*/config.json")))
+
+    def steps(self, model: str) -> list[int]:
+        found = sorted({int(m.group(1)) for key in self.store.list(model)
+                        if key.endswith("/config.json")
+                        and (m := _STEP_DIR.match(key.split("/")[-2]))})
+        if not found:
+            raise CheckpointNotFoundError(f"no checkpoints of {model!r} under {self.store.url}")
+        return found
+
+    def fetch(self, model: str, step: int) -> Path:
+        prefix = f"{model}/step{step}"
+        if not self.store.exists(f"{prefix}/config.json"):
+            raise CheckpointNotFoundError(f"no checkpoint {self.store.url_for(prefix)} (no config.json)")
+        if self.store.scheme == "file":
+            return Path(self.store.path(prefix))
+        root_id = hashlib.sha256(self.store.url.encode()).hexdigest()[:12]
+        local = self.cache_dir / root_id / model / f"step{step}"
+        if (local / ".complete").exists():
+            return local
+        tmp = local.with_name(f".{local.name}.tmp-{uuid.uuid4().hex}")
+        try:
+            self.store.download(prefix, tmp)
+            (tmp / ".complete").touch()
+            shutil.rmtree(local, ignore_errors=True)
+            os.replace(tmp, local)
+        except StoreError as err:
+            raise CheckpointNotFoundError(str(err)) from err
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return local
+
+
+# --- loading ----------------------------------------------------------------------------------
+def check_weights(path: Path) -> list[Path]:
+    """Open every weight file's header (and index) before loading, naming the one that is bad."""
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if not files:
+        raise CorruptCheckpointError(f"{path}: no weight file (*.safetensors or *.bin)")
+    for file in files:
+        try:
+            if file.suffix == ".safetensors":
+                with safe_open(str(file), framework="pt") as fh:
+                    for key in fh.keys():
+                        fh.get_slice(key).get_shape()
+            else:
+                torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # noqa: BLE001 - every failure here means the file is unusable
+            raise CorruptCheckpointError(f"{file}: unreadable weight file ({type(err).__name__}: {err})") from err
+    return files
+
+
+def load_from_dir(path: Path, model_name: str, step: int, device: str = "auto", dtype: str = "float32",
+                  source: str = "folder") -> LoadedCheckpoint:
+    from transformers import AutoConfig, AutoTokenizer, GPTNeoXForCausalLM
+
+    dev, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as err:  # noqa: BLE001
+        raise CorruptCheckpointError(f"{path / 'config.json'}: unreadable config ({err})") from err
+    if config.model_type != "gpt_neox":
+        raise CorruptCheckpointError(f"{path / 'config.json'}: model_type {config.model_type!r}, expected gpt_neox")
+    files = check_weights(path)
+    try:
+        model, info = GPTNeoXForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype,
+                                                         output_loading_info=True)
+    except Exception as err:  # noqa: BLE001
+        raise CorruptCheckpointError(f"{files[0]}: weights do not fit {path / 'config.json'} ({err})") from err
+    problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+    if problems:
+        raise CorruptCheckpointError(f"{files[0]}: weights do not fit the config: {problems}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return LoadedCheckpoint(model_name=model_name, step=step, model=model.to(dev).eval(), tokenizer=tokenizer,
+                            architecture=Architecture.from_config(model_name, config), source=source, path=path)
+
+
+def load_checkpoint(source: CheckpointSource, model: str, step: int, device: str = "auto",
+                    dtype: str = "float32") -> LoadedCheckpoint:
+    path = source.fetch(model, step)
+    return load_from_dir(path, model, step, device=device, dtype=dtype, source=json.dumps(source.describe()))

@@ -1,0 +1,77 @@
+"""What produced an artefact: code version, library versions, inputs.
+
+Every stored artefact carries this so that a number found on the store can be traced back
+to the code and inputs that made it, and cache keys change when the science changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import platform
+import subprocess
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from massive_activations import __version__
+
+_LIBRARIES = (
+    "torch", "transformers", "huggingface_hub", "safetensors", "tokenizers", "pyarrow",
+    "fsspec", "s3fs", "numpy", "scipy", "scikit-learn",
+)
+
+
+@cache
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@cache
+def git_commit() -> str | None:
+    """The checkout's commit, with '+dirty' when it has uncommitted changes; None outside git."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+@cache
+def module_version(*modules: str) -> str:
+    """Hash of the source of library modules, so a cache key changes exactly when their code does."""
+    digest = hashlib.sha256(__version__.encode())
+    for name in sorted(modules):
+        module = importlib.import_module(name)
+        digest.update(name.encode())
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def stable_hash(value: Any) -> str:
+    """Content hash of JSON-able inputs; key order does not matter."""
+    payload = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def provenance(inputs: dict[str, Any], code_modules: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "package_version": __version__,
+        "git_commit": git_commit(),
+        "code_version": module_version(*code_modules) if code_modules else __version__,
+        "code_modules": list(code_modules),
+        "libraries": library_versions(),
+        "inputs": inputs,
+    }
