@@ -74,17 +74,20 @@ _SIZES = {  # size: (layers, d_model, heads)
     "6.9b": (32, 4096, 32), "12b": (36, 5120, 40),
 }
 _NO_DEDUPED = {"14m", "31m"}
+# The two largest models pad the vocabulary further (their config.json; matches published counts).
+_VOCAB = {"6.9b": 50432, "12b": 50688}
 
 
-def _pythia(name: str, layers: int, d: int, heads: int) -> Architecture:
-    return Architecture(name=name, n_layers=layers, d_model=d, n_heads=heads, d_ff=4 * d)
+def _pythia(name: str, layers: int, d: int, heads: int, vocab: int) -> Architecture:
+    return Architecture(name=name, n_layers=layers, d_model=d, n_heads=heads, d_ff=4 * d, vocab_size=vocab)
 
 
 PYTHIA: dict[str, Architecture] = {}
 for _size, (_l, _d, _h) in _SIZES.items():
-    PYTHIA[f"pythia-{_size}"] = _pythia(f"pythia-{_size}", _l, _d, _h)
+    _v = _VOCAB.get(_size, PYTHIA_VOCAB)
+    PYTHIA[f"pythia-{_size}"] = _pythia(f"pythia-{_size}", _l, _d, _h, _v)
     if _size not in _NO_DEDUPED:
-        PYTHIA[f"pythia-{_size}-deduped"] = _pythia(f"pythia-{_size}-deduped", _l, _d, _h)
+        PYTHIA[f"pythia-{_size}-deduped"] = _pythia(f"pythia-{_size}-deduped", _l, _d, _h, _v)
 
 
 def pythia_model(name: str) -> Architecture:
@@ -92,6 +95,8 @@ def pythia_model(name: str) -> Architecture:
     key = name.strip().removeprefix("EleutherAI/")
     if not key.startswith("pythia-"):
         key = f"pythia-{key}"
+    if key not in PYTHIA and key.removesuffix("-deduped") in PYTHIA:
+        raise CatalogError(f"{key.removesuffix('-deduped')} has no deduped variant (none for 14m and 31m)")
     if key not in PYTHIA:
         raise CatalogError(f"unknown Pythia model {name!r}; valid: {', '.join(PYTHIA)}")
     return PYTHIA[key]

@@ -14,6 +14,7 @@ naming the file rather than a crash deep in torch.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -97,11 +98,24 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 
 
 # --- the Hub ----------------------------------------------------------------------------------
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level errors of whichever HTTP client huggingface_hub uses (httpx or httpx2)."""
+    found: list[type[BaseException]] = [TimeoutError, ConnectionError]
+    for name in ("httpx2", "httpx", "requests"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        err = getattr(module, "TransportError", None) or getattr(module.exceptions, "ConnectionError", None)
+        if err is not None:
+            found.append(err)
+    return tuple(found)
+
+
 def _is_transient(err: BaseException) -> bool:
-    import httpx
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    if isinstance(err, (httpx.TransportError, TimeoutError, ConnectionError)):
+    if isinstance(err, _transport_errors()):
         return True
     if isinstance(err, HfHubHTTPError) and err.response is not None:
         code = err.response.status_code
@@ -136,8 +150,7 @@ class HubSource:
 
     def _download(self, repo: str, filename: str, revision: str) -> Path:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import (EntryNotFoundError, RepositoryNotFoundError,
-                                            RevisionNotFoundError)
+        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
         for attempt in range(self.retries + 1):
             try:
@@ -147,8 +160,6 @@ class HubSource:
                 raise CheckpointNotFoundError(f"{repo} has no revision {revision!r}") from err
             except RepositoryNotFoundError as err:
                 raise CheckpointNotFoundError(f"no repository {repo!r} on {self.describe()['endpoint']}") from err
-            except EntryNotFoundError:
-                raise
             except Exception as err:  # noqa: BLE001 - classified just below
                 if not _is_transient(err):
                     raise
@@ -162,11 +173,11 @@ class HubSource:
         raise AssertionError("unreachable")
 
     def _optional(self, repo: str, filename: str, revision: str) -> Path | None:
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import RemoteEntryNotFoundError
 
         try:
             return self._download(repo, filename, revision)
-        except EntryNotFoundError:
+        except RemoteEntryNotFoundError:
             return None
 
     def fetch(self, model: str, step: int) -> Path:
@@ -286,7 +297,9 @@ def check_weights(path: Path) -> list[Path]:
 def load_from_dir(path: Path, model_name: str, step: int, device: str = "auto", dtype: str = "float32",
                   source: str = "folder") -> LoadedCheckpoint:
     from transformers import AutoConfig, AutoTokenizer, GPTNeoXForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     dev, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     try:
         config = AutoConfig.from_pretrained(path)

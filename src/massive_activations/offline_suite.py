@@ -192,7 +192,9 @@ def train_model(spec: SuiteSpec, model_name: str, store: Store,
     is complete; an interrupted build is simply redone.
     """
     from transformers import GPTNeoXForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     arch = spec.model(model_name)
     started = time.perf_counter()
     corpus = stdlib_docstrings(spec.corpus_chars)
@@ -258,4 +260,31 @@ def built_models(spec: SuiteSpec, store: Store) -> dict[str, dict[str, Any]]:
             manifest = store.read_json(key)
             if manifest.get("spec_hash") == spec.model_hash(arch):
                 done[arch.name] = manifest
+    return done
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def build_suite(spec: SuiteSpec, store: Store, workers: int = 1) -> dict[str, dict[str, Any]]:
+    """Train every model of the suite not already complete on the store; return all manifests.
+
+    With ``workers > 1`` models train in separate processes (one torch thread each), which uses
+    small CPUs far better than threads: these models are too small for intra-op parallelism.
+    """
+    done = built_models(spec, store)
+    todo = [m.name for m in spec.models if m.name not in done]
+    if workers <= 1 or len(todo) <= 1:
+        for name in todo:
+            done[name] = train_model(spec, name, store)
+        return done
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(1,)) as pool:
+        futures = {name: pool.submit(train_model, spec, name, store) for name in todo}
+        for name, future in futures.items():
+            done[name] = future.result()
     return done

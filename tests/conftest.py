@@ -1,0 +1,84 @@
+"""Shared fixtures: a real S3 server on loopback (moto server mode), the loopback Hub, the micro suite."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+from massive_activations.store import Store  # noqa: E402
+from tests.hub_server import FakeHub  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def s3_options(endpoint: str) -> dict:
+    return {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint},
+            "use_listings_cache": False}
+
+
+@pytest.fixture
+def s3_store(s3_endpoint) -> Store:
+    import s3fs
+
+    bucket = f"test-{uuid.uuid4().hex[:10]}"
+    s3fs.S3FileSystem(**s3_options(s3_endpoint)).mkdir(bucket)
+    return Store(f"s3://{bucket}/data", storage_options=s3_options(s3_endpoint))
+
+
+@pytest.fixture(params=["file", "s3"])
+def any_store(request, tmp_path) -> Store:
+    if request.param == "file":
+        return Store(f"file://{tmp_path}/store")
+    return request.getfixturevalue("s3_store")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub = FakeHub()
+    hub.start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture(scope="session")
+def micro_suite(tmp_path_factory) -> Store:
+    """The micro offline suite, built once per test session into a local store."""
+    from massive_activations.offline_suite import build_suite, get_suite
+
+    store = Store(tmp_path_factory.mktemp("micro") / "store")
+    build_suite(get_suite("micro"), store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def micro_root(micro_suite) -> Path:
+    return Path(micro_suite.root) / "suites" / "micro"

@@ -1,0 +1,114 @@
+"""A small HTTP server on 127.0.0.1 that answers the Hugging Face Hub's file protocol.
+
+``GET/HEAD /{repo}/resolve/{revision}/{file}`` (and ``/datasets/{repo}/…``) with the headers
+huggingface_hub reads (ETag, X-Repo-Commit, Content-Length) and its error codes (RepoNotFound,
+RevisionNotFound, EntryNotFound). The real huggingface_hub client code runs against it; faults can
+be planted: the next N requests fail with 503, or the next download is cut short.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote
+
+
+class FakeHub:
+    def __init__(self) -> None:
+        self.repos: dict[tuple[str, str], dict[str, dict[str, bytes]]] = {}
+        self.fail_next = 0
+        self.fail_status = 503
+        self.truncate_next = 0
+        self.log: list[tuple[str, str, int]] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def add(self, repo: str, revision: str, files: dict[str, bytes], repo_type: str = "model") -> None:
+        self.repos.setdefault((repo_type, repo), {})[revision] = files
+
+    def add_folder(self, repo: str, revision: str, folder: Path) -> None:
+        self.add(repo, revision, {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()})
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> str:
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                hub._answer(self, body=False)
+
+            def do_GET(self) -> None:  # noqa: N802
+                hub._answer(self, body=True)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self.url
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def _error(self, req: BaseHTTPRequestHandler, status: int, code: str | None, commit: str | None = None) -> None:
+        req.send_response(status)
+        if code:
+            req.send_header("X-Error-Code", code)
+            req.send_header("X-Error-Message", code)
+        if commit:
+            req.send_header("X-Repo-Commit", commit)
+        req.send_header("Content-Length", "0")
+        req.end_headers()
+
+    def _answer(self, req: BaseHTTPRequestHandler, body: bool) -> None:
+        path = unquote(req.path.split("?", 1)[0]).lstrip("/")
+        repo_type = "model"
+        if path.startswith("datasets/"):
+            repo_type, path = "dataset", path[len("datasets/"):]
+        parts = path.split("/")
+        with self._lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                self.log.append((req.command, path, self.fail_status))
+                return self._error(req, self.fail_status, None)
+            truncate = body and self.truncate_next > 0
+            if truncate:
+                self.truncate_next -= 1
+        if len(parts) < 5 or parts[2] != "resolve":
+            self.log.append((req.command, path, 404))
+            return self._error(req, 404, "RepoNotFound")
+        repo, revision, filename = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
+        revisions = self.repos.get((repo_type, repo))
+        if revisions is None:
+            self.log.append((req.command, path, 401))
+            return self._error(req, 401, "RepoNotFound")
+        if revision == "main" and "main" not in revisions:
+            revision = sorted(revisions, key=lambda r: int(r.removeprefix("step")) if r[4:].isdigit() else -1)[-1]
+        if revision not in revisions:
+            self.log.append((req.command, path, 404))
+            return self._error(req, 404, "RevisionNotFound")
+        commit = hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
+        data = revisions[revision].get(filename)
+        if data is None:
+            self.log.append((req.command, path, 404))
+            return self._error(req, 404, "EntryNotFound", commit)
+        self.log.append((req.command, path, 200))
+        req.send_response(200)
+        req.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        req.send_header("X-Repo-Commit", commit)
+        req.send_header("Content-Length", str(len(data)))
+        req.send_header("Content-Type", "application/octet-stream")
+        req.end_headers()
+        if body:
+            req.wfile.write(data[: len(data) // 2] if truncate else data)
+            if truncate:
+                req.close_connection = True

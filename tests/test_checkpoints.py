@@ -1,0 +1,165 @@
+"""Checkpoint sources: the real huggingface_hub client against the loopback Hub, and folders."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from massive_activations.catalog import CatalogError
+from massive_activations.checkpoints import (CheckpointNotFoundError, CorruptCheckpointError, FolderSource,
+                                             HubSource, TransientSourceError, load_checkpoint, load_from_dir)
+from massive_activations.store import Store
+
+MODEL = "nx-l2-d32-h2"
+
+
+def _serve(fake_hub, micro_root: Path, steps=(0, 8, 48)):
+    for step in steps:
+        fake_hub.add_folder("EleutherAI/pythia-14m", f"step{step}", micro_root / MODEL / f"step{step}")
+
+
+def _hub(fake_hub, tmp_path, **kw) -> HubSource:
+    return HubSource(cache_dir=tmp_path / "hub", endpoint=fake_hub.url, backoff_s=0.01, seed=0, **kw)
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_hub_and_folder_sources_yield_the_same_checkpoint(fake_hub, micro_root, tmp_path):
+    _serve(fake_hub, micro_root)
+    from_hub = load_checkpoint(_hub(fake_hub, tmp_path), "pythia-14m", 8, device="cpu")
+    from_folder = load_checkpoint(FolderSource(str(micro_root)), MODEL, 8, device="cpu")
+    assert _same_weights(from_hub, from_folder)
+    assert from_hub.architecture.n_layers == 2 and from_hub.architecture.d_model == 32
+    assert not from_hub.model.training
+    assert from_hub.tokenizer("abc")["input_ids"] == from_folder.tokenizer("abc")["input_ids"]
+    fetched = {path.rsplit("/", 1)[-1] for cmd, path, status in fake_hub.log if cmd == "GET" and status == 200}
+    assert "model.safetensors" in fetched and "config.json" in fetched
+    assert "pytorch_model.bin" not in fetched  # only the files needed
+
+
+@pytest.fixture
+def no_sleep(monkeypatch):
+    """huggingface_hub backs off up to ~23 s on its own before our retries; skip the waiting."""
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    return slept
+
+
+def test_hub_retries_a_transient_503(fake_hub, micro_root, tmp_path, no_sleep):
+    _serve(fake_hub, micro_root)
+    fake_hub.fail_next = 2
+    path = _hub(fake_hub, tmp_path).fetch("pythia-14m", 0)
+    assert (path / "model.safetensors").exists()
+    assert [s for _, _, s in fake_hub.log].count(503) == 2
+
+
+def test_hub_gives_up_after_its_retries(fake_hub, micro_root, tmp_path, no_sleep):
+    _serve(fake_hub, micro_root)
+    fake_hub.fail_next = 100
+    with pytest.raises(TransientSourceError, match="still failing after 3 attempts"):
+        _hub(fake_hub, tmp_path, retries=2).fetch("pythia-14m", 0)
+    ours = [s for s in no_sleep if s < 0.5]  # huggingface_hub's own waits are whole seconds
+    assert len(ours) == 2  # exponential from 0.01 s, jittered by a factor in [0.5, 1.5)
+    assert 0.005 <= ours[0] < 0.015 and 0.01 <= ours[1] < 0.03
+
+
+def test_hub_fails_fast_on_a_missing_revision(fake_hub, micro_root, tmp_path):
+    _serve(fake_hub, micro_root)
+    started = time.perf_counter()
+    with pytest.raises(CheckpointNotFoundError, match="EleutherAI/pythia-14m has no revision 'step143000'"):
+        _hub(fake_hub, tmp_path).fetch("pythia-14m", 143000)
+    assert time.perf_counter() - started < 5
+    assert len(fake_hub.log) == 1  # not retried
+
+
+def test_hub_rejects_bad_input_before_any_request(fake_hub, tmp_path):
+    with pytest.raises(CatalogError, match="not on the schedule"):
+        _hub(fake_hub, tmp_path).fetch("pythia-14m", 7)
+    with pytest.raises(CatalogError, match="unknown Pythia model"):
+        _hub(fake_hub, tmp_path).fetch("gpt2", 0)
+    assert fake_hub.log == []
+
+
+def test_hub_falls_back_to_pytorch_bin(fake_hub, micro_root, tmp_path):
+    folder = micro_root / MODEL / "step8"
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix != ".safetensors"}
+    bin_path = tmp_path / "pytorch_model.bin"
+    torch.save(load_file(folder / "model.safetensors"), bin_path)
+    files["pytorch_model.bin"] = bin_path.read_bytes()
+    fake_hub.add("EleutherAI/pythia-14m", "step8", files)
+    ckpt = load_checkpoint(_hub(fake_hub, tmp_path), "pythia-14m", 8, device="cpu")
+    assert _same_weights(ckpt, load_checkpoint(FolderSource(str(micro_root)), MODEL, 8, device="cpu"))
+
+
+def test_hub_cache_is_capped(fake_hub, micro_root, tmp_path):
+    _serve(fake_hub, micro_root)
+    hub = _hub(fake_hub, tmp_path, max_cache_gb=1e-9)  # room for one revision at most
+    first = hub.fetch("pythia-14m", 0)
+    second = hub.fetch("pythia-14m", 8)
+    assert second.exists() and not first.exists()
+
+
+def test_folder_source_on_s3(s3_store, micro_root):
+    for f in (micro_root / MODEL / "step8").iterdir():
+        s3_store.put_file(f, f"suite/{MODEL}/step8/{f.name}")
+    source = FolderSource(Store(s3_store.url + "/suite", storage_options=s3_store.storage_options))
+    assert source.steps(MODEL) == [8]
+    ckpt = load_checkpoint(source, MODEL, 8, device="cpu")
+    assert _same_weights(ckpt, load_checkpoint(FolderSource(str(micro_root)), MODEL, 8, device="cpu"))
+    with pytest.raises(CheckpointNotFoundError, match="no checkpoint .*step16"):
+        source.fetch(MODEL, 16)
+
+
+def _copy(micro_root: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    for f in (micro_root / MODEL / "step8").iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+def test_truncated_weights_name_the_file(micro_root, tmp_path):
+    ckpt = _copy(micro_root, tmp_path / "ckpt")
+    data = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptCheckpointError, match=r"model\.safetensors: unreadable weight file"):
+        load_from_dir(ckpt, MODEL, 8, device="cpu")
+
+
+def test_bad_header_names_the_file(micro_root, tmp_path):
+    ckpt = _copy(micro_root, tmp_path / "ckpt")
+    (ckpt / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(CorruptCheckpointError, match=r"model\.safetensors"):
+        load_from_dir(ckpt, MODEL, 8, device="cpu")
+
+
+def test_missing_tensor_is_an_error_not_random_weights(micro_root, tmp_path):
+    ckpt = _copy(micro_root, tmp_path / "ckpt")
+    tensors = load_file(ckpt / "model.safetensors")
+    del tensors["gpt_neox.layers.1.mlp.dense_4h_to_h.weight"]
+    save_file(tensors, ckpt / "model.safetensors")
+    with pytest.raises(CorruptCheckpointError, match="dense_4h_to_h"):
+        load_from_dir(ckpt, MODEL, 8, device="cpu")
+
+
+def test_wrong_shapes_for_the_config(micro_root, tmp_path):
+    ckpt = _copy(micro_root, tmp_path / "ckpt")
+    tensors = load_file(ckpt / "model.safetensors")
+    tensors["gpt_neox.layers.0.mlp.dense_h_to_4h.weight"] = torch.zeros(64, 32)
+    save_file(tensors, ckpt / "model.safetensors")
+    with pytest.raises(CorruptCheckpointError, match="do not fit"):
+        load_from_dir(ckpt, MODEL, 8, device="cpu")
+
+
+def test_device_and_dtype_are_validated(micro_root):
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        load_from_dir(micro_root / MODEL / "step8", MODEL, 8, device="cpu", dtype="float8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            load_from_dir(micro_root / MODEL / "step8", MODEL, 8, device="cuda")
