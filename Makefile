@@ -5,6 +5,8 @@ export HF_HUB_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_LEVEL ?= INFO
 export TOKENIZERS_PARALLELISM ?= false
+# The ephemeral API starts slowly on a busy 2-core machine; the default 20 s is not always enough.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
 .PHONY: run test lint install clean-data
 

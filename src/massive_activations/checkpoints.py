@@ -325,3 +325,15 @@ def load_checkpoint(source: CheckpointSource, model: str, step: int, device: str
                     dtype: str = "float32") -> LoadedCheckpoint:
     path = source.fetch(model, step)
     return load_from_dir(path, model, step, device=device, dtype=dtype, source=json.dumps(source.describe()))
+
+
+def make_source(kind: str, root: str | None = None, endpoint: str | None = None,
+                cache_dir: str | None = None, storage_options: dict[str, Any] | None = None) -> CheckpointSource:
+    """A source from plain values (as flow parameters carry them)."""
+    if kind == "hub":
+        return HubSource(cache_dir=cache_dir, endpoint=endpoint)
+    if kind == "folder":
+        if not root:
+            raise ValueError("a folder source needs a root URL (a local folder or s3://bucket/prefix)")
+        return FolderSource(Store(root, storage_options=storage_options), cache_dir=cache_dir)
+    raise ValueError(f"unknown checkpoint source kind {kind!r}; use 'hub' or 'folder'")

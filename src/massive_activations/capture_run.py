@@ -1,0 +1,64 @@
+"""Capture one checkpoint onto the store: load it, measure it, write its partitions.
+
+Writes ``activations/`` (when sampling), then ``ratios/``, then ``stats/`` last: the stats
+partition, with matching inputs in its metadata, is what marks a checkpoint as captured, so an
+interrupted capture is redone and a finished one is never redone.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from massive_activations.capture import CODE_MODULES, CaptureSettings, capture, layer_ratios
+from massive_activations.checkpoints import CheckpointSource, load_checkpoint
+from massive_activations.provenance import module_version
+from massive_activations.store import Store
+
+log = logging.getLogger(__name__)
+
+STATS, RATIOS, ACTIVATIONS = "stats", "ratios", "activations"
+
+
+def capture_inputs(model: str, step: int, source: CheckpointSource, prompt_set: str,
+                   settings: CaptureSettings) -> dict[str, Any]:
+    return {"model": model, "step": step, "source": source.describe(), "prompt_set": prompt_set,
+            "settings": asdict(settings)}
+
+
+def is_captured(store: Store, inputs: dict[str, Any]) -> bool:
+    meta = store.partition_metadata(STATS, {"model": inputs["model"], "step": inputs["step"]})
+    return bool(meta) and meta.get("inputs") == inputs and meta.get("code_version") == module_version(*CODE_MODULES)
+
+
+def capture_to_store(store: Store, source: CheckpointSource, model: str, step: int, prompt_set: str,
+                     tokens: np.ndarray, settings: CaptureSettings, device: str = "auto",
+                     dtype: str = "float32") -> dict[str, Any]:
+    """Capture (model, step) unless already on the store with the same inputs; say which happened."""
+    inputs = capture_inputs(model, step, source, prompt_set, settings)
+    part = {"model": model, "step": step}
+    if is_captured(store, inputs):
+        meta = store.partition_metadata(STATS, part) or {}
+        return {"model": model, "step": step, "status": "skipped", "stats_hash": meta.get("content_hash")}
+    ckpt = load_checkpoint(source, model, step, device=device, dtype=dtype)
+    try:
+        result = capture(ckpt.model, tokens, settings)
+    finally:
+        del ckpt
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    for layer, table in result.samples.items():
+        store.write_partition(ACTIVATIONS, {**part, "layer": layer}, table, inputs=inputs,
+                              code_modules=CODE_MODULES, overwrite=True)
+    ratios = store.write_partition(RATIOS, part, layer_ratios(result.stats), inputs=inputs,
+                                   code_modules=CODE_MODULES, overwrite=True)
+    stats = store.write_partition(STATS, part, result.stats, inputs=inputs, code_modules=CODE_MODULES,
+                                  overwrite=True)
+    return {"model": model, "step": step, "status": "captured", "stats_hash": stats.content_hash,
+            "ratios_hash": ratios.content_hash, "rows": stats.rows}

@@ -1,0 +1,1 @@
+"""Thin Prefect task wrappers: caching, retries, storage and logging around the library."""

@@ -1,0 +1,25 @@
+"""Build the offline suite: train whichever of its models the store does not already hold."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from massive_activations.offline_suite import CODE_MODULES, build_suite, built_models, get_suite
+from massive_activations.store import Store
+from tasks.policy import task_options
+
+
+@task(name="build-offline-suite", **task_options(("suite", "store"), CODE_MODULES, retries=1))
+def build_offline_suite(suite: str, store: str, workers: int = 2) -> dict:
+    """Returns {model: manifest summary}; models already complete on the store are not retrained."""
+    logger = get_run_logger()
+    spec, target = get_suite(suite), Store(store)
+    before = set(built_models(spec, target))
+    logger.info("suite %s: %d of %d models already built; training the rest with %d workers",
+                suite, len(before), len(spec.models), workers)
+    manifests = build_suite(spec, target, workers=workers)
+    for name, manifest in manifests.items():
+        logger.info("%s: %s (%d checkpoints, %.0f s)", name, "reused" if name in before else "trained",
+                    len(manifest["steps"]), manifest["train_seconds"])
+    return {name: {"steps": m["steps"], "spec_hash": m["spec_hash"], "train_seconds": m["train_seconds"]}
+            for name, m in manifests.items()}
