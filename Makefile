@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m flows.main
+	$(PY) -m flows.pipeline
 
 test: $(STAMP)
 	$(PY) -m ruff check .

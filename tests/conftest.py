@@ -82,3 +82,33 @@ def micro_suite(tmp_path_factory) -> Store:
 @pytest.fixture(scope="session")
 def micro_root(micro_suite) -> Path:
     return Path(micro_suite.root) / "suites" / "micro"
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One Prefect server for the whole session (it takes 15–25 s to start)."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results")}):
+        with prefect_test_harness(server_startup_timeout=180):
+            yield
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch):
+    """S3 settings the way users give them: the standard AWS environment variables."""
+    import s3fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield s3_endpoint
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def new_bucket(endpoint: str) -> str:
+    import s3fs
+
+    bucket = f"test-{uuid.uuid4().hex[:10]}"
+    s3fs.S3FileSystem(**s3_options(endpoint)).mkdir(bucket)
+    return bucket

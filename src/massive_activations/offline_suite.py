@@ -100,11 +100,14 @@ class SuiteSpec:
 
 SUITES: dict[str, SuiteSpec] = {
     # Six architectures varying depth (2/4/6 layers), width (32/64/96) and heads per dim.
+    # 256-token sequences × 8 (2,048 tokens a step): longer sequences drive the emergence far more
+    # than a higher learning rate does at this scale (README, "What drives emergence here").
+    # 37 checkpoints per model, as many as the paper fitted per Pythia model.
     "default": SuiteSpec(
         name="default",
         models=(SuiteModel(2, 64, 4), SuiteModel(4, 64, 4), SuiteModel(6, 64, 4),
                 SuiteModel(4, 32, 2), SuiteModel(4, 96, 6), SuiteModel(4, 64, 2)),
-        total_steps=2000, save_interval=80, warmup_steps=30,
+        total_steps=1440, save_interval=48, seq_len=256, batch_size=8, lr=1e-2, warmup_steps=30,
     ),
     # For tests: two tiny models, built in seconds.
     "micro": SuiteSpec(

@@ -1,0 +1,385 @@
+"""The emergence function of arXiv 2508.03616 (Eq. 9), fitted to a (step, value) series.
+
+    f(t) = A · exp(−λ·x) · log(x) + K,   x = γ·t + t0
+
+A is the amplitude, λ ≥ 0 the decay (λ = 0: a pure logarithm), γ > 0 scales time, t0 > 0 offsets
+it (so x > 0 for every t ≥ 0), and K is the asymptote. The curve peaks where λ·x·log(x) = 1, i.e.
+x* = exp(W(1/λ)), so t_peak = (x* − t0)/γ; a peak inside the observed steps is an "early peak",
+otherwise the layer is a "log increase".
+
+How it is fitted (plain ``curve_fit`` from random starts stalls on about half of real Pythia
+layers, see shared/science.md):
+
+1. t and y are normalised to [0, 1] (u = t/t_max, v = (y − y_min)/(y_max − y_min)); x is unchanged,
+   so λ and t0 carry over and γ, A, K map back linearly.
+2. Variable projection: for fixed (λ, γ, t0) the model is linear in A and K, so a grid over
+   (λ, γ, t0) with A, K solved in closed form gives the best starts. The equivalent form
+   exp(−βt)·[A1·log(t + τ0) + A2] + K (β = λγ, τ0 = t0/γ) is linear in A1, A2, K and gets its own
+   grid over (β, τ0).
+3. Multi-start: the best grid points of both forms, the paper's initial guess and seeded random
+   starts are refined by ``curve_fit`` (Trust Region Reflective, analytic Jacobian); the lowest
+   residual sum of squares wins.
+
+Bounds beyond the model's own (λ ≥ 0, γ > 0, t0 > 0): λ ≤ 50 and γ·t_max, t0 ≤ 1e6 (in normalised
+units), which keep exp() from underflowing across the data and the problem well conditioned.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import OptimizeWarning, curve_fit
+from scipy.special import expit, lambertw
+
+PARAMS = ("A", "lam", "gamma", "t0", "K")
+MIN_POINTS = 6
+LAM_MAX, SCALE_MAX = 50.0, 1e6
+EARLY_PEAK, LOG_INCREASE = "early peak", "log increase"
+
+
+class SeriesError(ValueError):
+    """A series that cannot be fitted as given."""
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    n_random_starts: int = 2
+    n_grid_starts: int = 3
+    seed: int = 0
+    max_nfev: int = 300
+    curve_points: int = 200
+
+    def __post_init__(self) -> None:
+        if self.n_random_starts < 0 or self.n_grid_starts < 1:
+            raise ValueError("need n_random_starts >= 0 and n_grid_starts >= 1")
+
+
+@dataclass
+class AlternativeFit:
+    name: str
+    params: dict[str, float]
+    r2: float
+    aic: float
+    rss: float
+
+
+@dataclass
+class EmergenceFit:
+    A: float
+    lam: float
+    gamma: float
+    t0: float
+    K: float
+    se: dict[str, float]
+    r2: float
+    adj_r2: float
+    rmse: float
+    aic: float
+    bic: float
+    n_points: int
+    converged: bool
+    message: str
+    form: str  # which form gave the best start: "direct" or "reparam"
+    t_peak: float
+    peak_class: str
+    alternatives: dict[str, AlternativeFit] = field(default_factory=dict)
+
+    @property
+    def params(self) -> tuple[float, float, float, float, float]:
+        return (self.A, self.lam, self.gamma, self.t0, self.K)
+
+    def predict(self, t: np.ndarray) -> np.ndarray:
+        return emergence(np.asarray(t, dtype=float), *self.params)
+
+    @property
+    def best_alternative(self) -> str:
+        """The shape with the lowest AIC, the main model included."""
+        scores = {"emergence": self.aic} | {k: v.aic for k, v in self.alternatives.items()}
+        return min(scores, key=scores.get)
+
+    def as_row(self) -> dict[str, Any]:
+        row = {k: v for k, v in asdict(self).items() if k not in ("se", "alternatives")}
+        row |= {f"se_{k}": v for k, v in self.se.items()}
+        for name, alt in self.alternatives.items():
+            row[f"alt_{name}_r2"] = alt.r2
+            row[f"alt_{name}_aic"] = alt.aic
+        row["best_by_aic"] = self.best_alternative
+        return row
+
+
+def emergence(t: np.ndarray, A: float, lam: float, gamma: float, t0: float, K: float) -> np.ndarray:  # noqa: N803
+    x = gamma * t + t0
+    return A * np.exp(-lam * x) * np.log(x) + K
+
+
+def emergence_jacobian(t: np.ndarray, A: float, lam: float, gamma: float, t0: float, K: float) -> np.ndarray:  # noqa: N803
+    """∂f/∂(A, λ, γ, t0, K), columns in that order."""
+    x = gamma * t + t0
+    e, lx = np.exp(-lam * x), np.log(x)
+    dx = A * e * (1.0 / x - lam * lx)
+    return np.column_stack([e * lx, -A * x * e * lx, dx * t, dx, np.ones_like(t)])
+
+
+def peak_step(lam: float, gamma: float, t0: float) -> float:
+    """t where λ·x·log(x) = 1 (x* = exp(W(1/λ))); +inf when λ = 0 (a pure log never peaks)."""
+    if lam <= 0:
+        return math.inf
+    x_star = math.exp(lambertw(1.0 / lam).real) if lam > 1e-300 else math.inf
+    return (x_star - t0) / gamma
+
+
+def classify(t_peak: float, steps: np.ndarray) -> str:
+    return EARLY_PEAK if steps.min() <= t_peak <= steps.max() else LOG_INCREASE
+
+
+def check_series(steps: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Finite values at distinct steps, returned sorted by step (unsorted input is sorted, not refused)."""
+    t, y = np.asarray(steps, dtype=float).ravel(), np.asarray(values, dtype=float).ravel()
+    if t.shape != y.shape:
+        raise SeriesError(f"steps and values differ in length: {t.size} vs {y.size}")
+    if t.size < MIN_POINTS:
+        raise SeriesError(f"a fit needs at least {MIN_POINTS} points, got {t.size}")
+    bad = ~(np.isfinite(t) & np.isfinite(y))
+    if bad.any():
+        raise SeriesError(f"non-finite values at steps {t[bad][:5].tolist()}")
+    if (t < 0).any():
+        raise SeriesError(f"steps must be >= 0, got {t[t < 0][:5].tolist()}")
+    order = np.argsort(t, kind="stable")
+    t, y = t[order], y[order]
+    dup = t[1:][np.diff(t) == 0]
+    if dup.size:
+        raise SeriesError(f"duplicate steps {np.unique(dup)[:5].tolist()}: average them before fitting")
+    if t.max() <= 0:
+        raise SeriesError("steps span no time (all zero)")
+    return t, y
+
+
+# --- goodness of fit --------------------------------------------------------------------------
+def _scores(y: np.ndarray, pred: np.ndarray, k: int) -> dict[str, float]:
+    n = y.size
+    rss = float(np.sum((y - pred) ** 2))
+    tss = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - rss / tss if tss > 0 else (1.0 if rss == 0 else 0.0)
+    adj = 1.0 - (1.0 - r2) * (n - 1) / (n - k - 1) if n - k - 1 > 0 else float("nan")
+    log_term = n * math.log(max(rss, 1e-300) / n)
+    return {"rss": rss, "r2": r2, "adj_r2": adj, "rmse": math.sqrt(rss / n),
+            "aic": log_term + 2 * k, "bic": log_term + k * math.log(n)}
+
+
+# --- variable projection ----------------------------------------------------------------------
+def _linear_solve(basis: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares coefficients and RSS for a stack of designs: basis (G, n, k), v (n,)."""
+    gram = np.einsum("gni,gnj->gij", basis, basis) + 1e-12 * np.eye(basis.shape[2])
+    rhs = np.einsum("gni,n->gi", basis, v)
+    with np.errstate(all="ignore"):
+        coef = np.linalg.solve(gram, rhs[..., None])[..., 0]
+        rss = np.sum((np.einsum("gni,gi->gn", basis, coef) - v) ** 2, axis=1)
+    rss[~np.isfinite(rss)] = np.inf
+    return coef, rss
+
+
+def _best(rss: np.ndarray, count: int) -> np.ndarray:
+    return np.argsort(rss)[:count]
+
+
+_LAMS = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0])
+_GAMMAS = np.logspace(-1, 4, 26)  # γ·t_max: five decades
+_T0S = np.array([1.001, 1.01, 1.05, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0])
+
+
+def _direct_starts(u: np.ndarray, v: np.ndarray, count: int) -> list[np.ndarray]:
+    lam, g, s = (a.ravel() for a in np.meshgrid(_LAMS, _GAMMAS, _T0S, indexing="ij"))
+    x = g[:, None] * u[None, :] + s[:, None]
+    phi = np.exp(-lam[:, None] * x) * np.log(x)
+    coef, rss = _linear_solve(np.stack([phi, np.ones_like(phi)], axis=2), v)
+    return [np.array([coef[i, 0], lam[i], g[i], s[i], coef[i, 1]]) for i in _best(rss, count)]
+
+
+def _reparam_starts(u: np.ndarray, v: np.ndarray, count: int) -> list[np.ndarray]:
+    """Grid over (β, τ0) of exp(−βu)·[A1·log(u + τ0) + A2] + K, mapped to (A, λ, γ, t0, K)."""
+    beta, tau = (a.ravel() for a in np.meshgrid(np.concatenate([[0.0], np.logspace(-2, 2, 15)]),
+                                                np.logspace(-5, 1, 19), indexing="ij"))
+    e = np.exp(-beta[:, None] * u[None, :])
+    basis = np.stack([e * np.log(u[None, :] + tau[:, None]), e, np.ones_like(e)], axis=2)
+    coef, rss = _linear_solve(basis, v)
+    starts = []
+    for i in _best(rss, 4 * count):
+        a1, a2, k = coef[i]
+        if abs(a1) < 1e-12 or abs(a2 / a1) > 30:
+            continue
+        gamma = math.exp(a2 / a1)
+        t0 = tau[i] * gamma
+        lam = beta[i] / gamma
+        if lam * t0 > 700:  # exp would overflow: no usable start here
+            continue
+        params = np.array([a1 * math.exp(lam * t0), lam, gamma, t0, k])
+        if np.all(np.isfinite(params)) and lam <= LAM_MAX and 0 < t0 <= SCALE_MAX and gamma <= SCALE_MAX:
+            starts.append(params)
+        if len(starts) == count:
+            break
+    return starts
+
+
+def _paper_start(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The paper's initial guess, in normalised units."""
+    a = v.max() - v.min()
+    return np.array([a, 1.0 / max(np.std(u), 1e-6), 1.0 / max(np.ptp(u), 1e-6), 1.0, v.min() + a / 2])
+
+
+_LOWER = np.array([-np.inf, 0.0, 1e-9, 1e-9, -np.inf])
+_UPPER = np.array([np.inf, LAM_MAX, SCALE_MAX, SCALE_MAX, np.inf])
+
+
+def _refine(u: np.ndarray, v: np.ndarray, start: np.ndarray, max_nfev: int) -> tuple[np.ndarray, bool, str]:
+    p0 = np.clip(start, _LOWER + 1e-12, _UPPER - 1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OptimizeWarning)
+        try:
+            popt, _, info, msg, ier = curve_fit(
+                emergence, u, v, p0=p0, jac=emergence_jacobian, bounds=(_LOWER, _UPPER), method="trf",
+                max_nfev=max_nfev, full_output=True)
+        except (RuntimeError, ValueError) as err:
+            return p0, False, str(err)
+    return popt, ier in (1, 2, 3, 4), str(msg)
+
+
+def _standard_errors(u: np.ndarray, v: np.ndarray, p: np.ndarray) -> np.ndarray:
+    jac = emergence_jacobian(u, *p)
+    dof = max(u.size - len(p), 1)
+    s2 = float(np.sum((emergence(u, *p) - v) ** 2)) / dof
+    with np.errstate(all="ignore"):
+        cov = np.linalg.pinv(jac.T @ jac) * s2
+    return np.sqrt(np.clip(np.diag(cov), 0, None))
+
+
+def fit_emergence(steps: Any, values: Any, settings: FitSettings = FitSettings(),
+                  alternatives: bool = True) -> EmergenceFit:
+    """Fit the five-parameter emergence function (and, optionally, the alternative shapes)."""
+    t, y = check_series(steps, values)
+    t_scale, y_min, y_range = t.max(), y.min(), float(np.ptp(y))
+    u = t / t_scale
+    v = (y - y_min) / y_range if y_range > 0 else np.zeros_like(y)
+    rng = np.random.default_rng(settings.seed)
+    grid = [("direct", s) for s in _direct_starts(u, v, settings.n_grid_starts)]
+    grid += [("reparam", s) for s in _reparam_starts(u, v, settings.n_grid_starts)]
+    # First the best start of each form and the paper's guess; the rest only when those disagree.
+    first = [grid[0]] + [g for g in grid if g[0] == "reparam"][:1] + [("paper", _paper_start(u, v))]
+    rest = [g for g in grid if not any(g[1] is f[1] for f in first)]
+    rest += [("random", np.array([rng.uniform(-1, 2), rng.uniform(0, 4), 10 ** rng.uniform(-1, 4),
+                                  rng.uniform(1.001, 10), rng.uniform(-1, 1)]))
+             for _ in range(settings.n_random_starts)]
+    tss = float(np.sum((v - v.mean()) ** 2)) or 1.0
+    best: tuple[float, np.ndarray, bool, str, str] | None = None
+    rss_seen: list[float] = []
+    for stage in (first, rest):
+        for form, start in stage:
+            p, ok, msg = _refine(u, v, start, settings.max_nfev)
+            rss = float(np.sum((emergence(u, *p) - v) ** 2))
+            if not np.isfinite(rss):
+                continue
+            rss_seen.append(rss)
+            if best is None or rss < best[0]:
+                best = (rss, p, ok, msg, form)
+        agree = sum(r <= best[0] * 1.01 + 1e-12 for r in rss_seen) >= 2 if best else False
+        if best is not None and best[2] and agree and 1 - best[0] / tss >= 0.99:
+            break
+    assert best is not None
+    _, p, converged, message, form = best
+    se_n = _standard_errors(u, v, p)
+    a, lam, g, s, k = p
+    params = (a * y_range, lam, g / t_scale, s, k * y_range + y_min)
+    se = dict(zip(PARAMS, (se_n[0] * y_range, se_n[1], se_n[2] / t_scale, se_n[3], se_n[4] * y_range),
+                  strict=True))
+    scores = _scores(y, emergence(t, *params), k=5)
+    t_peak = peak_step(lam, params[2], s)
+    fit = EmergenceFit(*params, se=se, r2=scores["r2"], adj_r2=scores["adj_r2"], rmse=scores["rmse"],
+                       aic=scores["aic"], bic=scores["bic"], n_points=t.size, converged=bool(converged),
+                       message=message, form=form, t_peak=t_peak, peak_class=classify(t_peak, t))
+    if alternatives:
+        fit.alternatives = fit_alternatives(t, y)
+    return fit
+
+
+# --- alternative shapes -----------------------------------------------------------------------
+def _log_model(t, A, gamma, t0, K):  # noqa: N803 - λ = 0
+    return A * np.log(gamma * t + t0) + K
+
+
+def _step_model(t, A, tau, K):  # noqa: N803 - first-order step response
+    return K - A * np.exp(-t / tau)
+
+
+def _logistic_model(t, A, m, s, K):  # noqa: N803 - logistic in log-step
+    return K + A * expit((np.log1p(t) - m) / s)
+
+
+def _fit_alternative(fn: Callable, u: np.ndarray, v: np.ndarray, grid: list[np.ndarray],
+                     basis: Callable[[np.ndarray], np.ndarray], assemble: Callable, bounds) -> np.ndarray:
+    nl = np.stack([g.ravel() for g in np.meshgrid(*grid, indexing="ij")], axis=1)
+    coef, rss = _linear_solve(np.stack([basis(q) for q in nl]), v)
+    best_p, best_rss = None, np.inf
+    for i in _best(rss, 3):
+        p0 = np.clip(assemble(coef[i], nl[i]), np.asarray(bounds[0]) + 1e-12, np.asarray(bounds[1]) - 1e-12)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            try:
+                p, _ = curve_fit(fn, u, v, p0=p0, bounds=bounds, method="trf", max_nfev=2000)
+            except (RuntimeError, ValueError):
+                p = p0
+        r = float(np.sum((fn(u, *p) - v) ** 2))
+        if r < best_rss:
+            best_p, best_rss = p, r
+    return best_p
+
+
+def fit_alternatives(t: np.ndarray, y: np.ndarray) -> dict[str, AlternativeFit]:
+    """Pure logarithm (λ = 0), first-order step response, and a logistic in log-step."""
+    t_scale, y_min, y_range = t.max(), y.min(), float(np.ptp(y))
+    u = t / t_scale
+    v = (y - y_min) / y_range if y_range > 0 else np.zeros_like(y)
+    ones = np.ones_like(u)
+    log_p = _fit_alternative(
+        _log_model, u, v, [_GAMMAS, _T0S],
+        lambda q: np.stack([np.log(q[0] * u + q[1]), ones], axis=1),
+        lambda c, q: np.array([c[0], q[0], q[1], c[1]]),
+        ([-np.inf, 1e-9, 1e-9, -np.inf], [np.inf, SCALE_MAX, SCALE_MAX, np.inf]))
+    step_p = _fit_alternative(
+        _step_model, u, v, [np.logspace(-4, 1, 40)],
+        lambda q: np.stack([-np.exp(-u / q[0]), ones], axis=1),
+        lambda c, q: np.array([c[0], q[0], c[1]]),
+        ([-np.inf, 1e-9, -np.inf], [np.inf, 1e3, np.inf]))
+    # the logistic acts on log1p of the raw step, so it is fitted on raw t
+    lt = np.log1p(t)
+    logi_p = _fit_alternative(
+        _logistic_model, t, v, [np.linspace(lt.min(), lt.max(), 20), np.logspace(-1.5, 0.7, 12)],
+        lambda q: np.stack([expit((lt - q[0]) / q[1]), ones], axis=1),
+        lambda c, q: np.array([c[0], q[0], q[1], c[1]]),
+        ([-np.inf, -10.0, 1e-3, -np.inf], [np.inf, 30.0, 20.0, np.inf]))
+    out = {}
+    for name, fn, p, x, names in (
+            ("log", _log_model, log_p, u, ("A", "gamma", "t0", "K")),
+            ("step", _step_model, step_p, u, ("A", "tau", "K")),
+            ("logistic", _logistic_model, logi_p, t, ("A", "m", "s", "K"))):
+        pred = fn(x, *p) * y_range + y_min
+        s = _scores(y, pred, k=len(p))
+        raw = dict(zip(names, map(float, p), strict=True))
+        for key in ("A", "K"):
+            raw[key] = raw[key] * y_range + (y_min if key == "K" else 0.0)
+        if "gamma" in raw:
+            raw["gamma"] /= t_scale
+        if "tau" in raw:
+            raw["tau"] *= t_scale
+        out[name] = AlternativeFit(name=name, params=raw, r2=s["r2"], aic=s["aic"], rss=s["rss"])
+    return out
+
+
+def curve_grid(steps: np.ndarray, points: int) -> np.ndarray:
+    """Dense steps for plotting: linear over the run, plus the early log-spaced part."""
+    t_max = float(np.max(steps))
+    early = np.logspace(0, math.log10(max(t_max, 1.0)), points // 2)
+    return np.unique(np.concatenate([[0.0], early, np.linspace(0, t_max, points - points // 2)]))

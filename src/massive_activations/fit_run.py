@@ -1,0 +1,109 @@
+"""Fit every (layer, series) of a model from the ratios on the store, and write ``fits/``.
+
+A model's fits are redone only when its inputs change: the content hashes of its ``ratios/``
+partitions, the series, the fit settings or the fit code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from massive_activations.emergence import FitSettings, SeriesError, curve_grid, fit_emergence
+from massive_activations.provenance import module_version, stable_hash
+from massive_activations.store import Store
+
+FITS, COMPARISON = "fits", "fit_comparison"
+CODE_MODULES = ("massive_activations.emergence", "massive_activations.fit_run")
+# series name -> (column of ratios/, column of its spread over sequences)
+SERIES = {"ratio": ("ratio", "ratio_std"), "top1": ("top1", "top1_std"),
+          "median": ("median", "median_std"), "ratio_excl0": ("ratio_excl0", None)}
+SHAPES = ("emergence", "log", "step", "logistic")
+
+
+def check_series_names(series: list[str]) -> list[str]:
+    unknown = [s for s in series if s not in SERIES]
+    if unknown or not series:
+        raise ValueError(f"unknown series {unknown or series}; choose from {', '.join(SERIES)}")
+    return series
+
+
+def ratios_hash(store: Store, model: str) -> str:
+    """One hash over the content hashes of all of a model's ratios partitions."""
+    parts = sorted(p["step"] for p in store.partitions("ratios") if p["model"] == model)
+    if not parts:
+        raise ValueError(f"no ratios for model {model!r} on {store.url}; run the capture first")
+    hashes = [(s, (store.partition_metadata("ratios", {"model": model, "step": s}) or {}).get("content_hash"))
+              for s in parts]
+    return stable_hash(hashes)
+
+
+def fit_inputs(store: Store, model: str, series: list[str], settings: FitSettings) -> dict[str, Any]:
+    return {"model": model, "ratios_hash": ratios_hash(store, model), "series": sorted(series),
+            "settings": asdict(settings)}
+
+
+def is_fitted(store: Store, inputs: dict[str, Any]) -> bool:
+    meta = store.partition_metadata(FITS, {"model": inputs["model"]})
+    return bool(meta) and meta.get("inputs") == inputs and meta.get("code_version") == module_version(*CODE_MODULES)
+
+
+def fit_table(ratios: pa.Table, series: list[str], settings: FitSettings) -> pa.Table:
+    """One row per (layer, series): parameters, errors, scores, peak, class, alternatives, curve."""
+    layers = np.asarray(ratios.column("layer"))
+    steps = np.asarray(ratios.column("step"), dtype=float)
+    n_layers = int(layers.max()) + 1
+    rows = []
+    for layer in np.unique(layers):
+        sel = layers == layer
+        for name in series:
+            value_col, spread_col = SERIES[name]
+            t, y = steps[sel], np.asarray(ratios.column(value_col))[sel]
+            try:
+                fit = fit_emergence(t, y, settings)
+            except SeriesError as err:
+                raise SeriesError(f"layer {layer}, series {name}: {err}") from err
+            grid = curve_grid(t, settings.curve_points)
+            order = np.argsort(t)
+            spread = np.asarray(ratios.column(spread_col))[sel][order] if spread_col else np.zeros(t.size)
+            rows.append({"layer": int(layer), "series": name, "rel_depth": (int(layer) + 1) / n_layers,
+                         **fit.as_row(), "steps": t[order].tolist(), "values": y[order].tolist(),
+                         "spread": spread.tolist(), "curve_t": grid.tolist(),
+                         "curve_y": fit.predict(grid).tolist()})
+    return pa.Table.from_pylist(rows)
+
+
+def comparison_table(fits: pa.Table) -> pa.Table:
+    """Per series: mean R² and mean AIC of each shape, and how often each wins on AIC (paper Table 5)."""
+    rows = []
+    for name in sorted(set(fits.column("series").to_pylist())):
+        sub = fits.filter(pc.equal(fits.column("series"), name))
+        winners = sub.column("best_by_aic").to_pylist()
+        for shape in SHAPES:
+            r2 = sub.column("r2" if shape == "emergence" else f"alt_{shape}_r2").to_numpy()
+            aic = sub.column("aic" if shape == "emergence" else f"alt_{shape}_aic").to_numpy()
+            rows.append({"series": name, "shape": shape, "mean_r2": float(np.mean(r2)),
+                         "mean_aic": float(np.mean(aic)), "wins": winners.count(shape), "n_layers": len(winners)})
+    return pa.Table.from_pylist(rows)
+
+
+def fit_model(store: Store, model: str, series: list[str], settings: FitSettings = FitSettings(),
+              ) -> dict[str, Any]:
+    """Fit a model unless its fits on the store already match; say which happened."""
+    check_series_names(series)
+    inputs = fit_inputs(store, model, series, settings)
+    if is_fitted(store, inputs):
+        meta = store.partition_metadata(FITS, {"model": model}) or {}
+        return {"model": model, "status": "skipped", "fits_hash": meta.get("content_hash")}
+    ratios = store.read_dataset("ratios", where={"model": model})
+    fits = fit_table(ratios.filter(pc.greater_equal(ratios.column("layer"), 0)), series, settings)
+    comparison = store.write_partition(COMPARISON, {"model": model}, comparison_table(fits), inputs=inputs,
+                                       code_modules=CODE_MODULES, overwrite=True)
+    written = store.write_partition(FITS, {"model": model}, fits, inputs=inputs, code_modules=CODE_MODULES,
+                                    overwrite=True)
+    return {"model": model, "status": "fitted", "fits_hash": written.content_hash,
+            "comparison_hash": comparison.content_hash, "rows": written.rows}

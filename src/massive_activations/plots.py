@@ -1,0 +1,67 @@
+"""Figures, rendered to PNG bytes so that callers can put them on the store or in artifacts."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+
+
+def _png(fig: plt.Figure, dpi: int = 110) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _rows(fits: pa.Table, series: str) -> list[dict]:
+    return sorted(fits.filter(pc.equal(fits.column("series"), series)).to_pylist(), key=lambda r: r["layer"])
+
+
+def plot_layer_fits(fits: pa.Table, model: str, series: str = "ratio") -> bytes:
+    """A grid of layers: data with its spread over sequences, the fitted curve, the peak, R²."""
+    rows = _rows(fits, series)
+    cols = min(4, len(rows))
+    nrows = math.ceil(len(rows) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.6 * nrows + 0.6), squeeze=False,
+                             layout="constrained")
+    for ax, row in zip(axes.flat, rows, strict=False):
+        ax.errorbar(row["steps"], row["values"], yerr=row["spread"], fmt="o", ms=3, lw=0.8, color="0.3",
+                    ecolor="0.7", label="data (±1 sd over sequences)")
+        ax.plot(row["curve_t"], row["curve_y"], color="C1", lw=1.6, label="fit")
+        if row["peak_class"] == "early peak":
+            peak_y = np.interp(row["t_peak"], row["curve_t"], row["curve_y"])
+            ax.plot([row["t_peak"]], [peak_y], marker="v", color="C3", ms=8, label="t_peak (extremum)")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_title(f"layer {row['layer']}: R²={row['r2']:.3f}, {row['peak_class']}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="best")
+    fig.suptitle(f"{model}: {series} vs training step", fontsize=11)
+    fig.supxlabel("step (symlog)", fontsize=9)
+    return _png(fig)
+
+
+def plot_depth_curves(fits: pa.Table, model: str, series: str = "ratio") -> bytes:
+    """Every layer's fitted curve, coloured by relative depth."""
+    rows = _rows(fits, series)
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    for row in rows:
+        ax.plot(row["curve_t"], row["curve_y"], color=cmap(row["rel_depth"]), lw=1.5, label=f"layer {row['layer']}")
+        ax.plot(row["steps"], row["values"], "o", ms=2, color=cmap(row["rel_depth"]), alpha=0.5)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("step (symlog)")
+    ax.set_ylabel(series)
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
+    fig.colorbar(sm, ax=ax, label="relative depth (layer+1)/L")
+    ax.set_title(f"{model}: fitted {series} by depth")
+    return _png(fig)

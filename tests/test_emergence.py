@@ -1,0 +1,110 @@
+"""The emergence fit against known answers: synthetic series from known parameters, bad input."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from massive_activations.catalog import PYTHIA_STEPS
+from massive_activations.emergence import (EARLY_PEAK, LOG_INCREASE, SeriesError, check_series, emergence,
+                                           emergence_jacobian, fit_emergence, peak_step)
+
+T = np.array(PYTHIA_STEPS, dtype=float)
+# Regimes: λ from 0 (pure log) to large; γ·t_max from ~4 to ~70; t0 near and above 1; the curve's
+# own swing M of 100 or 1000 above an offset K (ratios in Pythia rise by hundreds to thousands).
+GRID = list(itertools.product([100, 1000], [0.0, 0.02, 0.1, 0.3, 1.0, 2.0], [3e-5, 1.1e-4, 5e-4],
+                              [1.05, 2.0], [5.0]))
+K_TOL = 0.05  # |K − K_true| within 5% of the curve's range, where the data show the asymptote
+T_PEAK_TOL = 0.15  # relative error of t_peak, for peaks between 2% and 80% of the run
+
+
+def _synthetic(swing, lam, gamma, t0, k, seed):
+    amplitude = swing / np.abs(emergence(T, 1.0, lam, gamma, t0, 0.0)).max()
+    clean = emergence(T, amplitude, lam, gamma, t0, k)
+    noisy = clean * (1 + 0.03 * np.random.default_rng(seed).standard_normal(T.size))
+    return clean, noisy
+
+
+@pytest.mark.parametrize("case", range(len(GRID)))
+def test_parameter_recovery(case):
+    swing, lam, gamma, t0, k = GRID[case]
+    clean, noisy = _synthetic(swing, lam, gamma, t0, k, seed=case)
+    fit = fit_emergence(T, noisy, alternatives=False)
+    pred = fit.predict(T)
+    assert 1 - np.sum((pred - clean) ** 2) / np.sum((clean - clean.mean()) ** 2) >= 0.99
+    assert fit.lam >= 0 and fit.gamma > 0 and fit.t0 > 0
+    if math.exp(-lam * gamma * T.max()) < 0.1:  # decayed within the run: K is identifiable
+        assert abs(fit.K - k) <= K_TOL * np.ptp(clean)
+    true_peak = peak_step(lam, gamma, t0)
+    if 0.02 * T.max() < true_peak < 0.8 * T.max():
+        assert abs(fit.t_peak - true_peak) <= T_PEAK_TOL * true_peak
+        assert fit.peak_class == EARLY_PEAK
+    if lam == 0.0:
+        assert fit.peak_class == LOG_INCREASE
+
+
+def test_peak_formula():
+    lam, gamma, t0 = 0.3, 1e-4, 1.5
+    t_peak = peak_step(lam, gamma, t0)
+    x = gamma * t_peak + t0
+    assert lam * x * math.log(x) == pytest.approx(1.0)
+    dense = np.linspace(0, 143000, 200001)
+    assert dense[np.argmax(emergence(dense, 1.0, lam, gamma, t0, 0.0))] == pytest.approx(t_peak, abs=1)
+    assert peak_step(0.0, gamma, t0) == math.inf
+
+
+def test_jacobian_matches_finite_differences():
+    p = np.array([2.0, 0.4, 3.0, 1.3, 0.5])
+    u = np.linspace(0, 1, 30)
+    jac = emergence_jacobian(u, *p)
+    for i in range(5):
+        h = np.zeros(5)
+        h[i] = 1e-6
+        fd = (emergence(u, *(p + h)) - emergence(u, *(p - h))) / 2e-6
+        np.testing.assert_allclose(jac[:, i], fd, rtol=1e-5, atol=1e-7)
+
+
+def test_scores_and_errors_are_reported():
+    clean, noisy = _synthetic(500, 0.1, 1.1e-4, 1.5, 6.0, seed=1)
+    fit = fit_emergence(T, noisy)
+    row = fit.as_row()
+    for key in ("A", "lam", "gamma", "t0", "K", "se_A", "se_lam", "se_gamma", "se_t0", "se_K", "r2", "adj_r2",
+                "rmse", "aic", "bic", "n_points", "converged", "message", "t_peak", "peak_class",
+                "alt_log_r2", "alt_step_aic", "alt_logistic_r2", "best_by_aic"):
+        assert key in row, key
+    assert fit.n_points == 154 and fit.converged and fit.adj_r2 < fit.r2
+    assert all(np.isfinite(v) and v >= 0 for v in fit.se.values())
+    assert row["best_by_aic"] == "emergence"
+
+
+def test_alternatives_win_on_their_own_data():
+    """A first-order step response is best explained by the step response, by AIC."""
+    rng = np.random.default_rng(0)
+    y = (80 - 70 * np.exp(-T / 9000)) * (1 + 0.01 * rng.standard_normal(T.size))
+    fit = fit_emergence(T, y)
+    assert fit.alternatives["step"].r2 > 0.99
+    assert fit.best_alternative in ("step", "emergence")  # the 5-parameter model can also express it
+    assert fit.alternatives["step"].aic < fit.alternatives["logistic"].aic
+
+
+def test_unsorted_steps_are_sorted_for_the_user():
+    clean, _ = _synthetic(100, 0.1, 1.1e-4, 1.5, 6.0, seed=0)
+    order = np.random.default_rng(0).permutation(T.size)
+    a = fit_emergence(T[order], clean[order], alternatives=False)
+    b = fit_emergence(T, clean, alternatives=False)
+    assert a.params == pytest.approx(b.params, rel=1e-6)
+
+
+@pytest.mark.parametrize("steps, values, message", [
+    ([0, 1, 2, 4, 8], [1, 2, 3, 4, 5], "at least 6 points, got 5"),
+    ([0, 1, 2, 4, 8, 16], [1, 2, np.nan, 4, 5, 6], r"non-finite values at steps \[2.0\]"),
+    ([0, 1, 2, 2, 8, 16], [1, 2, 3, 4, 5, 6], r"duplicate steps \[2.0\]"),
+    ([0, 1, 2, 4, 8], [1, 2, 3, 4, 5, 6], "differ in length"),
+    ([0, -1, 2, 4, 8, 16], [1, 2, 3, 4, 5, 6], "steps must be >= 0"),
+])
+def test_bad_series_are_explained(steps, values, message):
+    with pytest.raises(SeriesError, match=message):
+        check_series(steps, values)
