@@ -12,6 +12,7 @@ import time
 from prefect import flow, get_run_logger
 
 from flows.capture import capture
+from flows.fit import FitParams, fit
 from flows.offline_suite import offline_suite
 from flows.params import DEFAULT_STORE, CaptureParams, PromptParams, SourceParams
 from massive_activations.store import Store
@@ -20,16 +21,18 @@ from massive_activations.store import Store
 @flow(name="pipeline", log_prints=True)
 def pipeline(suite: str = "default", store: str = DEFAULT_STORE, steps: str = "all", workers: int = 2,
              prompts: PromptParams = PromptParams(), settings: CaptureParams = CaptureParams(),
-             device: str = "auto", refresh: bool = False) -> dict:
+             fit_settings: FitParams = FitParams(), device: str = "auto", refresh: bool = False) -> dict:
     logger = get_run_logger()
     built = offline_suite(suite=suite, store=store, workers=workers, refresh=refresh)
     captured = capture(models=sorted(built["models"]), steps=steps, store=store, suite=suite,
                        source=SourceParams(kind="folder", root=built["root"]), prompts=prompts,
                        settings=settings, device=device, refresh=refresh)
+    fitted = fit(models=sorted(built["models"]), store=store, settings=fit_settings, refresh=refresh)
     target = Store(store)
-    where = {name: target.url_for(name) for name in ("suites", "stats", "ratios", "activations")}
+    where = {name: target.url_for(name) for name in ("suites", "stats", "ratios", "activations", "fits",
+                                                      "fit_comparison", "plots")}
     logger.info("results: %s", where)
-    return {"suite": built, "capture": captured, "where": where}
+    return {"suite": built, "capture": captured, "fit": fitted, "where": where}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     cap = result["capture"]
     print(f"Checkpoints captured {cap['captured']}, skipped (already on the store) {cap['skipped']}, "
           f"cached {cap['cached']}, failed {len(cap['failed'])}")
+    print(f"Mean R² of the emergence fit (ratio, all layers): {result['fit']['mean_r2']:.3f} (paper: 0.984)")
 
 
 if __name__ == "__main__":

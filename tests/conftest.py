@@ -112,3 +112,29 @@ def new_bucket(endpoint: str) -> str:
     bucket = f"test-{uuid.uuid4().hex[:10]}"
     s3fs.S3FileSystem(**s3_options(endpoint)).mkdir(bucket)
     return bucket
+
+
+@pytest.fixture(scope="session")
+def captured_micro(micro_suite, micro_root, tmp_path_factory) -> Store:
+    """A store holding the capture of every micro-suite checkpoint (library calls, no Prefect)."""
+    from massive_activations.capture import CaptureSettings
+    from massive_activations.capture_run import capture_to_store
+    from massive_activations.checkpoints import FolderSource
+    from massive_activations.corpus import stdlib_docstrings
+    from massive_activations.offline_suite import get_suite, split_documents
+    from massive_activations.prompts import build_prompt_set, save_prompt_set
+
+    spec = get_suite("micro")
+    store = Store(tmp_path_factory.mktemp("captured") / "store")
+    source = FolderSource(str(micro_root))
+    texts = split_documents(stdlib_docstrings(spec.corpus_chars), spec.heldout_fraction, spec.seed)[1]
+    for model in source.models():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source.fetch(model, 0))
+        prompts = build_prompt_set(model, texts, tokenizer, n_sequences=4, length=32)
+        set_id = save_prompt_set(store, prompts)
+        for step in source.steps(model):
+            capture_to_store(store, source, model, step, set_id, prompts.tokens,
+                             CaptureSettings(samples_per_layer=64), device="cpu")
+    return store

@@ -1,0 +1,90 @@
+"""Fit flow: the emergence function per model, layer and series, from the ratios on the store."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import BaseModel, Field
+
+from flows.params import DEFAULT_STORE
+from massive_activations.emergence import FitSettings
+from massive_activations.fit_run import COMPARISON, FITS, check_series_names
+from massive_activations.store import Store
+from tasks.fit import cache_inputs, fit_model_task, plot_fits_task
+from tasks.policy import on_store
+
+# Paper Table 1: mean R² per Pythia model (arXiv 2508.03616); 0.984 over all 188 layers.
+PAPER_MEAN_R2 = 0.984
+
+
+class FitParams(BaseModel):
+    n_random_starts: int = Field(2, ge=0, le=100, description="Seeded random starts (after the grid starts)")
+    n_grid_starts: int = Field(3, ge=1, le=50, description="Best grid points of each form to refine")
+    seed: int = 0
+    max_nfev: int = Field(60, ge=10, le=100_000, description="Evaluations per refinement")
+
+
+def _summary(fits: pa.Table) -> str:
+    lines = ["| model | series | layers | mean R² | min R² | early peak | log increase | best by AIC |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model in sorted(set(fits.column("model").to_pylist())):
+        for series in sorted(set(fits.column("series").to_pylist())):
+            rows = fits.filter(pc.and_(pc.equal(fits.column("model"), model),
+                                       pc.equal(fits.column("series"), series))).to_pylist()
+            if not rows:
+                continue
+            r2 = [r["r2"] for r in rows]
+            classes = [r["peak_class"] for r in rows]
+            wins = {}
+            for r in rows:
+                wins[r["best_by_aic"]] = wins.get(r["best_by_aic"], 0) + 1
+            lines.append(f"| {model} | {series} | {len(rows)} | {np.mean(r2):.3f} | {min(r2):.3f} | "
+                         f"{classes.count('early peak')} | {classes.count('log increase')} | "
+                         + ", ".join(f"{k} {v}" for k, v in sorted(wins.items())) + " |")
+    return "\n".join(lines)
+
+
+@flow(name="fit", log_prints=True)
+def fit(models: list[str] | None = None, series: list[str] = ["ratio", "top1", "median", "ratio_excl0"],  # noqa: B006
+        store: str = DEFAULT_STORE, settings: FitParams = FitParams(), refresh: bool = False) -> dict:
+    """Fit every layer of every model; re-fit only models whose ratios, series or settings changed."""
+    logger = get_run_logger()
+    check_series_names(series)
+    fit_settings = FitSettings(**settings.model_dump())
+    target = Store(store)
+    present = sorted({p["model"] for p in target.partitions("ratios")})
+    models = models or present
+    missing = [m for m in models if m not in present]
+    if missing:
+        raise ValueError(f"no ratios on {target.url} for {missing}; captured models: {present}")
+    fit_task, plot_task = on_store(fit_model_task, target, refresh), on_store(plot_fits_task, target, refresh)
+    results, figures = {}, {}
+    for model in models:
+        keys = cache_inputs(target, model, series, fit_settings)
+        results[model] = fit_task(target.url, model, keys["ratios_hash"], series, keys["settings"])
+        figures[model] = plot_task(target.url, model, results[model]["fits_hash"], series)
+    fits = target.read_dataset(FITS, where={"model": models})
+    comparison = target.read_dataset(COMPARISON, where={"model": models})
+    table = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()
+              if k in ("model", "layer", "series", "A", "lam", "gamma", "t0", "K", "r2", "t_peak", "peak_class",
+                       "best_by_aic")} for row in fits.filter(pc.equal(fits.column("series"), "ratio")).to_pylist()]
+    create_table_artifact(table, key="fit-parameters", description="Emergence parameters per layer (ratio)")
+    create_table_artifact(comparison.to_pylist(), key="fit-alternatives",
+                          description="Emergence vs alternative shapes: mean R², mean AIC, wins (paper Table 5)")
+    images = []
+    for model, keys in figures.items():
+        png = target.read_bytes(keys["ratio-layers"]) if "ratio-layers" in keys else None
+        if png:
+            images.append(f"### {model}\n![{model}](data:image/png;base64,{base64.b64encode(png).decode()})")
+    overall = float(np.mean(fits.filter(pc.equal(fits.column("series"), "ratio")).column("r2").to_numpy()))
+    create_markdown_artifact(
+        f"# Fit quality\n\nMean R² of the ratio over all layers: **{overall:.3f}** (paper: {PAPER_MEAN_R2})\n\n"
+        + _summary(fits) + f"\n\nFigures on the store under `{target.url_for('plots/fits')}`\n\n" + "\n\n".join(images),
+        key="fit-summary")
+    logger.info("fit: %s; mean R² (ratio) %.3f", {m: r["status"] for m, r in results.items()}, overall)
+    return {"results": results, "figures": figures, "mean_r2": overall}
