@@ -11,8 +11,7 @@ from massive_activations.catalog import select_steps
 from massive_activations.checkpoints import make_source
 from massive_activations.corpus import stdlib_docstrings
 from massive_activations.offline_suite import SUITES, split_documents, suite_prefix
-from massive_activations.prompts import (build_prompt_set, save_prompt_set, texts_from_file,
-                                         texts_from_hub_dataset)
+from massive_activations.prompts import build_prompt_set, save_prompt_set, texts_from_file, texts_from_hub_dataset
 from massive_activations.store import Store
 from tasks.capture import capture_checkpoint
 from tasks.policy import on_store

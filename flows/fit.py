@@ -9,9 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, Field
 
-from flows.params import DEFAULT_STORE
+from flows.params import DEFAULT_STORE, FitParams
 from massive_activations.emergence import FitSettings
 from massive_activations.fit_run import COMPARISON, FITS, check_series_names
 from massive_activations.store import Store
@@ -20,13 +19,6 @@ from tasks.policy import on_store
 
 # Paper Table 1: mean R² per Pythia model (arXiv 2508.03616); 0.984 over all 188 layers.
 PAPER_MEAN_R2 = 0.984
-
-
-class FitParams(BaseModel):
-    n_random_starts: int = Field(2, ge=0, le=100, description="Seeded random starts (after the grid starts)")
-    n_grid_starts: int = Field(3, ge=1, le=50, description="Best grid points of each form to refine")
-    seed: int = 0
-    max_nfev: int = Field(60, ge=10, le=100_000, description="Evaluations per refinement")
 
 
 def _summary(fits: pa.Table) -> str:
@@ -50,11 +42,11 @@ def _summary(fits: pa.Table) -> str:
 
 
 @flow(name="fit", log_prints=True)
-def fit(models: list[str] | None = None, series: list[str] = ["ratio", "top1", "median", "ratio_excl0"],  # noqa: B006
+def fit(models: list[str] | None = None, series: tuple[str, ...] = ("ratio", "top1", "median", "ratio_excl0"),
         store: str = DEFAULT_STORE, settings: FitParams = FitParams(), refresh: bool = False) -> dict:
     """Fit every layer of every model; re-fit only models whose ratios, series or settings changed."""
     logger = get_run_logger()
-    check_series_names(series)
+    series = check_series_names(list(series))
     fit_settings = FitSettings(**settings.model_dump())
     target = Store(store)
     present = sorted({p["model"] for p in target.partitions("ratios")})

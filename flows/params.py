@@ -6,13 +6,15 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = os.environ.get("MA_STORE", str(PROJECT_ROOT / "data"))
 
 
 class SourceParams(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     kind: Literal["folder", "hub"] = Field(
         "folder", description="folder: <root>/<model>/step<N>/ (default: the offline suite on the store); "
                               "hub: EleutherAI/pythia-* on the Hugging Face Hub")
@@ -23,6 +25,8 @@ class SourceParams(BaseModel):
 
 
 class PromptParams(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     n_sequences: int = Field(10, ge=1, le=10_000, description="Sequences (the paper uses 10)")
     length: int | None = Field(None, ge=2, le=32_768,
                                description="Tokens per sequence; default: the model's context, at most "
@@ -36,6 +40,8 @@ class PromptParams(BaseModel):
 
 
 class CaptureParams(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     batch_size: int = Field(10, ge=1, le=1024, description="Sequences per forward pass")
     massive_abs: float = Field(100.0, gt=0, description="|h| above this counts as massive")
     massive_rel: float = Field(1000.0, gt=0, description="…and above this multiple of the median")
@@ -44,3 +50,12 @@ class CaptureParams(BaseModel):
                                    description="Activation vectors kept per layer (0: none)")
     sample_dtype: Literal["float32", "float16"] = "float32"
     sample_seed: int = 0
+
+
+class FitParams(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    n_random_starts: int = Field(2, ge=0, le=100, description="Seeded random starts (after the grid starts)")
+    n_grid_starts: int = Field(3, ge=1, le=50, description="Best grid points of each form to refine")
+    seed: int = 0
+    max_nfev: int = Field(60, ge=10, le=100_000, description="Evaluations per refinement")

@@ -12,9 +12,9 @@ import time
 from prefect import flow, get_run_logger
 
 from flows.capture import capture
-from flows.fit import FitParams, fit
+from flows.fit import fit
 from flows.offline_suite import offline_suite
-from flows.params import DEFAULT_STORE, CaptureParams, PromptParams, SourceParams
+from flows.params import DEFAULT_STORE, CaptureParams, FitParams, PromptParams, SourceParams
 from massive_activations.store import Store
 
 

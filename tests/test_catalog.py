@@ -2,8 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from massive_activations.catalog import (PYTHIA, PYTHIA_STEPS, Architecture, CatalogError, hub_repo,
-                                         pythia_model, select_steps)
+from massive_activations.catalog import (
+    PYTHIA,
+    PYTHIA_STEPS,
+    Architecture,
+    CatalogError,
+    hub_repo,
+    pythia_model,
+    select_steps,
+)
 
 
 def test_schedule_has_154_pythia_checkpoints():

@@ -10,8 +10,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from massive_activations.catalog import CatalogError
-from massive_activations.checkpoints import (CheckpointNotFoundError, CorruptCheckpointError, FolderSource,
-                                             HubSource, TransientSourceError, load_checkpoint, load_from_dir)
+from massive_activations.checkpoints import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    FolderSource,
+    HubSource,
+    TransientSourceError,
+    load_checkpoint,
+    load_from_dir,
+)
 from massive_activations.store import Store
 
 MODEL = "nx-l2-d32-h2"

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from massive_activations.catalog import PYTHIA_STEPS
-from massive_activations.emergence import (EARLY_PEAK, LOG_INCREASE, SeriesError, check_series, emergence,
-                                           emergence_jacobian, fit_emergence, peak_step)
+from massive_activations.emergence import (
+    EARLY_PEAK,
+    LOG_INCREASE,
+    SeriesError,
+    check_series,
+    emergence,
+    emergence_jacobian,
+    fit_emergence,
+    peak_step,
+)
 
 T = np.array(PYTHIA_STEPS, dtype=float)
 # Regimes: λ from 0 (pure log) to large; γ·t_max from ~4 to ~70; t0 near and above 1; the curve's

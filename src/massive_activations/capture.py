@@ -9,6 +9,9 @@ sampled vectors) and lets it go, so at most one layer's activations are alive at
 the model itself keeps. Layer ``-1`` is the embedding output; layer ``L-1`` is the last block's raw
 output, before the final LayerNorm (transformers' ``hidden_states[-1]`` is after it).
 
+The forward pass runs the transformer trunk only (no LM head): the logits, the largest tensor
+of a forward pass at Pythia's vocabulary, are never computed.
+
 Median: exact, the lower median of the n = tokens × dims values (``torch.median``: the ⌈n/2⌉-th
 smallest), as in the reference code.
 """
@@ -62,22 +65,44 @@ def sample_positions(n_sequences: int, length: int, m: int, seed: int) -> np.nda
     return np.stack([flat // length, flat % length], axis=1)
 
 
+def row_median_(x: torch.Tensor) -> torch.Tensor:
+    """Exact lower median of each row of a 2-D tensor the caller owns: on CPU it is partitioned in
+    place by numpy's introselect (about 4× faster than torch.median there, and no copy)."""
+    if x.device.type != "cpu":
+        return x.median(dim=1).values
+    arr = x.numpy()
+    k = (arr.shape[1] - 1) // 2
+    arr.partition(k, axis=1)
+    return torch.from_numpy(arr[:, k].copy())
+
+
+def count_above(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Per row, how many values exceed that row's threshold."""
+    if x.device.type != "cpu":
+        return (x > threshold[:, None]).sum(dim=1)
+    return torch.from_numpy(np.count_nonzero(x.numpy() > threshold.numpy()[:, None], axis=1))
+
+
 def sequence_stats(h: torch.Tensor, settings: CaptureSettings) -> dict[str, torch.Tensor]:
-    """Reduce one layer's output (batch, tokens, dims) to per-sequence statistics."""
+    """Reduce one layer's output (batch, tokens, dims) to per-sequence statistics.
+
+    ``a`` is this function's own |h| copy, so the medians partition it in place, last.
+    """
     b, t, d = h.shape
-    a = h.detach().abs().float().reshape(b, t * d)
+    a = h.detach().abs().float().reshape(b, t * d)  # abs() always allocates: ``a`` is ours
     top = a.topk(3, dim=1)
-    median = a.median(dim=1).values
-    rest = a.view(b, t, d)[:, 1:, :].reshape(b, -1)
+    token_max = a.view(b, t, d).amax(dim=2)
+    nan = torch.full((b,), float("nan"), device=a.device)
     out = {
         "top1": top.values[:, 0], "top2": top.values[:, 1], "top3": top.values[:, 2],
         "top1_pos": top.indices[:, 0] // d, "top1_dim": top.indices[:, 0] % d,
-        "median": median, "mean_abs": a.mean(dim=1),
-        "top1_excl0": rest.max(dim=1).values if t > 1 else torch.full((b,), float("nan")),
-        "median_excl0": rest.median(dim=1).values if t > 1 else torch.full((b,), float("nan")),
-        "n_above_abs": (a > settings.massive_abs).sum(dim=1),
-        "n_above_rel": (a > settings.massive_rel * median[:, None]).sum(dim=1),
+        "mean_abs": a.mean(dim=1),
+        "top1_excl0": token_max[:, 1:].amax(dim=1) if t > 1 else nan,
+        "n_above_abs": count_above(a, torch.full((b,), settings.massive_abs, device=a.device)),
+        "median_excl0": row_median_(a.view(b, t, d)[:, 1:, :].reshape(b, -1)) if t > 1 else nan,
     }
+    out["median"] = row_median_(a)
+    out["n_above_rel"] = count_above(a, settings.massive_rel * out["median"].to(a.device))
     return {k: v.cpu() for k, v in out.items()}
 
 
@@ -136,6 +161,7 @@ def capture(model: Any, tokens: np.ndarray, settings: CaptureSettings = CaptureS
     fixed = sample_positions(n, length, settings.samples_per_layer, settings.sample_seed)
     recorder = _Recorder(settings, fixed)
     device = next(model.parameters()).device
+    trunk = model.gpt_neox  # the transformer without its LM head: logits are not needed here
     handles = [m.register_forward_hook(recorder.hook(layer))
                for layer, m in hooked_modules(model, settings.include_embedding)]
     try:
@@ -143,7 +169,7 @@ def capture(model: Any, tokens: np.ndarray, settings: CaptureSettings = CaptureS
             for start in range(0, n, settings.batch_size):
                 batch = torch.as_tensor(tokens[start:start + settings.batch_size], device=device)
                 recorder.batch_start = start
-                model(input_ids=batch, use_cache=False)
+                trunk(input_ids=batch, use_cache=False)
     finally:
         for handle in handles:
             handle.remove()

@@ -1,0 +1,86 @@
+"""Capture time / bare forward time on the same batches (target ≤ 1.10).
+
+Same model, same prompts, measured side by side in one run, alternating so drift hits all three:
+``capture()`` (hooks on every layer) against two baselines under inference_mode: the bare
+transformer trunk ``model.gpt_neox(input_ids)`` (the same computation without the hooks, the strict
+baseline) and the bare full ``model(input_ids)`` with its LM head (what a user would otherwise run).
+
+    .venv/bin/python bench/capture_overhead.py [--device cpu] [--length 512] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from massive_activations.capture import CaptureSettings, capture
+from massive_activations.checkpoints import resolve_device
+
+MODELS = {  # name: (layers, d_model, heads); 70m is Pythia-70m's shape with random weights
+    "tiny (2×64)": (2, 64, 4),
+    "pythia-70m-sized": (6, 512, 8),
+}
+
+
+def build(layers: int, d: int, heads: int, context: int) -> GPTNeoXForCausalLM:
+    torch.manual_seed(0)
+    cfg = GPTNeoXConfig(vocab_size=50304, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=4 * d, max_position_embeddings=context, use_parallel_residual=True,
+                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})
+    return GPTNeoXForCausalLM(cfg).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sequences", type=int, default=10)
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    tokens = np.random.default_rng(0).integers(1, 50000, size=(args.sequences, args.length))
+    tokens[:, 0] = 0
+    settings = CaptureSettings(batch_size=args.sequences)
+    print(f"device={device} threads={torch.get_num_threads()} prompts={args.sequences}×{args.length}")
+    print(f"{'model':20s} {'trunk s':>8s} {'full s':>8s} {'capture s':>10s} {'cap/trunk':>10s} {'cap/full':>9s}")
+    for name, shape in MODELS.items():
+        model = build(*shape, context=args.length).to(device)
+        batch = torch.as_tensor(tokens, device=device)
+
+        def bare_trunk() -> None:
+            with torch.inference_mode():
+                model.gpt_neox(input_ids=batch, use_cache=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        def bare_full() -> None:
+            with torch.inference_mode():
+                model(input_ids=batch, use_cache=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        def hooked() -> None:
+            capture(model, tokens, settings)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        runs = {"trunk": bare_trunk, "full": bare_full, "capture": hooked}
+        for fn in runs.values():
+            fn()  # warm-up
+        times: dict[str, list[float]] = {key: [] for key in runs}
+        for _ in range(args.repeats):
+            for key, fn in runs.items():
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+        t, f, c = (statistics.median(times[k]) for k in ("trunk", "full", "capture"))
+        print(f"{name:20s} {t:8.3f} {f:8.3f} {c:10.3f} {c / t:10.3f} {c / f:9.3f}")
+
+
+if __name__ == "__main__":
+    main()
