@@ -35,6 +35,41 @@ def build(layers: int, d: int, heads: int, context: int) -> GPTNeoXForCausalLM:
     return GPTNeoXForCausalLM(cfg).eval()
 
 
+def measure(model: GPTNeoXForCausalLM, tokens: np.ndarray, device: torch.device, repeats: int) -> dict[str, float]:
+    """Median seconds of each way of running the same batch, interleaved."""
+    batch = torch.as_tensor(tokens, device=device)
+    settings = CaptureSettings(batch_size=len(tokens))
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def trunk() -> None:
+        with torch.inference_mode():
+            model.gpt_neox(input_ids=batch, use_cache=False)
+        sync()
+
+    def full() -> None:
+        with torch.inference_mode():
+            model(input_ids=batch, use_cache=False)
+        sync()
+
+    def hooked() -> None:
+        capture(model, tokens, settings)
+        sync()
+
+    runs = {"trunk": trunk, "full": full, "capture": hooked}
+    for fn in runs.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in range(repeats):
+        for key, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
@@ -45,41 +80,12 @@ def main() -> None:
     device = resolve_device(args.device)
     tokens = np.random.default_rng(0).integers(1, 50000, size=(args.sequences, args.length))
     tokens[:, 0] = 0
-    settings = CaptureSettings(batch_size=args.sequences)
     print(f"device={device} threads={torch.get_num_threads()} prompts={args.sequences}×{args.length}")
     print(f"{'model':20s} {'trunk s':>8s} {'full s':>8s} {'capture s':>10s} {'cap/trunk':>10s} {'cap/full':>9s}")
     for name, shape in MODELS.items():
-        model = build(*shape, context=args.length).to(device)
-        batch = torch.as_tensor(tokens, device=device)
-
-        def bare_trunk() -> None:
-            with torch.inference_mode():
-                model.gpt_neox(input_ids=batch, use_cache=False)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
-        def bare_full() -> None:
-            with torch.inference_mode():
-                model(input_ids=batch, use_cache=False)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
-        def hooked() -> None:
-            capture(model, tokens, settings)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
-        runs = {"trunk": bare_trunk, "full": bare_full, "capture": hooked}
-        for fn in runs.values():
-            fn()  # warm-up
-        times: dict[str, list[float]] = {key: [] for key in runs}
-        for _ in range(args.repeats):
-            for key, fn in runs.items():
-                start = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - start)
-        t, f, c = (statistics.median(times[k]) for k in ("trunk", "full", "capture"))
-        print(f"{name:20s} {t:8.3f} {f:8.3f} {c:10.3f} {c / t:10.3f} {c / f:9.3f}")
+        t = measure(build(*shape, context=args.length).to(device), tokens, device, args.repeats)
+        print(f"{name:20s} {t['trunk']:8.3f} {t['full']:8.3f} {t['capture']:10.3f} "
+              f"{t['capture'] / t['trunk']:10.3f} {t['capture'] / t['full']:9.3f}")
 
 
 if __name__ == "__main__":
