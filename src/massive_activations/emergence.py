@@ -278,7 +278,7 @@ def fit_emergence(steps: Any, values: Any, settings: FitSettings = FitSettings()
     grid = [("direct", s) for s in _direct_starts(u, v, settings.n_grid_starts)]
     grid += [("reparam", s) for s in _reparam_starts(u, v, settings.n_grid_starts)]
     # First the best start of each form and the paper's guess; the rest only when those disagree.
-    first = [grid[0]] + [g for g in grid if g[0] == "reparam"][:1] + [("paper", _paper_start(u, v))]
+    first = grid[:2] + [g for g in grid if g[0] == "reparam"][:1] + [("paper", _paper_start(u, v))]
     rest = [g for g in grid if not any(g[1] is f[1] for f in first)]
     rest += [("random", np.array([rng.uniform(-1, 2), rng.uniform(0, 4), 10 ** rng.uniform(-1, 4),
                                   rng.uniform(1.001, 10), rng.uniform(-1, 1)]))
