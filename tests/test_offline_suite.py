@@ -13,7 +13,7 @@ from massive_activations.offline_suite import SUITES, SuiteModel, SuiteSpec, bui
 def test_schedule_is_pythia_shaped():
     assert SUITES["micro"].steps == [0, 1, 2, 4, 8, 16, 24, 32, 40, 48]
     default = SUITES["default"]
-    assert default.steps[:8] == [0, 1, 2, 4, 8, 16, 32, 64]
+    assert default.steps[:8] == [0, 1, 2, 4, 8, 16, 32, default.save_interval]
     assert default.steps[-1] == default.total_steps
     assert len(default.steps) >= 27  # the fit needs at least 27 points per series
 
