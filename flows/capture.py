@@ -99,3 +99,43 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     if summary["failed"]:
         raise RuntimeError(f"{len(summary['failed'])} of {total} checkpoints failed: {summary['failed'][:3]}")
     return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Capture per-layer massive-activation statistics.")
+    parser.add_argument("--models", default=None, help="comma-separated, e.g. pythia-70m,pythia-160m "
+                                                       "(default: every model of the folder source)")
+    parser.add_argument("--steps", default="all", help="all, log, a:b:c, every=N, or 0,1000,…")
+    parser.add_argument("--store", default=DEFAULT_STORE, help="a path, file://… or s3://bucket/prefix")
+    parser.add_argument("--suite", default="default", help="offline suite whose folder is the default source")
+    parser.add_argument("--source", choices=["folder", "hub"], default="folder")
+    parser.add_argument("--root", default=None, help="folder source root (default: <store>/suites/<suite>)")
+    parser.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
+    parser.add_argument("--cache-dir", default=None, help="where downloaded checkpoints are kept")
+    parser.add_argument("--n-sequences", type=int, default=10)
+    parser.add_argument("--length", type=int, default=None, help="tokens per sequence (default: context, ≤2048)")
+    parser.add_argument("--text-file", default=None, help="your own texts (.txt, .jsonl, .parquet)")
+    parser.add_argument("--hub-dataset", default=None, help="e.g. togethercomputer/RedPajama-Data-1T-Sample")
+    parser.add_argument("--hub-file", default=None, help="the file of that dataset to read")
+    parser.add_argument("--samples", type=int, default=256, help="activation vectors kept per layer (0: none)")
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--refresh", action="store_true")
+    args = parser.parse_args(argv)
+    summary = capture(
+        models=args.models.split(",") if args.models else None, steps=args.steps, store=args.store,
+        suite=args.suite,
+        source=SourceParams(kind=args.source, root=args.root, endpoint=args.endpoint, cache_dir=args.cache_dir),
+        prompts=PromptParams(n_sequences=args.n_sequences, length=args.length, text_file=args.text_file,
+                             hub_dataset=args.hub_dataset, hub_file=args.hub_file),
+        settings=CaptureParams(samples_per_layer=args.samples, batch_size=args.batch_size),
+        device=args.device, dtype=args.dtype, refresh=args.refresh)
+    print(f"captured {summary['captured']}, skipped {summary['skipped']}, cached {summary['cached']}, "
+          f"failed {len(summary['failed'])}; data under {Store(args.store).url}")
+
+
+if __name__ == "__main__":
+    main()

@@ -80,3 +80,21 @@ def fit(models: list[str] | None = None, series: tuple[str, ...] = ("ratio", "to
         key="fit-summary")
     logger.info("fit: %s; mean R² (ratio) %.3f", {m: r["status"] for m, r in results.items()}, overall)
     return {"results": results, "figures": figures, "mean_r2": overall}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Fit the emergence function to captured ratios.")
+    parser.add_argument("--models", default=None, help="comma-separated (default: every captured model)")
+    parser.add_argument("--series", default="ratio,top1,median,ratio_excl0")
+    parser.add_argument("--store", default=DEFAULT_STORE)
+    parser.add_argument("--refresh", action="store_true")
+    args = parser.parse_args(argv)
+    result = fit(models=args.models.split(",") if args.models else None, series=tuple(args.series.split(",")),
+                 store=args.store, refresh=args.refresh)
+    print(f"mean R² (ratio): {result['mean_r2']:.3f}; fits under {Store(args.store).url_for(FITS)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -65,3 +65,32 @@ def plot_depth_curves(fits: pa.Table, model: str, series: str = "ratio") -> byte
     fig.colorbar(sm, ax=ax, label="relative depth (layer+1)/L")
     ax.set_title(f"{model}: fitted {series} by depth")
     return _png(fig)
+
+
+def plot_ratio_curves(ratios: pa.Table) -> bytes:
+    """One panel per model: every layer's measured ratio vs step, with its spread over sequences."""
+    models = sorted(set(ratios.column("model").to_pylist()))
+    cols = min(3, len(models))
+    nrows = math.ceil(len(models) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows + 0.5), squeeze=False,
+                             layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    for ax, model in zip(axes.flat, models, strict=False):
+        rows = ratios.filter(pc.equal(ratios.column("model"), model)).to_pylist()
+        layers = sorted({r["layer"] for r in rows})
+        depth = max(layers) + 1
+        for layer in layers:
+            pts = sorted((r["step"], r["ratio"], r["ratio_std"]) for r in rows if r["layer"] == layer)
+            steps, ratio, spread = (np.array(x) for x in zip(*pts, strict=True))
+            color = "0.6" if layer < 0 else cmap((layer + 1) / depth)
+            ax.plot(steps, ratio, "-o", ms=2, lw=1.2, color=color, label="embedding" if layer < 0 else f"layer {layer}")
+            ax.fill_between(steps, ratio - spread, ratio + spread, color=color, alpha=0.15, lw=0)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_title(model, fontsize=10)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, ncol=2, loc="upper left")
+    for ax in axes.flat[len(models):]:
+        ax.axis("off")
+    fig.supxlabel("training step (symlog)")
+    fig.supylabel("ratio = mean top1 / mean median")
+    return _png(fig)
