@@ -68,3 +68,23 @@ def test_capture_flow_rejects_bad_input_before_work(prefect_server, micro_root, 
     with pytest.raises(Exception, match="no checkpoints of 'nx-missing'"):
         _run(str(tmp_path / "s"), micro_root, models=["nx-missing"])
     assert not Store(tmp_path / "s").list("stats")
+
+
+def test_capture_flow_from_the_hub_source(prefect_server, fake_hub, micro_root, tmp_path):
+    """Switching to the Hub is one parameter: the real client fetches checkpoints from the loopback Hub."""
+    for step in (0, 1, 2):
+        fake_hub.add_folder("EleutherAI/pythia-14m", f"step{step}", micro_root / MODEL / f"step{step}")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n\n".join(f"text {i} " + "the quick brown fox " * 6 for i in range(20)))
+    prompts = PromptParams(n_sequences=2, length=16, text_file=str(texts))
+    store = Store(tmp_path / "store")
+    summary = capture(models=["pythia-14m"], steps="0:2", store=store.url,
+                      source=SourceParams(kind="hub", endpoint=fake_hub.url, cache_dir=str(tmp_path / "hub")),
+                      prompts=prompts, settings=CaptureParams(samples_per_layer=0), device="cpu")
+    assert summary["captured"] == 3
+    assert sorted(p["step"] for p in store.partitions("stats")) == [0, 1, 2]
+    hub_ratios = store.read_dataset("ratios", where={"step": 2}).sort_by("layer").column("ratio").to_pylist()
+    folder = Store(tmp_path / "folder")
+    _run(folder.url, micro_root, steps="2", prompts=prompts, settings=CaptureParams(samples_per_layer=0))
+    folder_ratios = folder.read_dataset("ratios").sort_by("layer").column("ratio").to_pylist()
+    assert hub_ratios == pytest.approx(folder_ratios)  # same weights, same prompts, same numbers
