@@ -1,0 +1,113 @@
+"""Architecture features and the regression protocols (library level; the flows are still to come)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from massive_activations import regression as R
+from massive_activations.architecture import FEATURES, feature_matrix, layer_features, resolve_architecture
+from massive_activations.catalog import Architecture, CatalogError, pythia_model
+
+
+def test_features_of_pythia_160m_layer_5_by_hand():
+    f = layer_features(pythia_model("160m"), 5)  # 12 layers, d=768, 12 heads, d_ff=3072
+    assert f["rel_depth"] == pytest.approx(0.5) and f["rel_depth2"] == pytest.approx(0.25)
+    assert f["rel_depth3"] == pytest.approx(0.125) and f["rel_depth_sqrt"] == pytest.approx(math.sqrt(0.5))
+    assert f["heads_per_dim"] == pytest.approx(12 / 768) and f["mlp_ratio"] == pytest.approx(4.0)
+    assert f["d_per_layer"] == pytest.approx(64.0) and f["heads_per_layer"] == pytest.approx(1.0)
+    assert f["log_d"] == pytest.approx(math.log(768)) and f["layer_x_layers"] == 60.0
+    assert f["log_params"] == pytest.approx(math.log(162_322_944))
+    assert feature_matrix(pythia_model("160m")).shape == (12, len(FEATURES))
+
+
+def test_architectures_from_names_configs_and_fields(micro_root):
+    assert resolve_architecture("pythia-410m").n_layers == 24
+    from_config = resolve_architecture(str(micro_root / "nx-l2-d32-h2" / "step0" / "config.json"))
+    assert (from_config.n_layers, from_config.d_model, from_config.n_heads) == (2, 32, 2)
+    custom = resolve_architecture({"n_layers": 8, "d_model": 256, "n_heads": 4})
+    assert custom.d_ff == 1024 and custom.name == "custom-l8-d256-h4"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"n_layers": 4, "d_model": 100, "n_heads": 3}, "n_heads=3 does not divide d_model=100"),
+    ({"n_layers": 0, "d_model": 64, "n_heads": 4}, "n_layers must be a positive integer, got 0"),
+    ({"n_layers": 4, "d_model": 64}, r"needs \['n_heads'\]"),
+    ({"n_layers": 4, "d_model": 64, "n_heads": 4, "depth": 3}, r"unknown architecture fields \['depth'\]"),
+    ("gpt-5", "cannot read architecture 'gpt-5'"),
+])
+def test_invalid_architectures_fail_clearly(spec, message):
+    with pytest.raises(CatalogError, match=message):
+        resolve_architecture(spec)
+
+
+def synthetic(seed: int = 0, noise: float = 0.03) -> R.Dataset:
+    """Ten architectures; parameters a known smooth function of architecture, plus noise."""
+    rng = np.random.default_rng(seed)
+    archs = {f"m{i}": Architecture(name=f"m{i}", n_layers=L, d_model=d, n_heads=h, d_ff=4 * d)
+             for i, (L, d, h) in enumerate([(4, 64, 4), (6, 64, 4), (8, 128, 8), (4, 128, 2), (6, 256, 8),
+                                            (8, 64, 2), (10, 128, 4), (6, 128, 4), (12, 256, 16), (8, 256, 4)])}
+    rows = []
+    for name, a in archs.items():
+        for layer in range(a.n_layers):
+            r = (layer + 1) / a.n_layers
+            k = 20 + 200 * r * (1 - r) + 30 * math.log(a.d_model / 64)
+            rows.append({"model": name, "layer": layer, "A": 50 + 100 * r, "lam": 0.1 + 0.5 * r,
+                         "gamma": 1e-4 * (1 + r), "t0": 1.5 + r, "K": k * (1 + noise * rng.standard_normal()),
+                         "peak_class": "early peak" if r > 0.5 else "log increase"})
+    return R.build_dataset(rows, archs)
+
+
+def test_regressors_recover_a_known_function_under_both_protocols():
+    data = synthetic()
+    paper = {r["target"]: r for r in R.paper_protocol(data, regressors=("ridge", "random_forest"))
+             if r["regressor"] == "random_forest"}
+    lomo, _ = R.leave_one_model_out(data, regressors=("random_forest",))
+    lomo = {r["target"]: r for r in lomo}
+    assert paper["K"]["r2"] > 0.8 and lomo["K"]["r2"] > 0.7
+    assert paper["lam"]["r2"] > 0.8 and lomo["lam"]["r2"] > 0.8
+    classes = {c["protocol"]: c for c in R.classify_peaks(data)}
+    assert classes["leave_one_model_out"]["accuracy"] > 0.8
+
+
+def test_leave_one_model_out_never_trains_on_the_held_out_model():
+    """Outer and inner folds split by model, and each fold's fitted scaler saw exactly its training rows."""
+    from sklearn.model_selection import GroupKFold
+
+    data = synthetic()
+    _, folds = R.leave_one_model_out(data, regressors=("ridge",))
+    outer = list(GroupKFold(len(np.unique(data.groups))).split(data.X, data.y["K"], data.groups))
+    assert len(outer) == 10
+    for (train, test), model in zip(outer, folds[("K", "ridge")], strict=True):
+        assert set(data.groups[train]).isdisjoint(data.groups[test])
+        search = model.regressor_
+        for inner_train, inner_test in search.cv.split(data.X[train], groups=data.groups[train]):
+            assert set(data.groups[train][inner_train]).isdisjoint(data.groups[train][inner_test])
+        scaler = search.best_estimator_.named_steps["scale"]
+        assert scaler.n_samples_seen_ == len(train)
+        assert np.allclose(scaler.mean_, data.X[train].mean(axis=0))
+        assert not np.allclose(scaler.mean_, data.X.mean(axis=0))  # a leak of test rows would show here
+
+
+def test_saved_bundle_loads_and_reproduces_predictions():
+    data = synthetic()
+    lomo, folds = R.leave_one_model_out(data, regressors=("ridge",))
+    bundle = R.fit_final(data, R.choose_best(lomo), folds)
+    again = R.load_bundle(R.dump_bundle(bundle))
+    arch = resolve_architecture({"n_layers": 7, "d_model": 192, "n_heads": 6})
+    steps = np.array([0, 1, 2, 4, 8, 16] + list(range(1000, 143001, 1000)), dtype=float)
+    a, b = R.predict_layers(bundle, arch, steps), R.predict_layers(again, arch, steps)
+    assert len(a) == 7
+    for x, y in zip(a, b, strict=True):
+        for key in ("A", "lam", "gamma", "t0", "K", "K_std", "t_peak"):
+            assert x[key] == pytest.approx(y[key])
+        assert x["peak_class"] in ("early peak", "log increase") and len(x["curve_y"]) == len(x["curve_t"])
+
+
+def test_untrusted_types_are_refused():
+    import skops.io as sio
+
+    with pytest.raises(ValueError, match="unexpected types"):
+        R.load_bundle(sio.dumps({"x": pythia_model("70m")}))
