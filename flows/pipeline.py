@@ -15,24 +15,33 @@ from flows.capture import capture
 from flows.fit import fit
 from flows.offline_suite import offline_suite
 from flows.params import DEFAULT_STORE, CaptureParams, FitParams, PromptParams, SourceParams
+from flows.predict import ArchitectureParams, predict
+from flows.regress import regress
 from massive_activations.store import Store
 
 
 @flow(name="pipeline", log_prints=True)
 def pipeline(suite: str = "default", store: str = DEFAULT_STORE, steps: str = "all", workers: int = 2,
              prompts: PromptParams = PromptParams(), settings: CaptureParams = CaptureParams(),
-             fit_settings: FitParams = FitParams(), device: str = "auto", refresh: bool = False) -> dict:
+             fit_settings: FitParams = FitParams(),
+             unseen: ArchitectureParams = ArchitectureParams(n_layers=5, d_model=80, n_heads=5,
+                                                             name="unseen-l5-d80-h5"),
+             device: str = "auto", refresh: bool = False) -> dict:
     logger = get_run_logger()
     built = offline_suite(suite=suite, store=store, workers=workers, refresh=refresh)
     captured = capture(models=sorted(built["models"]), steps=steps, store=store, suite=suite,
                        source=SourceParams(kind="folder", root=built["root"]), prompts=prompts,
                        settings=settings, device=device, refresh=refresh)
     fitted = fit(models=sorted(built["models"]), store=store, settings=fit_settings, refresh=refresh)
+    regressed = regress(store=store, refresh=refresh)
+    predicted = predict(architecture=unseen, store=store)
     target = Store(store)
-    where = {name: target.url_for(name) for name in ("suites", "stats", "ratios", "activations", "fits",
-                                                      "fit_comparison", "plots")}
+    where = {name: target.url_for(name) for name in (
+        "suites", "stats", "ratios", "activations", "fits", "fit_comparison", "regression_scores",
+        "regression_importance", "regressors", "predictions", "plots")}
     logger.info("results: %s", where)
-    return {"suite": built, "capture": captured, "fit": fitted, "where": where}
+    return {"suite": built, "capture": captured, "fit": fitted, "regress": regressed, "predict": predicted,
+            "where": where}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Checkpoints captured {cap['captured']}, skipped (already on the store) {cap['skipped']}, "
           f"cached {cap['cached']}, failed {len(cap['failed'])}")
     print(f"Mean R² of the emergence fit (ratio, all layers): {result['fit']['mean_r2']:.3f} (paper: 0.984)")
+    lomo = {k: round(v, 2) for k, v in result["regress"]["best_lomo_r2"].items()}
+    print(f"Architecture → parameters, best leave-one-model-out R² per parameter: {lomo}")
+    print(f"Prediction for an unseen architecture: {result['predict']['figure']}")
 
 
 if __name__ == "__main__":

@@ -94,3 +94,27 @@ def plot_ratio_curves(ratios: pa.Table) -> bytes:
     fig.supxlabel("training step (symlog)")
     fig.supylabel("ratio = mean top1 / mean median")
     return _png(fig)
+
+
+def plot_partial_dependence(model, X: np.ndarray, features: list[int], names: list[str], title: str) -> bytes:
+    """Partial dependence of a fitted regressor on its most important features."""
+    from sklearn.inspection import PartialDependenceDisplay
+
+    fig, ax = plt.subplots(1, max(1, len(features)), figsize=(4 * max(1, len(features)), 3), layout="constrained")
+    PartialDependenceDisplay.from_estimator(model, X, features, feature_names=names, ax=ax)
+    fig.suptitle(f"partial dependence: {title}")
+    return _png(fig)
+
+
+def plot_predicted_curves(rows: list[dict], arch: str, series: str) -> bytes:
+    """Predicted emergence curves per layer of an architecture, coloured by relative depth."""
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    for row in rows:
+        ax.plot(row["curve_t"], row["curve_y"], color=cmap(row["rel_depth"]), lw=1.5, label=f"layer {row['layer']}")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("step (symlog)")
+    ax.set_ylabel(f"predicted {series}")
+    ax.set_title(f"{arch}: predicted from architecture alone")
+    ax.legend(fontsize=6, ncol=2)
+    return _png(fig)

@@ -109,8 +109,13 @@ def _scores(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
 
 
 def _inner_groups_cv(groups: np.ndarray) -> Any:
+    """Selection folds inside a training set: by model when it holds several, else by row."""
     n = len(np.unique(groups))
-    return GroupKFold(n_splits=min(5, n)) if n >= 2 else KFold(3)
+    if n >= 2:
+        return GroupKFold(n_splits=min(5, n))
+    if len(groups) < 2:
+        raise ValueError("a training fold holds a single row; too few layers to select a model")
+    return KFold(n_splits=min(3, len(groups)))
 
 
 def paper_protocol(data: Dataset, seed: int = 0, regressors: tuple[str, ...] = tuple(REGRESSORS)) -> list[dict]:
@@ -130,7 +135,8 @@ def paper_protocol(data: Dataset, seed: int = 0, regressors: tuple[str, ...] = t
 
 def leave_one_model_out(data: Dataset, seed: int = 0, regressors: tuple[str, ...] = tuple(REGRESSORS),
                         ) -> tuple[list[dict], dict[tuple[str, str], list[Any]]]:
-    """GroupKFold by model; scores pooled over the held-out models. Also returns the fold models."""
+    """GroupKFold by model; scores pooled over the held-out models. Also returns the fold models
+    (for inspection; they are not persisted)."""
     outer = GroupKFold(n_splits=len(np.unique(data.groups)))
     rows, fold_models = [], {}
     for target in TARGETS:
@@ -186,26 +192,29 @@ def choose_best(lomo_rows: list[dict]) -> dict[str, str]:
     return {t: name for t, (_, name) in best.items()}
 
 
-def fit_final(data: Dataset, best: dict[str, str], fold_models: dict[tuple[str, str], list[Any]],
-              seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Each target's chosen regressor refitted on all rows, with its fold models for uncertainty."""
+def fit_final(data: Dataset, best: dict[str, str], lomo_rows: list[dict], seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Each target's chosen regressor refitted on all rows.
+
+    Its uncertainty for a new architecture is the RMSE of its leave-one-model-out predictions:
+    the error it made on models it had not seen.
+    """
+    rmse = {(r["target"], r["regressor"]): r["rmse"] for r in lomo_rows}
     bundle = {}
     for target, name in best.items():
         model = make_regressor(name, target, _inner_groups_cv(data.groups), seed)
         model.fit(data.X, data.y[target], groups=data.groups)
-        bundle[target] = {"regressor": name, "final": model, "folds": fold_models[(target, name)]}
+        bundle[target] = {"regressor": name, "final": model, "rmse_unseen": float(rmse[(target, name)])}
     return bundle
 
 
 def predict_layers(bundle: dict[str, dict[str, Any]], arch: Architecture, steps: np.ndarray,
                    curve_points: int = 200) -> list[dict[str, Any]]:
-    """Per layer: the five parameters (and their spread over the fold models), t_peak, class, curve."""
+    """Per layer: the five parameters (± the regressor's error on unseen models), t_peak, class, curve."""
     missing = [t for t in TARGETS if t not in bundle]
     if missing:
         raise ValueError(f"the saved regressors lack targets {missing}")
     X = feature_matrix(arch)
     params = {t: bundle[t]["final"].predict(X) for t in TARGETS}
-    spread = {t: np.std([m.predict(X) for m in bundle[t]["folds"]], axis=0) for t in TARGETS}
     grid = curve_grid(steps, curve_points)
     rows = []
     for layer in range(arch.n_layers):
@@ -213,7 +222,7 @@ def predict_layers(bundle: dict[str, dict[str, Any]], arch: Architecture, steps:
         p["lam"], p["gamma"], p["t0"] = max(p["lam"], 0.0), max(p["gamma"], 1e-12), max(p["t0"], 1e-9)
         t_peak = peak_step(p["lam"], p["gamma"], p["t0"])
         rows.append({"layer": layer, "rel_depth": (layer + 1) / arch.n_layers, **p,
-                     **{f"{t}_std": float(spread[t][layer]) for t in TARGETS}, "t_peak": t_peak,
+                     **{f"{t}_err": bundle[t]["rmse_unseen"] for t in TARGETS}, "t_peak": t_peak,
                      "peak_class": classify(t_peak, steps), "curve_t": grid.tolist(),
                      "curve_y": emergence(grid, p["A"], p["lam"], p["gamma"], p["t0"], p["K"]).tolist()})
     return rows

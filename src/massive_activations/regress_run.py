@@ -1,0 +1,146 @@
+"""Train and evaluate the architecture → parameter regressors from ``fits/``, and predict from them.
+
+Writes ``regression_scores/`` (both protocols), ``regression_classes/`` (early peak vs log
+increase), ``regression_importance/`` (permutation importance of each chosen model, in-sample:
+what the model uses, not what generalises), ``regressors/series=<series>/model.skops`` with its
+``metadata.json``, and partial-dependence figures under ``plots/regression/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from massive_activations import regression as R
+from massive_activations.architecture import FEATURES, feature_matrix
+from massive_activations.catalog import PYTHIA, Architecture, pythia_model
+from massive_activations.fit_run import FITS
+from massive_activations.plots import plot_partial_dependence, plot_predicted_curves
+from massive_activations.provenance import library_versions, module_version, stable_hash
+from massive_activations.store import Store
+
+CODE_MODULES = ("massive_activations.regression", "massive_activations.architecture",
+                "massive_activations.regress_run")
+# Paper Table 3 (arXiv 2508.03616): test R² under the random 80/20 protocol.
+PAPER_TABLE3 = {
+    "A": {"ridge": 0.077, "lasso": 0.195, "random_forest": 0.476, "gradient_boosting": 0.274, "xgboost": 0.244},
+    "lam": {"ridge": 0.031, "lasso": -0.015, "random_forest": 0.643, "gradient_boosting": 0.506, "xgboost": 0.664},
+    "gamma": {"ridge": 0.056, "lasso": -0.006, "random_forest": 0.055, "gradient_boosting": -1.571,
+              "xgboost": -0.089},
+    "t0": {"ridge": 0.100, "lasso": 0.017, "random_forest": 0.447, "gradient_boosting": 0.266, "xgboost": 0.387},
+    "K": {"ridge": 0.405, "lasso": 0.316, "random_forest": 0.803, "gradient_boosting": 0.824, "xgboost": 0.847},
+}
+
+
+def architecture_of(store: Store, model: str) -> Architecture:
+    """A Pythia model from the catalogue, or an offline-suite model from its manifest on the store."""
+    if model in PYTHIA:
+        return pythia_model(model)
+    for key in store.list("suites"):
+        if key.endswith(f"/{model}/manifest.json"):
+            fields = dict(store.read_json(key)["architecture"])
+            fields.pop("n_params", None)
+            return Architecture(**fields)
+    raise ValueError(f"no architecture for {model!r}: not a Pythia model and no suite manifest on {store.url}")
+
+
+def fits_hash(store: Store, models: list[str]) -> str:
+    return stable_hash({m: (store.partition_metadata(FITS, {"model": m}) or {}).get("content_hash") for m in models})
+
+
+def train(store: Store, series: str = "ratio", seed: int = 0,
+          regressors: tuple[str, ...] = tuple(R.REGRESSORS)) -> dict[str, Any]:
+    """Both protocols, the peak classifier, the chosen models (saved), importances and figures."""
+    unknown = [r for r in regressors if r not in R.REGRESSORS]
+    if unknown or not regressors:
+        raise ValueError(f"unknown regressors {unknown or regressors}; choose from {', '.join(R.REGRESSORS)}")
+    fits = store.read_dataset(FITS)
+    rows = fits.filter(pc.equal(fits.column("series"), series)).to_pylist()
+    if not rows:
+        raise ValueError(f"no fits of series {series!r} on {store.url}; run the fit flow first")
+    models = sorted({r["model"] for r in rows})
+    data = R.build_dataset(rows, {m: architecture_of(store, m) for m in models})
+    inputs = {"series": series, "seed": seed, "regressors": list(regressors), "fits_hash": fits_hash(store, models),
+              "models": models}
+    part = {"series": series}
+    paper = R.paper_protocol(data, seed, regressors)
+    lomo, _ = R.leave_one_model_out(data, seed, regressors)
+    for row in paper:
+        row["paper_r2"] = PAPER_TABLE3[row["target"]].get(row["regressor"], float("nan"))
+    classes = R.classify_peaks(data, seed)
+    best = R.choose_best(lomo)
+    bundle = R.fit_final(data, best, lomo, seed)
+    importance = _importance(bundle, data, seed)
+    figures = {}
+    for target, entry in bundle.items():
+        top = [r["feature"] for r in sorted((r for r in importance if r["target"] == target),
+                                            key=lambda r: -r["importance_mean"])[:2]]
+        key = f"plots/regression/{series}-{target}-partial-dependence.png"
+        store.write_bytes(key, plot_partial_dependence(entry["final"], data.X, [FEATURES.index(f) for f in top],
+                                                       list(FEATURES), f"{target} ({entry['regressor']})"))
+        figures[target] = key
+    code = CODE_MODULES
+    store.write_partition("regression_scores", part, pa.Table.from_pylist(paper + lomo), inputs=inputs,
+                          code_modules=code, overwrite=True)
+    store.write_partition("regression_classes", part, pa.Table.from_pylist(classes), inputs=inputs,
+                          code_modules=code, overwrite=True)
+    store.write_partition("regression_importance", part, pa.Table.from_pylist(importance), inputs=inputs,
+                          code_modules=code, overwrite=True)
+    prefix = f"regressors/series={series}"
+    store.write_bytes(f"{prefix}/model.skops", R.dump_bundle(bundle))
+    metadata = {"features": list(FEATURES), "targets": list(R.TARGETS), "chosen": best,
+                "rmse_unseen": {t: e["rmse_unseen"] for t, e in bundle.items()}, "inputs": inputs,
+                "training_rows": len(data.groups), "scores": paper + lomo, "classes": classes,
+                "max_step": max(max(r["steps"]) for r in rows),
+                "code_version": module_version(*code), "libraries": library_versions()}
+    store.write_json(f"{prefix}/metadata.json", metadata)
+    return {"series": series, "chosen": best, "scores": paper + lomo, "classes": classes,
+            "figures": figures, "model_key": f"{prefix}/model.skops", "n_rows": len(data.groups)}
+
+
+def _importance(bundle: dict[str, dict[str, Any]], data: R.Dataset, seed: int) -> list[dict[str, Any]]:
+    from sklearn.inspection import permutation_importance
+
+    out = []
+    for target, entry in bundle.items():
+        result = permutation_importance(entry["final"], data.X, data.y[target], n_repeats=10, random_state=seed)
+        for i, name in enumerate(FEATURES):
+            out.append({"target": target, "regressor": entry["regressor"], "feature": name,
+                        "importance_mean": float(result.importances_mean[i]),
+                        "importance_std": float(result.importances_std[i])})
+    return out
+
+
+def load_regressors(store: Store, series: str = "ratio") -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    prefix = f"regressors/series={series}"
+    if not store.exists(f"{prefix}/model.skops"):
+        raise ValueError(f"no trained regressors for series {series!r} on {store.url}; run the regress flow first")
+    return R.load_bundle(store.read_bytes(f"{prefix}/model.skops")), store.read_json(f"{prefix}/metadata.json")
+
+
+def predict(store: Store, arch: Architecture, total_steps: int | None = None, series: str = "ratio",
+            ) -> dict[str, Any]:
+    """Predicted parameters and curves per layer, written to ``predictions/arch=<name>/`` with a figure.
+
+    ``total_steps`` defaults to the training horizon of the fits the regressors learned from: the
+    time parameters (γ, t0) are in those steps, so a longer horizon is an extrapolation.
+    """
+    bundle, metadata = load_regressors(store, series)
+    feature_matrix(arch)  # validates the architecture before anything is written
+    total = int(total_steps or metadata["max_step"])
+    if total < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total}")
+    steps = np.unique(np.concatenate([[0.0], np.geomspace(1, total, 60), np.linspace(0, total, 144)]))
+    rows = R.predict_layers(bundle, arch, steps)
+    table = pa.Table.from_pylist(rows)
+    inputs = {"architecture": arch.as_dict(), "series": series, "total_steps": total,
+              "regressors": metadata["inputs"]}
+    part = {"arch": arch.name}
+    written = store.write_partition("predictions", part, table, inputs=inputs, code_modules=CODE_MODULES,
+                                    overwrite=True)
+    key = f"plots/predictions/{arch.name}-{series}.png"
+    store.write_bytes(key, plot_predicted_curves(rows, arch.name, series))
+    return {"architecture": arch.name, "rows": rows, "figure": key, "predictions_hash": written.content_hash}
