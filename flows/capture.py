@@ -13,7 +13,7 @@ from massive_activations.corpus import stdlib_docstrings
 from massive_activations.offline_suite import SUITES, split_documents, suite_prefix
 from massive_activations.prompts import build_prompt_set, save_prompt_set, texts_from_file, texts_from_hub_dataset
 from massive_activations.store import Store
-from tasks.capture import capture_checkpoint
+from tasks.capture import capture_checkpoint, plot_ratios
 from tasks.policy import on_store
 
 
@@ -92,10 +92,13 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
             summary["cached" if state.name == "Cached" else result["status"]] += 1
         else:
             summary["failed"].append(str(state.message))
-    lines = [f"| {k} | {v if not isinstance(v, list) else len(v)} |" for k, v in summary.items()]
+    if summary["captured"] + summary["skipped"] + summary["cached"]:
+        summary["figure"] = plot_ratios(target.url, list(plan))
+    lines = [f"| {k} | {v if not isinstance(v, list) else len(v)} |" for k, v in summary.items() if k != "figure"]
     create_markdown_artifact("# Capture summary\n\n| outcome | checkpoints |\n|---|---|\n" + "\n".join(lines)
                              + f"\n\nStore: `{target.url}`", key="capture-summary")
-    logger.info("capture summary: %s", {k: v if not isinstance(v, list) else len(v) for k, v in summary.items()})
+    logger.info("capture summary: %s",
+                {k: v if not isinstance(v, list) else len(v) for k, v in summary.items() if k != "figure"})
     if summary["failed"]:
         raise RuntimeError(f"{len(summary['failed'])} of {total} checkpoints failed: {summary['failed'][:3]}")
     return summary

@@ -7,6 +7,7 @@ from prefect import get_run_logger, task
 from massive_activations.capture import CODE_MODULES, CaptureSettings
 from massive_activations.capture_run import capture_to_store
 from massive_activations.checkpoints import make_source
+from massive_activations.plots import plot_ratio_curves
 from massive_activations.prompts import load_prompt_set
 from massive_activations.store import Store
 from tasks.policy import task_options
@@ -24,3 +25,12 @@ def capture_checkpoint(store: str, source: dict, model: str, step: int, prompt_s
                               device=device, dtype=dtype)
     get_run_logger().info("%s step %d: %s", model, step, result["status"])
     return result
+
+
+@task(name="plot-ratios", retries=2, persist_result=False)
+def plot_ratios(store: str, models: list[str]) -> str:
+    """Every captured layer's ratio vs step, one panel per model: plots/ratios.png."""
+    target = Store(store)
+    key = "plots/ratios.png"
+    target.write_bytes(key, plot_ratio_curves(target.read_dataset("ratios", where={"model": models})))
+    return key

@@ -21,10 +21,6 @@ class Corpus:
     documents: tuple[str, ...]
     content_hash: str
 
-    @property
-    def n_chars(self) -> int:
-        return sum(map(len, self.documents))
-
 
 def _docstrings(path: Path) -> list[str]:
     try:

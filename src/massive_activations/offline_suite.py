@@ -16,8 +16,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +64,6 @@ class SuiteSpec:
     corpus_chars: int = 4_000_000
     heldout_fraction: float = 0.05
     seed: int = 1234
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -187,8 +185,7 @@ def sample_batch(stream: np.ndarray, spec: SuiteSpec, rng: np.random.Generator) 
     return torch.from_numpy(np.concatenate([np.zeros((spec.batch_size, 1), np.int64), body], axis=1))
 
 
-def train_model(spec: SuiteSpec, model_name: str, store: Store,
-                on_checkpoint: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+def train_model(spec: SuiteSpec, model_name: str, store: Store) -> dict[str, Any]:
     """Train one suite model from scratch and write its checkpoints and manifest to the store.
 
     The manifest is written last, so its presence (with a matching spec hash) means the model
@@ -213,7 +210,6 @@ def train_model(spec: SuiteSpec, model_name: str, store: Store,
     prefix = f"{suite_prefix(spec.name)}/{model_name}"
     save_steps = set(spec.steps)
     losses: list[tuple[int, float]] = []
-    loss_value = float("nan")
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = Path(tmp) / "tokenizer"
         tokenizer.save_pretrained(tok_dir)
@@ -226,8 +222,6 @@ def train_model(spec: SuiteSpec, model_name: str, store: Store,
                     (ckpt / f.name).write_bytes(f.read_bytes())
                 for f in sorted(ckpt.iterdir()):
                     store.put_file(f, f"{prefix}/step{step}/{f.name}")
-                if on_checkpoint:
-                    on_checkpoint(step, loss_value)
                 model.train()
             if step == spec.total_steps:
                 break
@@ -239,9 +233,8 @@ def train_model(spec: SuiteSpec, model_name: str, store: Store,
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_value = float(loss.detach())
             if step % 10 == 0 or step == spec.total_steps - 1:
-                losses.append((step + 1, loss_value))
+                losses.append((step + 1, float(loss.detach())))
     cfg = gpt_neox_config(arch, spec)
     manifest = {
         "suite": spec.name, "model": model_name, "spec_hash": spec.model_hash(arch),

@@ -177,10 +177,6 @@ class Store:
             os.replace(tmp, target)
         return dest
 
-    def delete(self, prefix: str) -> None:
-        if self.exists(prefix):
-            self.fs.rm(self.path(prefix), recursive=True)
-
     # --- partitioned Parquet datasets -------------------------------------------------------
     def partition_key(self, dataset: str, partition: Mapping[str, Any]) -> str:
         _check_segment(dataset, "dataset name")
