@@ -16,7 +16,7 @@ def train_regressors(store: str, series: str, seed: int, regressors: list[str], 
     """``fits_hash`` is here for the cache key: new fits mean new regressors."""
     result = train(Store(store), series, seed, tuple(regressors))
     get_run_logger().info("regressors for %s: %s (%d rows)", series, result["chosen"], result["n_rows"])
-    return {k: v for k, v in result.items() if k != "rows"}
+    return result
 
 
 @task(name="predict-architecture", task_run_name="predict-{architecture}", retries=0, persist_result=False)

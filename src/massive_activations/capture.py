@@ -137,9 +137,10 @@ class _Recorder:
         rows = self.fixed[(self.fixed[:, 0] >= lo) & (self.fixed[:, 0] < hi)]
         top = np.stack([np.arange(lo, hi), stats["top1_pos"].numpy()], axis=1)
         fixed_set = {tuple(r) for r in rows.tolist()}
+        top_set = {tuple(r) for r in top.tolist()}
         extra = np.array([r for r in top.tolist() if tuple(r) not in fixed_set], dtype=np.int64).reshape(-1, 2)
         allrows = np.concatenate([rows, extra]) if len(extra) else rows
-        is_top1 = np.array([tuple(r) in {tuple(x) for x in top.tolist()} for r in allrows.tolist()], dtype=bool)
+        is_top1 = np.array([tuple(r) in top_set for r in allrows.tolist()], dtype=bool)
         seq_local = torch.as_tensor(allrows[:, 0] - lo)
         pos = torch.as_tensor(allrows[:, 1])
         vectors = h.detach()[seq_local, pos].float().cpu()

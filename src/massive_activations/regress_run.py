@@ -82,20 +82,19 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
         store.write_bytes(key, plot_partial_dependence(entry["final"], data.X, [FEATURES.index(f) for f in top],
                                                        list(FEATURES), f"{target} ({entry['regressor']})"))
         figures[target] = key
-    code = CODE_MODULES
     store.write_partition("regression_scores", part, pa.Table.from_pylist(paper + lomo), inputs=inputs,
-                          code_modules=code, overwrite=True)
+                          code_modules=CODE_MODULES, overwrite=True)
     store.write_partition("regression_classes", part, pa.Table.from_pylist(classes), inputs=inputs,
-                          code_modules=code, overwrite=True)
+                          code_modules=CODE_MODULES, overwrite=True)
     store.write_partition("regression_importance", part, pa.Table.from_pylist(importance), inputs=inputs,
-                          code_modules=code, overwrite=True)
+                          code_modules=CODE_MODULES, overwrite=True)
     prefix = f"regressors/series={series}"
     store.write_bytes(f"{prefix}/model.skops", R.dump_bundle(bundle))
     metadata = {"features": list(FEATURES), "targets": list(R.TARGETS), "chosen": best,
                 "rmse_unseen": {t: e["rmse_unseen"] for t, e in bundle.items()}, "inputs": inputs,
                 "training_rows": len(data.groups), "scores": paper + lomo, "classes": classes,
                 "max_step": max(max(r["steps"]) for r in rows),
-                "code_version": module_version(*code), "libraries": library_versions()}
+                "code_version": module_version(*CODE_MODULES), "libraries": library_versions()}
     store.write_json(f"{prefix}/metadata.json", metadata)
     return {"series": series, "chosen": best, "scores": paper + lomo, "classes": classes,
             "figures": figures, "model_key": f"{prefix}/model.skops", "n_rows": len(data.groups)}

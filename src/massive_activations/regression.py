@@ -56,7 +56,6 @@ class Dataset:
     X: np.ndarray
     y: dict[str, np.ndarray]
     groups: np.ndarray  # model name per row
-    layers: np.ndarray
     peak_class: np.ndarray
     architectures: dict[str, Architecture] = field(default_factory=dict)
 
@@ -74,7 +73,7 @@ def build_dataset(fit_rows: list[dict[str, Any]], architectures: dict[str, Archi
     rows = sorted(fit_rows, key=lambda r: (r["model"], r["layer"]))
     X = np.vstack([feature_matrix(architectures[r["model"]], [r["layer"]]) for r in rows])
     return Dataset(X=X, y={t: np.array([r[t] for r in rows], dtype=float) for t in TARGETS},
-                   groups=np.array([r["model"] for r in rows]), layers=np.array([r["layer"] for r in rows]),
+                   groups=np.array([r["model"] for r in rows]),
                    peak_class=np.array([r["peak_class"] for r in rows]), architectures=dict(architectures))
 
 
