@@ -5,10 +5,12 @@ export HF_HUB_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_LEVEL ?= INFO
 export TOKENIZERS_PARALLELISM ?= false
+# flows/ and tasks/ are imported by name in processes Prefect and Dask start (serve, workers, resumed runs).
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 # The ephemeral API starts slowly on a busy 2-core machine; the default 20 s is not always enough.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: run test lint install clean-data
+.PHONY: run test lint install browser clean-data
 
 install: $(STAMP)
 
@@ -23,7 +25,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m flows.pipeline
 
-test: $(STAMP)
+# The UI test drives Debian's chromium (Playwright cannot download its own browser here).
+browser:
+	command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null
+
+test: $(STAMP) browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

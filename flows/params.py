@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from massive_activations.eval_run import EvalSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = os.environ.get("MA_STORE", str(PROJECT_ROOT / "data"))
@@ -59,3 +62,42 @@ class FitParams(BaseModel):
     n_grid_starts: int = Field(3, ge=1, le=50, description="Best grid points of each form to refine")
     seed: int = 0
     max_nfev: int = Field(60, ge=10, le=100_000, description="Evaluations per refinement")
+
+
+class EvalParams(BaseModel):
+    """Settings of the downstream evaluations (defaults sized for the offline suite's small models)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the prompt sequences held out")
+    seed: int = 0
+    sae_kinds: tuple[Literal["topk", "relu"], ...] = Field(("topk", "relu"), description="SAE architectures")
+    sae_expansion: int = Field(4, ge=1, le=256, description="Latents per model dimension")
+    sae_k: int = Field(8, ge=1, le=4096, description="TopK: active latents per token")
+    sae_l1: float = Field(1e-3, ge=0, description="ReLU SAE: L1 coefficient")
+    sae_aux_k: int = Field(0, ge=0, le=4096, description="AuxK latents for dead latents (0: off)")
+    sae_steps: int = Field(200, ge=1, le=1_000_000, description="Optimizer steps")
+    sae_lr: float = Field(3e-3, gt=0, le=1.0)
+    mask_bos_id: int | None = Field(0, description="Token id masked as BOS/EOS (Pythia: 0); empty: none")
+    mask_position0: bool = Field(True, description="Mask position 0 in the masked runs")
+    mask_massive_factor: float | None = Field(10.0, gt=0, description="Mask tokens whose max|h| exceeds this "
+                                                                      "× the median |h|; empty: no massive mask")
+    itda_k: int = Field(8, ge=1, le=4096, description="Matching-pursuit steps")
+    itda_tau: float | None = Field(None, gt=0, description="Add threshold; empty: calibrate to itda_target_size")
+    itda_target_size: int = Field(64, ge=1, le=1_000_000, description="Dictionary size τ is calibrated to")
+    itda_max_atoms: int | None = Field(None, ge=1, description="Crop the dictionary at this size")
+    quant_bits: tuple[int, ...] = Field((8, 4), description="Bit widths of the activation fake-quantization")
+    quant_top_k: int = Field(16, ge=1, description="Top-|x| values whose share of the error is reported")
+
+    def to_settings(self) -> dict:
+        """The library's EvalSettings as plain values (what the tasks and their cache keys carry)."""
+        settings = EvalSettings.from_dict({
+            "heldout_fraction": self.heldout_fraction, "seed": self.seed, "sae_kinds": self.sae_kinds,
+            "sae": {"expansion": self.sae_expansion, "k": self.sae_k, "l1": self.sae_l1, "aux_k": self.sae_aux_k,
+                    "steps": self.sae_steps, "lr": self.sae_lr, "seed": self.seed},
+            "mask": {"bos_id": self.mask_bos_id, "position0": self.mask_position0,
+                     "massive_factor": self.mask_massive_factor},
+            "itda": {"k": self.itda_k, "tau": self.itda_tau, "target_size": self.itda_target_size,
+                     "max_atoms": self.itda_max_atoms},
+            "quant_bits": self.quant_bits, "quant_top_k": self.quant_top_k})
+        return asdict(settings)

@@ -1,4 +1,4 @@
-"""The main job: offline suite → capture (→ fit, regress, evaluate as they land), all through Prefect.
+"""The main job: offline suite (or Hub models) → capture → fit → regress → predict → evaluate, through Prefect.
 
 ``python -m flows.pipeline`` (what ``make run`` runs) uses the embedded defaults: the local store
 under ./data, the Prefect ephemeral API with SQLite, and the offline suite.
@@ -8,57 +8,113 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 
 from flows.capture import capture
+from flows.evaluate import Kind, evaluate
 from flows.fit import fit
 from flows.offline_suite import offline_suite
-from flows.params import DEFAULT_STORE, CaptureParams, FitParams, PromptParams, SourceParams
+from flows.params import DEFAULT_STORE, CaptureParams, EvalParams, FitParams, PromptParams, SourceParams
 from flows.predict import ArchitectureParams, predict
 from flows.regress import regress
+from flows.runner import RunnerParams, task_runner
 from massive_activations.store import Store
+
+Stage = Literal["suite", "capture", "fit", "regress", "evaluate"]
+UNSEEN = ArchitectureParams(n_layers=5, d_model=80, n_heads=5, name="unseen-l5-d80-h5")
+OUTPUTS = ("suites", "stats", "ratios", "activations", "fits", "fit_comparison", "regression_scores",
+           "regression_importance", "regressors", "predictions", "evals", "plots")
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline(suite: str = "default", store: str = DEFAULT_STORE, steps: str = "all", workers: int = 2,
+def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] | None = None,
+             source: SourceParams = SourceParams(), store: str = DEFAULT_STORE, steps: str = "all",
              prompts: PromptParams = PromptParams(), settings: CaptureParams = CaptureParams(),
-             fit_settings: FitParams = FitParams(),
-             unseen: ArchitectureParams = ArchitectureParams(n_layers=5, d_model=80, n_heads=5,
-                                                             name="unseen-l5-d80-h5"),
-             device: str = "auto", refresh: bool = False) -> dict:
+             fit_settings: FitParams = FitParams(), evaluations: tuple[Kind, ...] = ("sae", "itda", "quant"),
+             eval_steps: str = "every=6", eval_settings: EvalParams = EvalParams(),
+             unseen: ArchitectureParams = UNSEEN, workers: int = 2, device: str = "auto",
+             runner: RunnerParams = RunnerParams(), refresh: list[Stage] | None = None) -> dict:
+    """``models``: a subset of the suite's models, or the Pythia models to read from the Hub (source kind hub).
+    ``refresh``: stages to recompute even when cached. ``evaluations``: empty to skip the evaluate stage."""
     logger = get_run_logger()
-    built = offline_suite(suite=suite, store=store, workers=workers, refresh=refresh)
-    captured = capture(models=sorted(built["models"]), steps=steps, store=store, suite=suite,
-                       source=SourceParams(kind="folder", root=built["root"]), prompts=prompts,
-                       settings=settings, device=device, refresh=refresh)
-    fitted = fit(models=sorted(built["models"]), store=store, settings=fit_settings, refresh=refresh)
-    regressed = regress(store=store, refresh=refresh)
-    predicted = predict(architecture=unseen, store=store)
+    again = set(refresh or ())
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def timed(stage: str, result: dict) -> dict:
+        timings[stage] = time.perf_counter() - started - sum(timings.values())
+        return result
+
+    out: dict = {}
+    if source.kind == "folder" and not source.root:
+        out["suite"] = timed("suite", offline_suite(suite=suite, store=store, workers=workers,
+                                                    refresh="suite" in again))
+        source = SourceParams(kind="folder", root=out["suite"]["root"], cache_dir=source.cache_dir)
+        models = models or sorted(out["suite"]["models"])
+    runs_on = task_runner(runner)
+    out["capture"] = timed("capture", capture.with_options(task_runner=runs_on)(
+        models=models, steps=steps, store=store, suite=suite, source=source, prompts=prompts, settings=settings,
+        device=device, refresh="capture" in again))
+    captured = models or None
+    out["fit"] = timed("fit", fit(models=captured, store=store, settings=fit_settings, refresh="fit" in again))
+    out["regress"] = timed("regress", regress(store=store, refresh="regress" in again))
+    out["predict"] = timed("predict", predict(architecture=unseen, store=store))
+    if evaluations:
+        out["evaluate"] = timed("evaluate", evaluate.with_options(task_runner=task_runner(runner))(
+            models=captured, steps=eval_steps, store=store, kinds=evaluations, settings=eval_settings,
+            device=device, refresh="evaluate" in again))
     target = Store(store)
-    where = {name: target.url_for(name) for name in (
-        "suites", "stats", "ratios", "activations", "fits", "fit_comparison", "regression_scores",
-        "regression_importance", "regressors", "predictions", "plots")}
-    logger.info("results: %s", where)
-    return {"suite": built, "capture": captured, "fit": fitted, "regress": regressed, "predict": predicted,
-            "where": where}
+    out["where"] = {name: target.url_for(name) for name in OUTPUTS}
+    out["timings"] = timings
+    create_markdown_artifact(_report(out), key="pipeline-report")
+    logger.info("results: %s", out["where"])
+    return out
+
+
+def _report(out: dict) -> str:
+    lines = ["# Pipeline run", "", "| stage | seconds | outcome |", "|---|---|---|"]
+    outcome = {
+        "suite": lambda r: f"{len(r['models'])} models under `{r['root']}`",
+        "capture": lambda r: f"captured {r['captured']}, skipped {r['skipped']}, cached {r['cached']}, "
+                             f"failed {len(r['failed'])}",
+        "fit": lambda r: f"mean R² {r['mean_r2']:.3f}; " + ", ".join(
+            f"{m} {x['status']}" for m, x in r["results"].items()),
+        "regress": lambda r: f"best LOMO R² {({k: round(v, 2) for k, v in r['best_lomo_r2'].items()})}",
+        "predict": lambda r: f"figure `{r['figure']}`",
+        "evaluate": lambda r: "; ".join(f"{k}: computed {s['evaluated']}, skipped {s['skipped']}, cached "
+                                        f"{s['cached']}, failed {len(s['failed'])}" for k, s in r["summary"].items()),
+    }
+    for stage, seconds in out["timings"].items():
+        lines.append(f"| {stage} | {seconds:.1f} | {outcome[stage](out[stage])} |")
+    lines += ["", "Outputs:", *[f"- {k}: `{v}`" for k, v in out["where"].items()]]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", default="default", help="offline suite: default or micro")
+    parser.add_argument("--suite", default="default", choices=["default", "micro"], help="offline suite")
     parser.add_argument("--store", default=DEFAULT_STORE, help="store URL: a path, file://… or s3://bucket/prefix")
     parser.add_argument("--steps", default="all", help="step selector: all, log, a:b:c, every=N, 0,8,…")
+    parser.add_argument("--eval-steps", default="every=6", help="step selector of the evaluations")
+    parser.add_argument("--evaluations", default="sae,itda,quant", help="comma-separated; empty: none")
     parser.add_argument("--workers", type=int, default=2, help="processes training the suite")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--refresh", action="store_true", help="recompute even what is cached")
+    parser.add_argument("--runner", default="threads", choices=["threads", "dask"])
+    parser.add_argument("--dask-address", default=None, help="scheduler of a running Dask cluster")
+    parser.add_argument("--refresh", default="", help="stages to recompute: suite,capture,fit,regress,evaluate")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    result = pipeline(suite=args.suite, store=args.store, steps=args.steps, workers=args.workers,
-                      device=args.device, refresh=args.refresh)
-    print(f"\nDone in {time.perf_counter() - started:.0f} s. Results on the store:")
+    result = pipeline(suite=args.suite, store=args.store, steps=args.steps, eval_steps=args.eval_steps,
+                      evaluations=tuple(e for e in args.evaluations.split(",") if e), workers=args.workers,
+                      device=args.device, runner=RunnerParams(kind=args.runner, dask_address=args.dask_address),
+                      refresh=[s for s in args.refresh.split(",") if s])
+    print(f"\nDone in {time.perf_counter() - started:.0f} s "
+          f"({', '.join(f'{k} {v:.0f} s' for k, v in result['timings'].items())}). Results on the store:")
     for name, url in result["where"].items():
-        print(f"  {name:12s} {url}")
+        print(f"  {name:22s} {url}")
     cap = result["capture"]
     print(f"Checkpoints captured {cap['captured']}, skipped (already on the store) {cap['skipped']}, "
           f"cached {cap['cached']}, failed {len(cap['failed'])}")
@@ -66,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     lomo = {k: round(v, 2) for k, v in result["regress"]["best_lomo_r2"].items()}
     print(f"Architecture → parameters, best leave-one-model-out R² per parameter: {lomo}")
     print(f"Prediction for an unseen architecture: {result['predict']['figure']}")
+    if "evaluate" in result:
+        print(f"Evaluation figures (metric vs step, ratio dashed): {Store(args.store).url_for('plots/evals')}")
 
 
 if __name__ == "__main__":

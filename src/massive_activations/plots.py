@@ -118,3 +118,38 @@ def plot_predicted_curves(rows: list[dict], arch: str, series: str) -> bytes:
     ax.set_title(f"{arch}: predicted from architecture alone")
     ax.legend(fontsize=6, ncol=2)
     return _png(fig)
+
+
+def plot_eval_metrics(joined: pa.Table, model: str, panels: list[tuple[str, str, str]]) -> bytes:
+    """One panel per (kind, variant, metric): the metric per layer vs step, the layer's ratio dashed on a
+    second axis."""
+    rows = joined.filter(pc.equal(joined.column("model"), model)).to_pylist()
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.1 * nrows + 0.5), squeeze=False,
+                             layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    for ax, (kind, variant, metric) in zip(axes.flat, panels, strict=False):
+        sel = [r for r in rows if (r["kind"], r["variant"], r["metric"]) == (kind, variant, metric)]
+        layers = sorted({r["layer"] for r in sel})
+        top = max(layers, default=0) + 1
+        twin = ax.twinx()
+        for layer in layers:
+            pts = sorted((r["step"], r["value"], r["ratio"]) for r in sel if r["layer"] == layer)
+            steps, values, ratio = (np.array(x, dtype=float) for x in zip(*pts, strict=True))
+            color = "0.5" if layer < 0 else cmap((layer + 1) / top)
+            label = "checkpoint" if layer == -2 else "embedding" if layer == -1 else f"layer {layer}"
+            ax.plot(steps, values, "-o", ms=2, lw=1.2, color=color, label=label)
+            twin.plot(steps, ratio, "--", lw=0.8, color=color, alpha=0.6)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_title(f"{kind} {variant}: {metric}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        twin.tick_params(labelsize=7)
+        twin.set_ylabel("ratio (dashed)", fontsize=7)
+        if sel:
+            ax.legend(fontsize=6, ncol=2, loc="best")
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    fig.supxlabel("training step (symlog)")
+    fig.suptitle(model)
+    return _png(fig)

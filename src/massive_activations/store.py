@@ -58,6 +58,13 @@ def _check_segment(segment: str, what: str) -> str:
     return segment
 
 
+def _check_dataset(dataset: str) -> str:
+    """A dataset name: one or more safe segments, e.g. ``stats`` or ``evals/sae``."""
+    for segment in dataset.split("/"):
+        _check_segment(segment, "dataset name")
+    return dataset
+
+
 def _clean_key(key: str) -> str:
     """A relative key inside the store; absolute keys and '..' would escape the root."""
     if not key or key.startswith("/") or "\\" in key:
@@ -161,7 +168,9 @@ class Store:
         if not self.fs.exists(base):
             return []
         found = self.fs.find(base)
-        return sorted(p[len(self.root) + 1:] for p in found if not os.path.basename(p).startswith("."))
+        inside = base.rstrip("/") + "/"  # not evals/quant_model/… when listing evals/quant
+        return sorted(p[len(self.root) + 1:] for p in found
+                      if p.startswith(inside) and not os.path.basename(p).startswith("."))
 
     def download(self, prefix: str, dest: str | os.PathLike[str]) -> Path:
         """Copy the files below a prefix into a local folder (for libraries that need local paths)."""
@@ -179,7 +188,7 @@ class Store:
 
     # --- partitioned Parquet datasets -------------------------------------------------------
     def partition_key(self, dataset: str, partition: Mapping[str, Any]) -> str:
-        _check_segment(dataset, "dataset name")
+        _check_dataset(dataset)
         parts = [_check_segment(f"{_check_segment(str(k), 'partition key')}={v}", "partition value")
                  for k, v in partition.items()]
         return "/".join([dataset, *parts, PART_FILE])
@@ -217,11 +226,12 @@ class Store:
     def partitions(self, dataset: str) -> list[dict[str, Any]]:
         """The partitions present in a dataset, with keys typed as in PARTITION_TYPES."""
         found = []
-        for key in self.list(_check_segment(dataset, "dataset name")):
+        depth = len(_check_dataset(dataset).split("/"))
+        for key in self.list(dataset):
             segments = key.split("/")
-            if segments[-1] != PART_FILE:
+            if segments[-1] != PART_FILE or not all("=" in seg for seg in segments[depth:-1]):
                 continue
-            values = dict(seg.split("=", 1) for seg in segments[1:-1])
+            values = dict(seg.split("=", 1) for seg in segments[depth:-1])
             found.append({k: int(v) if pa.types.is_integer(PARTITION_TYPES.get(k, pa.string())) else v
                           for k, v in values.items()})
         return found

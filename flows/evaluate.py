@@ -1,0 +1,135 @@
+"""Evaluate flow: SAEs, ITDA and quantization across checkpoints, joined with the massive-activation ratio."""
+
+from __future__ import annotations
+
+import base64
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from flows.params import DEFAULT_STORE, EvalParams
+from massive_activations.capture_run import STATS
+from massive_activations.catalog import select_steps
+from massive_activations.eval_run import samples_hash
+from massive_activations.store import Store
+from tasks.evaluate import evaluate_checkpoint, evaluation_report, itda_similarity
+from tasks.policy import on_store
+
+Kind = Literal["sae", "itda", "quant"]
+
+
+def plan_evaluations(target: Store, models: list[str] | None, steps: str) -> dict[str, list[int]]:
+    """The captured (model, steps) to evaluate; validated before any work."""
+    captured: dict[str, list[int]] = {}
+    for p in target.partitions(STATS):
+        captured.setdefault(p["model"], []).append(p["step"])
+    models = models or sorted(captured)
+    missing = [m for m in models if m not in captured]
+    if missing or not models:
+        raise ValueError(f"nothing captured on {target.url} for {missing or models}; captured: {sorted(captured)}")
+    return {m: select_steps(steps, sorted(captured[m])) for m in models}
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str = DEFAULT_STORE,
+             kinds: tuple[Kind, ...] = ("sae", "itda", "quant"), settings: EvalParams = EvalParams(),
+             device: str = "auto", refresh: bool = False) -> dict:
+    """Evaluate every captured (model, step) in the selection; skip what the store holds with the same inputs."""
+    logger = get_run_logger()
+    kinds = tuple(dict.fromkeys(kinds))
+    if not kinds:
+        raise ValueError("choose at least one evaluation: sae, itda, quant")
+    values = settings.to_settings()
+    target = Store(store)
+    target.check_reachable()
+    plan = plan_evaluations(target, models, steps)
+    task = on_store(evaluate_checkpoint, target, refresh)
+    total = sum(map(len, plan.values())) * len(kinds)
+    progress = create_progress_artifact(0.0, key="evaluate-progress", description="checkpoint evaluations done")
+    futures, done = [], 0
+    for model, model_steps in plan.items():
+        for step in model_steps:
+            meta = target.partition_metadata(STATS, {"model": model, "step": step}) or {}
+            captured = meta.get("inputs") or {}
+            activations = samples_hash(target, model, step)
+            for kind in kinds:
+                futures.append((kind, task.submit(target.url, captured["source"], model, step, kind,
+                                                  captured["prompt_set"], activations, values, device)))
+        for _, future in futures[done:]:
+            future.wait()
+            done += 1
+        update_progress_artifact(progress, 100.0 * done / total)
+        logger.info("progress: %d of %d evaluations (%s done)", done, total, model)
+    summary: dict[str, dict] = {k: {"evaluated": 0, "skipped": 0, "cached": 0, "failed": []} for k in kinds}
+    hashes: dict[tuple[str, str], list[str]] = {}
+    for kind, future in futures:
+        state = future.state
+        if state.is_completed():
+            result = future.result()
+            summary[kind]["cached" if state.name == "Cached" else result["status"]] += 1
+            hashes.setdefault((result["model"], kind), []).append(result["hash"])
+        else:
+            summary[kind]["failed"].append(str(state.message))
+    reports = {}
+    for model in plan:
+        if ("itda" in kinds) and hashes.get((model, "itda")):
+            on_store(itda_similarity, target, refresh)(target.url, model, hashes[(model, "itda")])
+        done_kinds = [k for k in kinds if hashes.get((model, k))]
+        if done_kinds:
+            all_hashes = [h for k in done_kinds for h in hashes[(model, k)]]
+            reports[model] = on_store(evaluation_report, target, refresh)(target.url, model, done_kinds, all_hashes)
+    _artifacts(target, summary, reports)
+    failed = [m for s in summary.values() for m in s["failed"]]
+    logger.info("evaluate summary: %s", {k: {o: v if not isinstance(v, list) else len(v) for o, v in s.items()}
+                                          for k, s in summary.items()})
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {total} evaluations failed: {failed[:3]}")
+    return {"summary": summary, "figures": {m: r["figures"] for m, r in reports.items()},
+            "where": target.url_for("evals")}
+
+
+def _artifacts(target: Store, summary: dict, reports: dict) -> None:
+    strongest = []
+    for model, report in reports.items():
+        for row in report["correlations"]:
+            if row["spearman_rho"] == row["spearman_rho"]:  # not NaN
+                strongest.append({"model": model, **{k: row[k] for k in ("layer", "kind", "variant", "metric",
+                                                                          "spearman_rho", "p_value", "n_checkpoints")}})
+    strongest.sort(key=lambda r: -abs(r["spearman_rho"]))
+    create_table_artifact(strongest, key="evaluate-correlations",
+                          description="Spearman ρ of each metric with the massive-activation ratio across checkpoints")
+    lines = ["| evaluation | evaluated | skipped | cached | failed |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {s['evaluated']} | {s['skipped']} | {s['cached']} | {len(s['failed'])} |"
+              for k, s in summary.items()]
+    images = [f"### {model} — {kind}\n![{model} {kind}](data:image/png;base64,"
+              f"{base64.b64encode(target.read_bytes(key)).decode()})"
+              for model, report in reports.items() for kind, key in report["figures"].items()]
+    create_markdown_artifact("# Evaluations across training\n\n" + "\n".join(lines)
+                             + f"\n\nData: `{target.url_for('evals')}`\n\n" + "\n\n".join(images),
+                             key="evaluate-summary")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Evaluate SAEs, ITDA and quantization across checkpoints.")
+    parser.add_argument("--models", default=None, help="comma-separated (default: every captured model)")
+    parser.add_argument("--steps", default="every=6", help="step selector over the captured checkpoints")
+    parser.add_argument("--store", default=DEFAULT_STORE)
+    parser.add_argument("--kinds", default="sae,itda,quant")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--refresh", action="store_true")
+    args = parser.parse_args(argv)
+    result = evaluate(models=args.models.split(",") if args.models else None, steps=args.steps, store=args.store,
+                      kinds=tuple(args.kinds.split(",")), device=args.device, refresh=args.refresh)
+    print(f"evaluations under {result['where']}; figures: {result['figures']}")
+
+
+if __name__ == "__main__":
+    main()

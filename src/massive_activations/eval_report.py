@@ -1,0 +1,74 @@
+"""The evaluations joined with the massive-activation ratio, and how each metric tracks it.
+
+The joined view is long: one row per (model, step, layer, kind, variant, metric) with the metric's
+value and that checkpoint-layer's ratio (from ``ratios/``). Checkpoint-level metrics (W8A8, outlier
+dims) get the checkpoint's largest layer ratio and layer = -2. The correlation is Spearman's ρ
+between a metric and the ratio across checkpoints, per (model, layer, kind, variant, metric).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from scipy.stats import spearmanr
+
+from massive_activations.eval_run import EVALS, ITDA_SIMILARITY, QUANT_MODEL
+from massive_activations.store import Store, StoreError
+
+CHECKPOINT_LAYER = -2
+# dataset -> metrics joined with the ratio
+METRICS = {
+    f"{EVALS}/sae": ("explained_variance", "fvu", "mse", "cosine", "l0", "dead_fraction", "ce_loss_score"),
+    f"{EVALS}/itda": ("size", "l0", "explained_variance", "ce_loss_score", "build_seconds"),
+    ITDA_SIMILARITY: ("jaccard_final", "layer_matching_final"),
+    f"{EVALS}/quant": ("sqnr_db", "topk_error_share"),
+    QUANT_MODEL: ("ce_delta_token", "ce_delta_tensor", "ppl_delta_token", "ppl_delta_tensor", "n_outlier_dims"),
+}
+
+
+def joined_view(store: Store, models: list[str]) -> pa.Table:
+    ratios = store.read_dataset("ratios", where={"model": models}).select(["model", "step", "layer", "ratio"])
+    ratio = {(r["model"], r["step"], r["layer"]): r["ratio"] for r in ratios.to_pylist()}
+    peak: dict[tuple[str, int], float] = {}
+    for (model, step, layer), value in ratio.items():
+        if layer >= 0:
+            peak[(model, step)] = max(peak.get((model, step), 0.0), value)
+    rows = []
+    for dataset, metrics in METRICS.items():
+        try:
+            table = store.read_dataset(dataset, where={"model": models})
+        except StoreError:
+            continue  # that evaluation was not run
+        kind = dataset.split("/", 1)[1]
+        for rec in table.to_pylist():
+            layer = rec.get("layer", CHECKPOINT_LAYER)
+            against = (peak.get((rec["model"], rec["step"])) if layer == CHECKPOINT_LAYER
+                       else ratio.get((rec["model"], rec["step"], layer)))
+            for metric in metrics:
+                if metric in rec and rec[metric] is not None:
+                    rows.append({"model": rec["model"], "step": rec["step"], "layer": layer, "kind": kind,
+                                 "variant": rec.get("variant", kind), "metric": metric,
+                                 "value": float(rec[metric]), "ratio": against})
+    if not rows:
+        raise ValueError(f"no evaluations on {store.url} for {models}")
+    return pa.Table.from_pylist(rows)
+
+
+def correlations(joined: pa.Table, min_points: int = 4) -> pa.Table:
+    """Spearman ρ (and p) of each metric against the ratio across checkpoints."""
+    groups: dict[tuple, list[tuple[float, float]]] = {}
+    for r in joined.to_pylist():
+        if r["ratio"] is not None and np.isfinite(r["value"]):
+            groups.setdefault((r["model"], r["layer"], r["kind"], r["variant"], r["metric"]), []).append(
+                (r["value"], r["ratio"]))
+    rows = []
+    for (model, layer, kind, variant, metric), pts in sorted(groups.items()):
+        values, ratio = np.array(pts).T
+        if len(pts) < min_points or np.ptp(values) == 0 or np.ptp(ratio) == 0:
+            rho, p = float("nan"), float("nan")
+        else:
+            res = spearmanr(values, ratio)
+            rho, p = float(res.statistic), float(res.pvalue)
+        rows.append({"model": model, "layer": layer, "kind": kind, "variant": variant, "metric": metric,
+                     "spearman_rho": rho, "p_value": p, "n_checkpoints": len(pts)})
+    return pa.Table.from_pylist(rows)

@@ -1,0 +1,306 @@
+"""Evaluate one checkpoint onto the store: SAEs, ITDA or quantization, one ``evals/<kind>/`` partition.
+
+Every evaluation reads the activation samples the capture stored for (model, step, layer), splits
+the prompt set's sequences into train and held-out (seeded; the same split for every checkpoint),
+trains on the train sequences' samples and measures on the held-out ones. CE losses are measured
+on the held-out sequences themselves, by running the checkpoint with a layer's output replaced.
+
+A partition with identical inputs (including the activation samples' content hashes) and code
+version is not recomputed.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from massive_activations.capture_run import ACTIVATIONS
+from massive_activations.checkpoints import CheckpointSource, load_checkpoint
+from massive_activations.itda import ITDADictionary, ITDASettings, itda, jaccard, layer_matching_score, matching_pursuit
+from massive_activations.provenance import module_version, stable_hash
+from massive_activations.quantization import activation_quantization, outlier_dims, w8a8
+from massive_activations.sae import SAESettings, massive_threshold, reconstruction_metrics, token_mask, train_sae
+from massive_activations.splice import ce_loss_score, lm_loss, loss_with_layer, zero_ablation
+from massive_activations.store import Store
+
+EVALS = "evals"
+KINDS = ("sae", "itda", "quant")
+QUANT_MODEL, ITDA_SIMILARITY = f"{EVALS}/quant_model", f"{EVALS}/itda_similarity"
+CODE_MODULES = ("massive_activations.eval_run", "massive_activations.sae", "massive_activations.itda",
+                "massive_activations.quantization", "massive_activations.splice")
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    bos_id: int | None = 0  # Pythia's BOS/EOS id (and the offline suite's EOT)
+    position0: bool = True
+    massive_factor: float | None = 10.0  # a token is massive when max|h| > factor × median|h|
+
+    def __post_init__(self) -> None:
+        if self.massive_factor is not None and not self.massive_factor > 0:
+            raise ValueError(f"massive_factor must be > 0 or None, got {self.massive_factor}")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    heldout_fraction: float = 0.2  # of the prompt set's sequences
+    seed: int = 0
+    sae_kinds: tuple[str, ...] = ("topk", "relu")
+    sae: SAESettings = field(default_factory=SAESettings)
+    mask: MaskSettings = field(default_factory=MaskSettings)
+    itda: ITDASettings = field(default_factory=ITDASettings)
+    quant_bits: tuple[int, ...] = (8, 4)
+    quant_top_k: int = 16
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
+        for kind in self.sae_kinds:
+            SAESettings(**{**asdict(self.sae), "kind": kind})  # validates each kind
+        if not self.quant_bits or min(self.quant_bits) < 2:
+            raise ValueError(f"quant_bits must be bit widths >= 2, got {self.quant_bits}")
+        if self.quant_top_k < 1 or self.batch_size < 1:
+            raise ValueError(f"quant_top_k and batch_size must be >= 1, got {self.quant_top_k}, {self.batch_size}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EvalSettings:
+        v = dict(values)
+        nested = {"sae": SAESettings, "mask": MaskSettings, "itda": ITDASettings}
+        for name, kind in nested.items():
+            if isinstance(v.get(name), dict):
+                v[name] = kind(**v[name])
+        for name in ("sae_kinds", "quant_bits"):
+            if name in v:
+                v[name] = tuple(v[name])
+        return cls(**v)
+
+
+def split_sequences(n_sequences: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) sequence indices, seeded."""
+    if n_sequences < 2:
+        raise ValueError(f"evaluations need a prompt set of >= 2 sequences to hold some out, got {n_sequences}")
+    order = np.random.default_rng(seed).permutation(n_sequences)
+    n_held = min(n_sequences - 1, max(1, round(heldout_fraction * n_sequences)))
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
+
+
+@dataclass
+class LayerSamples:
+    vectors: torch.Tensor  # (tokens, d_model) float32, ordered by (seq, pos)
+    seq: torch.Tensor
+    pos: torch.Tensor
+    token_id: torch.Tensor
+
+    def select(self, keep: torch.Tensor) -> LayerSamples:
+        return LayerSamples(self.vectors[keep], self.seq[keep], self.pos[keep], self.token_id[keep])
+
+
+def read_samples(store: Store, model: str, step: int, layer: int) -> LayerSamples:
+    table = store.read_partition(ACTIVATIONS, {"model": model, "step": step, "layer": layer})
+    if table.num_rows == 0:
+        raise ValueError(f"no activation samples for {model} step {step} layer {layer}")
+    table = table.sort_by([("seq", "ascending"), ("pos", "ascending")])
+    col = table.column("vector").combine_chunks()
+    vectors = np.array(col.flatten(), dtype=np.float32).reshape(table.num_rows, col.type.list_size)
+    return LayerSamples(torch.from_numpy(vectors), *(torch.as_tensor(np.asarray(table.column(c)), dtype=torch.long)
+                                                       for c in ("seq", "pos", "token_id")))
+
+
+def sampled_layers(store: Store, model: str, step: int) -> list[int]:
+    return sorted(p["layer"] for p in store.partitions(ACTIVATIONS) if p["model"] == model and p["step"] == step)
+
+
+def samples_hash(store: Store, model: str, step: int) -> str:
+    """One hash over the content hashes of a checkpoint's activation samples: the evaluations' data input."""
+    layers = sampled_layers(store, model, step)
+    if not layers:
+        raise ValueError(f"no activation samples for {model} step {step} on {store.url}; capture with "
+                         "samples_per_layer > 0 first")
+    return stable_hash([(layer, (store.partition_metadata(ACTIVATIONS, {"model": model, "step": step, "layer": layer})
+                                 or {}).get("content_hash")) for layer in layers])
+
+
+def eval_inputs(model: str, step: int, kind: str, source: CheckpointSource, prompt_set: str, activations: str,
+                settings: EvalSettings) -> dict[str, Any]:
+    if kind not in KINDS:
+        raise ValueError(f"unknown evaluation {kind!r}; choose from {', '.join(KINDS)}")
+    return {"model": model, "step": step, "kind": kind, "source": source.describe(), "prompt_set": prompt_set,
+            "activations_hash": activations, "settings": asdict(settings)}
+
+
+def is_evaluated(store: Store, inputs: dict[str, Any]) -> bool:
+    meta = store.partition_metadata(f"{EVALS}/{inputs['kind']}", {"model": inputs["model"], "step": inputs["step"]})
+    return bool(meta) and meta.get("inputs") == inputs and meta.get("code_version") == module_version(*CODE_MODULES)
+
+
+class Splicer:
+    """CE losses of one checkpoint on the held-out sequences, with a decoder layer's output replaced."""
+
+    def __init__(self, lm: Any, tokens: np.ndarray, batch_size: int):
+        self.lm, self.tokens, self.batch_size = lm, tokens, batch_size
+        self.original = lm_loss(lm, tokens, batch_size)
+        self._zero: dict[int, float] = {}
+
+    def zero(self, layer: int) -> float:
+        if layer not in self._zero:
+            self._zero[layer] = loss_with_layer(self.lm, self.tokens, layer, zero_ablation, self.batch_size)
+        return self._zero[layer]
+
+    def score(self, layer: int, reconstruct, masked_bar: dict | None) -> dict[str, float]:
+        """CE with ``reconstruct`` (rows → rows) spliced in; masked tokens, when given, pass through unchanged."""
+        def replace(h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+            flat = h.reshape(-1, h.shape[-1]).float()
+            out = reconstruct(flat).to(flat.dtype)
+            if masked_bar is not None:
+                positions = torch.arange(h.shape[1], device=h.device).expand(h.shape[0], -1).reshape(-1)
+                keep = token_mask(ids.reshape(-1), positions, flat.abs().amax(dim=1), **masked_bar)
+                out[keep] = flat[keep]
+            return out.reshape(h.shape)
+
+        ce = loss_with_layer(self.lm, self.tokens, layer, replace, self.batch_size)
+        return {"ce_original": self.original, "ce_zero": self.zero(layer), "ce_reconstructed": ce,
+                "ce_loss_score": ce_loss_score(self.original, ce, self.zero(layer))}
+
+
+def _mask_options(settings: MaskSettings, train: LayerSamples) -> dict[str, Any]:
+    bar = (massive_threshold(train.vectors.numpy(), settings.massive_factor)
+           if settings.massive_factor is not None else None)
+    return {"bos_id": settings.bos_id, "position0": settings.position0, "massive_above": bar}
+
+
+def _split(samples: LayerSamples, train_seqs: np.ndarray) -> tuple[LayerSamples, LayerSamples]:
+    is_train = torch.as_tensor(np.isin(samples.seq.numpy(), train_seqs))
+    return samples.select(is_train), samples.select(~is_train)
+
+
+def sae_rows(samples: dict[int, LayerSamples], splicer: Splicer, train_seqs: np.ndarray,
+             settings: EvalSettings) -> list[dict]:
+    rows = []
+    for layer, all_samples in samples.items():
+        train, held = _split(all_samples, train_seqs)
+        options = _mask_options(settings.mask, train)
+        for masked in (False, True):
+            if masked:
+                tr = train.select(~token_mask(train.token_id, train.pos, train.vectors.abs().amax(1), **options))
+                ho = held.select(~token_mask(held.token_id, held.pos, held.vectors.abs().amax(1), **options))
+            else:
+                tr, ho = train, held
+            if len(tr.vectors) < 2 or len(ho.vectors) == 0:
+                raise ValueError(f"layer {layer}: too few samples to train and test an SAE "
+                                 f"({len(tr.vectors)} train, {len(ho.vectors)} held-out); capture more samples")
+            for kind in settings.sae_kinds:
+                sae_settings = SAESettings(**{**asdict(settings.sae), "kind": kind})
+                started = time.perf_counter()
+                sae = train_sae(tr.vectors, sae_settings)
+                seconds = time.perf_counter() - started
+                with torch.no_grad():
+                    codes = sae.encode(ho.vectors)
+                    metrics = reconstruction_metrics(ho.vectors, sae.decode(codes), codes)
+                    ce = splicer.score(layer, lambda x, sae=sae: sae(x.cpu()).to(x.device),
+                                       options if masked else None)
+                rows.append({"layer": layer, "variant": f"{kind}-{'masked' if masked else 'unmasked'}",
+                             "sae_kind": kind, "masked": masked, "n_latents": sae.n_latents, "n_train": len(tr.vectors),
+                             **metrics, **ce, "train_seconds": seconds})
+    return rows
+
+
+def itda_rows(samples: dict[int, LayerSamples], splicer: Splicer, train_seqs: np.ndarray,
+              settings: EvalSettings) -> list[dict]:
+    rows = []
+    k = settings.itda.k
+    for layer, all_samples in samples.items():
+        train, held = _split(all_samples, train_seqs)
+        labels = list(zip(train.seq.tolist(), train.pos.tolist(), strict=True))
+        started = time.perf_counter()
+        dictionary: ITDADictionary = itda(train.vectors, labels, settings.itda)
+        seconds = time.perf_counter() - started
+        atoms = dictionary.atoms
+
+        def reconstruct(x: torch.Tensor, atoms: torch.Tensor = atoms) -> torch.Tensor:
+            return (matching_pursuit(x.cpu(), atoms, k) @ atoms).float().to(x.device)
+
+        coef = matching_pursuit(held.vectors, atoms, k)
+        metrics = reconstruction_metrics(held.vectors, (coef @ atoms).float(), coef)
+        metrics.pop("dead_fraction")
+        ce = splicer.score(layer, reconstruct, None)
+        rows.append({"layer": layer, "variant": "itda", "size": len(dictionary), "tau": dictionary.tau,
+                     **metrics, **ce, "build_seconds": seconds,
+                     "atom_seq": [s for s, _ in dictionary.labels], "atom_pos": [p for _, p in dictionary.labels]})
+    return rows
+
+
+def quant_rows(samples: dict[int, LayerSamples], lm: Any, held_tokens: np.ndarray,
+               settings: EvalSettings) -> tuple[list[dict], dict]:
+    """Per-layer activation quantization rows, and the checkpoint's W8A8 and outlier row."""
+    rows = [{"layer": layer, "variant": f"int{r['bits']}-{r['granularity']}", **r, "n_tokens": len(s.vectors)}
+            for layer, s in samples.items()
+            for r in activation_quantization(s.vectors, settings.quant_bits, settings.quant_top_k)]
+    ce_fp = lm_loss(lm, held_tokens, settings.batch_size)
+    model_row: dict[str, Any] = {"variant": "w8a8", "ce_fp": ce_fp, "ppl_fp": math.exp(ce_fp)}
+    for activations in ("token", "tensor"):
+        with w8a8(lm, activations):
+            ce = lm_loss(lm, held_tokens, settings.batch_size)
+        model_row[f"ce_w8a8_{activations}"] = ce
+        model_row[f"ce_delta_{activations}"] = ce - ce_fp
+        model_row[f"ppl_delta_{activations}"] = math.exp(ce) - math.exp(ce_fp)
+    dims = outlier_dims(lm, held_tokens, batch_size=settings.batch_size)
+    model_row.update({"n_outlier_dims": len(dims), "outlier_dims": dims})
+    return rows, model_row
+
+
+def evaluate_to_store(store: Store, source: CheckpointSource, model: str, step: int, kind: str, prompt_set: str,
+                      tokens: np.ndarray, settings: EvalSettings, device: str = "auto") -> dict[str, Any]:
+    """Evaluate (model, step) with one kind unless the store holds it with the same inputs; say which happened."""
+    inputs = eval_inputs(model, step, kind, source, prompt_set, samples_hash(store, model, step), settings)
+    dataset, part = f"{EVALS}/{kind}", {"model": model, "step": step}
+    if is_evaluated(store, inputs):
+        return {"model": model, "step": step, "kind": kind, "status": "skipped",
+                "hash": (store.partition_metadata(dataset, part) or {}).get("content_hash")}
+    train_seqs, held_seqs = split_sequences(len(tokens), settings.heldout_fraction, settings.seed)
+    layers = [layer for layer in sampled_layers(store, model, step) if layer >= 0 or kind == "quant"]
+    samples = {layer: read_samples(store, model, step, layer) for layer in layers}
+    ckpt = load_checkpoint(source, model, step, device=device)
+    torch.manual_seed(settings.seed)
+    try:
+        held_tokens = np.asarray(tokens)[held_seqs]
+        if kind == "quant":
+            rows, model_row = quant_rows(samples, ckpt.model, held_tokens, settings)
+            store.write_partition(QUANT_MODEL, part, pa.Table.from_pylist([model_row]), inputs=inputs,
+                                  code_modules=CODE_MODULES, overwrite=True)
+        else:
+            splicer = Splicer(ckpt.model, held_tokens, settings.batch_size)
+            rows = (sae_rows if kind == "sae" else itda_rows)(samples, splicer, train_seqs, settings)
+    finally:
+        del ckpt
+        gc.collect()
+    written = store.write_partition(dataset, part, pa.Table.from_pylist(rows), inputs=inputs,
+                                    code_modules=CODE_MODULES, overwrite=True)
+    return {"model": model, "step": step, "kind": kind, "status": "evaluated", "hash": written.content_hash,
+            "rows": written.rows}
+
+
+def itda_similarity(store: Store, model: str) -> pa.Table:
+    """Per (step, layer): Jaccard of the dictionary's labels with the final checkpoint's; per step, layer matching."""
+    table = store.read_dataset(f"{EVALS}/itda", where={"model": model})
+    if table.num_rows == 0:
+        raise ValueError(f"no ITDA evaluations for {model} on {store.url}")
+    by_step: dict[int, dict[int, list[tuple[int, int]]]] = {}
+    for row in table.select(["step", "layer", "atom_seq", "atom_pos"]).to_pylist():
+        by_step.setdefault(row["step"], {})[row["layer"]] = list(zip(row["atom_seq"], row["atom_pos"], strict=True))
+    final = max(by_step)
+    rows = []
+    for step, layers in sorted(by_step.items()):
+        matching = layer_matching_score(layers, by_step[final])
+        for layer, labels in sorted(layers.items()):
+            rows.append({"step": step, "layer": layer, "final_step": final,
+                         "jaccard_final": jaccard(labels, by_step[final].get(layer, [])),
+                         "layer_matching_final": matching})
+    return pa.Table.from_pylist(rows)

@@ -1,0 +1,72 @@
+"""Language-model loss with one layer's output replaced: the CE-loss score of SAEs and ITDA.
+
+CE-loss score (SAEBench, science.md): (CE_zero − CE_reconstructed) / (CE_zero − CE_original),
+where the layer's output (the residual stream after decoder block ``layer``) is replaced by its
+reconstruction, or by zeros for the zero-ablation baseline. 1 = as good as the model, 0 = no
+better than deleting the layer's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+Replace = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (hidden, token ids) -> new hidden
+
+
+@contextmanager
+def replaced_layer(model: Any, layer: int, replace: Replace, tokens: list[torch.Tensor]) -> Iterator[None]:
+    """Within the block, decoder layer ``layer`` outputs ``replace(h, ids)``; ``tokens[0]`` holds the batch's ids."""
+    n_layers = len(model.gpt_neox.layers)
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer} is not a decoder layer of this model (0 … {n_layers - 1})")
+
+    def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (replace(output[0], tokens[0]).to(output[0].dtype), *output[1:])
+        return replace(output, tokens[0]).to(output.dtype)
+
+    handle = model.gpt_neox.layers[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def lm_loss(model: Any, tokens: np.ndarray, batch_size: int = 8, current: list[torch.Tensor] | None = None) -> float:
+    """Mean next-token cross-entropy over all predicted positions of the (sequences, length) prompts."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if tokens.ndim != 2 or tokens.shape[1] < 2 or len(tokens) == 0:
+        raise ValueError(f"lm_loss needs (sequences >= 1, length >= 2) tokens, got shape {tokens.shape}")
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(tokens), batch_size):
+            ids = torch.as_tensor(tokens[start:start + batch_size], device=device)
+            if current is not None:
+                current[0] = ids
+            logits = model(input_ids=ids, use_cache=False).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                     ids[:, 1:].reshape(-1), reduction="sum")
+            total += float(loss)
+            count += ids[:, 1:].numel()
+    return total / count
+
+
+def loss_with_layer(model: Any, tokens: np.ndarray, layer: int, replace: Replace, batch_size: int = 8) -> float:
+    current: list[torch.Tensor] = [torch.empty(0)]
+    with replaced_layer(model, layer, replace, current):
+        return lm_loss(model, tokens, batch_size, current)
+
+
+def zero_ablation(h: torch.Tensor, _ids: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(h)
+
+
+def ce_loss_score(ce_original: float, ce_reconstructed: float, ce_zero: float) -> float:
+    gap = ce_zero - ce_original
+    return float("nan") if abs(gap) < 1e-12 else (ce_zero - ce_reconstructed) / gap

@@ -1,0 +1,83 @@
+"""The evaluate flow on the captured micro suite, through a real Prefect server."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from flows.evaluate import evaluate
+from flows.params import EvalParams
+from massive_activations.eval_run import EvalSettings, split_sequences
+from massive_activations.store import Store
+
+MODEL = "nx-l2-d32-h2"
+STEPS = [0, 24, 48]
+FAST = EvalParams(sae_steps=40, itda_target_size=16)
+
+
+@pytest.fixture
+def eval_store(captured_micro, tmp_path) -> Store:
+    shutil.copytree(captured_micro.root, tmp_path / "store")
+    return Store(tmp_path / "store")
+
+
+def test_evaluate_writes_every_kind_and_reuses_it(prefect_server, eval_store):
+    run = dict(models=[MODEL], steps=",".join(map(str, STEPS)), store=eval_store.url, settings=FAST, device="cpu")
+    first = evaluate(**run)
+    assert {k: s["evaluated"] for k, s in first["summary"].items()} == {"sae": 3, "itda": 3, "quant": 3}
+    sae = eval_store.read_dataset("evals/sae", where={"model": MODEL})
+    variants = {"topk-unmasked", "topk-masked", "relu-unmasked", "relu-masked"}
+    assert set(zip(sae.column("step").to_pylist(), sae.column("layer").to_pylist(),
+                   sae.column("variant").to_pylist(), strict=True)) == {
+        (s, layer, v) for s in STEPS for layer in (0, 1) for v in variants}
+    for row in sae.to_pylist():
+        assert -1 < row["explained_variance"] <= 1
+        assert row["ce_zero"] > row["ce_original"] or row["step"] == 0  # at init, deleting a layer costs nothing
+        assert row["l0"] <= 8 or row["sae_kind"] == "relu"
+    itda = eval_store.read_dataset("evals/itda", where={"model": MODEL})
+    assert itda.num_rows == 6 and all(len(r["atom_seq"]) == r["size"] for r in itda.to_pylist())
+    quant = eval_store.read_dataset("evals/quant", where={"model": MODEL})
+    assert quant.num_rows == 3 * 3 * 2 * 3  # steps × layers (incl. embedding) × bits × granularities
+    w8a8 = eval_store.read_dataset("evals/quant_model", where={"model": MODEL}).to_pylist()
+    assert len(w8a8) == 3 and all(abs(r["ce_delta_token"]) < 0.1 for r in w8a8)
+    similarity = eval_store.read_dataset("evals/itda_similarity", where={"model": MODEL}).to_pylist()
+    assert [r["jaccard_final"] for r in similarity if r["step"] == 48] == [1.0, 1.0]
+    joined = eval_store.read_dataset("evals/joined", where={"model": MODEL})
+    assert joined.num_rows > 0 and None not in joined.column("ratio").to_pylist()
+    corr = eval_store.read_dataset("evals/correlations", where={"model": MODEL})
+    assert corr.num_rows > 0 and set(corr.column("n_checkpoints").to_pylist()) == {3}
+    assert eval_store.exists(f"plots/evals/{MODEL}-sae.png")
+
+    mtimes = {k: eval_store.fs.info(eval_store.path(k))["mtime"] for k in eval_store.list("evals/sae")}
+    again = evaluate(**run)
+    assert {k: s["cached"] for k, s in again["summary"].items()} == {"sae": 3, "itda": 3, "quant": 3}
+    assert mtimes == {k: eval_store.fs.info(eval_store.path(k))["mtime"] for k in eval_store.list("evals/sae")}
+
+
+def test_evaluate_refuses_bad_input_before_work(prefect_server, eval_store):
+    with pytest.raises(ValueError, match=r"nothing captured .*\['nx-nope'\]"):
+        evaluate(models=["nx-nope"], store=eval_store.url, settings=FAST)
+    with pytest.raises(ValueError, match="step 5 is not on the schedule"):
+        evaluate(models=[MODEL], steps="5", store=eval_store.url, settings=FAST)
+    assert not eval_store.list("evals")
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(sae_k=0), "greater than or equal to 1"), (dict(sae_expansion=0), "greater than or equal to 1"),
+    (dict(itda_tau=0.0), "greater than 0"), (dict(itda_tau=-2.0), "greater than 0"),
+    (dict(heldout_fraction=1.0), "less than 1")])
+def test_absurd_evaluation_settings_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        EvalParams(**bad)
+
+
+def test_library_settings_validate_too():
+    with pytest.raises(ValueError, match="heldout_fraction"):
+        EvalSettings(heldout_fraction=0)
+    with pytest.raises(ValueError, match="SAE k must"):
+        EvalSettings.from_dict({"sae": {"k": 0}})
+    with pytest.raises(ValueError, match=">= 2 sequences"):
+        split_sequences(1, 0.2, 0)
+    train, held = split_sequences(10, 0.2, 0)
+    assert len(held) == 2 and not set(train) & set(held) and list(split_sequences(10, 0.2, 0)[1]) == list(held)
