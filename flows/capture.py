@@ -57,7 +57,20 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
             suite: str = "default", source: SourceParams = SourceParams(),
             prompts: PromptParams = PromptParams(), settings: CaptureParams = CaptureParams(),
             device: str = "auto", dtype: str = "float32", refresh: bool = False) -> dict:
-    """Capture every (model, step); skip what the store already holds with the same inputs."""
+    """Capture every (model, step); skip what the store already holds with the same inputs.
+
+    Args:
+        models: Models to capture, e.g. pythia-70m (default: every model of the folder source).
+        steps: Checkpoints: all, log, start:stop:stride, every=N or step numbers, comma-separated.
+        store: Store URL: a path, file://… or s3://bucket/prefix.
+        suite: Offline suite whose folder is the default source.
+        source: Where checkpoints come from.
+        prompts: The prompt set.
+        settings: What to measure and sample.
+        device: auto, cpu, cuda or cuda:N.
+        dtype: float32, float16 or bfloat16.
+        refresh: Recompute even what is cached.
+    """
     logger = get_run_logger()
     target = Store(store)
     target.check_reachable()

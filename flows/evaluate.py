@@ -40,7 +40,17 @@ def plan_evaluations(target: Store, models: list[str] | None, steps: str) -> dic
 def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str = DEFAULT_STORE,
              kinds: tuple[Kind, ...] = ("sae", "itda", "quant"), settings: EvalParams = EvalParams(),
              device: str = "auto", refresh: bool = False) -> dict:
-    """Evaluate every captured (model, step) in the selection; skip what the store holds with the same inputs."""
+    """Evaluate every captured (model, step) in the selection; skip what the store holds with the same inputs.
+
+    Args:
+        models: Captured models to evaluate (default: all).
+        steps: Checkpoints to evaluate, a step selector over the captured ones.
+        store: Store URL: a path, file://… or s3://bucket/prefix.
+        kinds: Evaluations: sae, itda, quant.
+        settings: SAE, ITDA and quantization settings.
+        device: auto, cpu, cuda or cuda:N.
+        refresh: Recompute even what is cached.
+    """
     logger = get_run_logger()
     kinds = tuple(dict.fromkeys(kinds))
     if not kinds:

@@ -19,10 +19,10 @@ class SourceParams(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     kind: Literal["folder", "hub"] = Field(
-        "folder", description="folder: <root>/<model>/step<N>/ (default: the offline suite on the store); "
+        "folder", description="folder: {root}/{model}/step{N}/ (default: the offline suite on the store); "
                               "hub: EleutherAI/pythia-* on the Hugging Face Hub")
     root: str | None = Field(None, description="Folder root URL (local path or s3://…); "
-                                               "default: <store>/suites/<suite>")
+                                               "default: {store}/suites/{suite}")
     endpoint: str | None = Field(None, description="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
     cache_dir: str | None = Field(None, description="Local cache for downloads")
 

@@ -37,8 +37,26 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
              eval_steps: str = "every=6", eval_settings: EvalParams = EvalParams(),
              unseen: ArchitectureParams = UNSEEN, workers: int = 2, device: str = "auto",
              runner: RunnerParams = RunnerParams(), refresh: list[Stage] | None = None) -> dict:
-    """``models``: a subset of the suite's models, or the Pythia models to read from the Hub (source kind hub).
-    ``refresh``: stages to recompute even when cached. ``evaluations``: empty to skip the evaluate stage."""
+    """Run every stage; each reuses what the store already holds for the same inputs.
+
+    Args:
+        suite: Offline suite to build and read when the source is the default folder.
+        models: A subset of the suite's models, or the Pythia models to read (source kind hub), e.g. pythia-70m.
+        source: Where checkpoints come from (default: the offline suite on the store).
+        store: Store URL for data, plots and the task cache: a path, file://… or s3://bucket/prefix.
+        steps: Checkpoints to capture: all, log, start:stop:stride, every=N or step numbers.
+        prompts: The prompt set (sequences, length, your own texts).
+        settings: Capture settings.
+        fit_settings: Emergence-fit settings.
+        evaluations: Downstream evaluations to run; empty skips the evaluate stage.
+        eval_steps: Checkpoints to evaluate (a step selector over the captured ones).
+        eval_settings: SAE, ITDA and quantization settings.
+        unseen: An architecture to predict emergence for from its shape alone.
+        workers: Processes that train the offline suite.
+        device: auto, cpu, cuda or cuda:N.
+        runner: Where per-checkpoint tasks run: threads here, or a Dask cluster.
+        refresh: Stages to recompute even when cached.
+    """
     logger = get_run_logger()
     again = set(refresh or ())
     started = time.perf_counter()

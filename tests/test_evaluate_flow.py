@@ -81,3 +81,14 @@ def test_library_settings_validate_too():
         split_sequences(1, 0.2, 0)
     train, held = split_sequences(10, 0.2, 0)
     assert len(held) == 2 and not set(train) & set(held) and list(split_sequences(10, 0.2, 0)[1]) == list(held)
+
+
+def test_list_columns_read_back_across_partitions_when_some_are_empty(tmp_path):
+    from massive_activations.eval_run import QUANT_MODEL, rows_table
+
+    store = Store(tmp_path)
+    for step, dims in ((0, []), (8, [3, 5])):
+        store.write_partition(QUANT_MODEL, {"model": "m", "step": step}, rows_table([{"outlier_dims": dims}]),
+                              inputs={})
+    rows = store.read_dataset(QUANT_MODEL).sort_by("step").to_pylist()
+    assert [r["outlier_dims"] for r in rows] == [[], [3, 5]]

@@ -109,9 +109,10 @@ def read_samples(store: Store, model: str, step: int, layer: int) -> LayerSample
         raise ValueError(f"no activation samples for {model} step {step} layer {layer}")
     table = table.sort_by([("seq", "ascending"), ("pos", "ascending")])
     col = table.column("vector").combine_chunks()
-    vectors = np.array(col.flatten(), dtype=np.float32).reshape(table.num_rows, col.type.list_size)
-    return LayerSamples(torch.from_numpy(vectors), *(torch.as_tensor(np.asarray(table.column(c)), dtype=torch.long)
-                                                       for c in ("seq", "pos", "token_id")))
+    vectors = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)  # a writable copy
+    return LayerSamples(torch.from_numpy(vectors.reshape(table.num_rows, col.type.list_size)),
+                        *(torch.from_numpy(table.column(c).to_numpy().astype(np.int64))
+                          for c in ("seq", "pos", "token_id")))
 
 
 def sampled_layers(store: Store, model: str, step: int) -> list[int]:
@@ -256,6 +257,16 @@ def quant_rows(samples: dict[int, LayerSamples], lm: Any, held_tokens: np.ndarra
     return rows, model_row
 
 
+def rows_table(rows: list[dict]) -> pa.Table:
+    """Rows as a table whose list columns keep one type in every partition (an empty list alone would be null)."""
+    table = pa.Table.from_pylist(rows)
+    for name in ("outlier_dims", "atom_seq", "atom_pos"):
+        if name in table.column_names:
+            table = table.set_column(table.column_names.index(name), name,
+                                     table.column(name).cast(pa.list_(pa.int64())))
+    return table
+
+
 def evaluate_to_store(store: Store, source: CheckpointSource, model: str, step: int, kind: str, prompt_set: str,
                       tokens: np.ndarray, settings: EvalSettings, device: str = "auto") -> dict[str, Any]:
     """Evaluate (model, step) with one kind unless the store holds it with the same inputs; say which happened."""
@@ -273,7 +284,7 @@ def evaluate_to_store(store: Store, source: CheckpointSource, model: str, step: 
         held_tokens = np.asarray(tokens)[held_seqs]
         if kind == "quant":
             rows, model_row = quant_rows(samples, ckpt.model, held_tokens, settings)
-            store.write_partition(QUANT_MODEL, part, pa.Table.from_pylist([model_row]), inputs=inputs,
+            store.write_partition(QUANT_MODEL, part, rows_table([model_row]), inputs=inputs,
                                   code_modules=CODE_MODULES, overwrite=True)
         else:
             splicer = Splicer(ckpt.model, held_tokens, settings.batch_size)
@@ -281,7 +292,7 @@ def evaluate_to_store(store: Store, source: CheckpointSource, model: str, step: 
     finally:
         del ckpt
         gc.collect()
-    written = store.write_partition(dataset, part, pa.Table.from_pylist(rows), inputs=inputs,
+    written = store.write_partition(dataset, part, rows_table(rows), inputs=inputs,
                                     code_modules=CODE_MODULES, overwrite=True)
     return {"model": model, "step": step, "kind": kind, "status": "evaluated", "hash": written.content_hash,
             "rows": written.rows}

@@ -153,3 +153,24 @@ def plot_eval_metrics(joined: pa.Table, model: str, panels: list[tuple[str, str,
     fig.supxlabel("training step (symlog)")
     fig.suptitle(model)
     return _png(fig)
+
+
+def plot_forecast_history(forecasts: pa.Table, model: str) -> bytes:
+    """Forecast K (± SE) and t_peak per layer against the latest checkpoint seen when it was made."""
+    rows = forecasts.filter(pc.equal(forecasts.column("model"), model)).to_pylist()
+    layers = sorted({r["layer"] for r in rows})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    for layer in layers:
+        pts = sorted((r["step"], r["K"], r["se_K"] or 0.0, r["t_peak"]) for r in rows if r["layer"] == layer)
+        steps, k, se, peak = (np.array(x, dtype=float) for x in zip(*pts, strict=True))
+        color = cmap((layer + 1) / (max(layers) + 1))
+        left.errorbar(steps, k, yerr=se, fmt="-o", ms=3, color=color, label=f"layer {layer}")
+        right.plot(steps, peak, "-o", ms=3, color=color)
+    left.set_title("forecast steady-state ratio K (± SE)", fontsize=9)
+    right.set_title("forecast t_peak", fontsize=9)
+    for ax in (left, right):
+        ax.set_xlabel("latest checkpoint seen")
+    left.legend(fontsize=6)
+    fig.suptitle(f"{model}: forecasts as training goes on")
+    return _png(fig)

@@ -1,0 +1,91 @@
+"""Monitor flow: watch a training run's checkpoint folder, capture new checkpoints, refit, re-forecast.
+
+Point ``checkpoints`` at the folder (local or s3://) where a run writes ``step<N>/`` folders in the
+Hugging Face layout (config.json, weights, tokenizer). Scheduled hourly by the ``monitor`` deployment.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.capture import capture
+from flows.fit import fit
+from flows.params import DEFAULT_STORE, CaptureParams, PromptParams, SourceParams
+from massive_activations.architecture import resolve_architecture
+from massive_activations.checkpoints import make_source
+from massive_activations.emergence import MIN_POINTS
+from massive_activations.fit_run import FITS
+from massive_activations.forecast import FORECASTS, forecast_rows, record_forecast
+from massive_activations.plots import plot_forecast_history
+from massive_activations.regress_run import predict
+from massive_activations.store import Store, StoreError
+
+
+def split_run_url(checkpoints: str) -> tuple[str, str]:
+    """(folder-source root, run name) of the folder that holds the ``step<N>/`` folders."""
+    trimmed = checkpoints.rstrip("/")
+    parent, _, name = trimmed.rpartition("/")
+    if not name or not parent:
+        raise ValueError(f"checkpoints {checkpoints!r} must be a folder path like /runs/my-run or s3://bucket/my-run")
+    return parent, name
+
+
+@task(name="forecast", task_run_name="forecast-{model}-step{latest_step}", retries=2, persist_result=False)
+def forecast_task(store: str, model: str, latest_step: int, config_path: str) -> dict:
+    target = Store(store)
+    try:
+        predicted = predict(target, resolve_architecture(config_path), None, "ratio")["rows"]
+    except (StoreError, FileNotFoundError) as err:  # no regressors trained on this store yet
+        get_run_logger().info("no architecture prior (%s); forecasting from the fit alone", err)
+        predicted = None
+    rows = forecast_rows(target.read_partition(FITS, {"model": model}), predicted)
+    key = record_forecast(target, model, latest_step, rows, {"model": model, "latest_step": latest_step,
+                                                             "with_prior": predicted is not None})
+    figure = f"plots/forecasts/{model}.png"
+    target.write_bytes(figure, plot_forecast_history(target.read_dataset(FORECASTS, where={"model": model}), model))
+    return {"rows": rows, "key": key, "figure": figure}
+
+
+@flow(name="monitor", log_prints=True)
+def monitor(checkpoints: str, store: str = DEFAULT_STORE, prompts: PromptParams = PromptParams(),
+            settings: CaptureParams = CaptureParams(samples_per_layer=0), device: str = "auto") -> dict:
+    """Capture only checkpoints not yet on the store, refit the run, record this forecast.
+
+    Args:
+        checkpoints: The folder your run writes step{N}/ checkpoints into (a path or s3://bucket/prefix/run).
+        store: Store URL: a path, file://… or s3://bucket/prefix.
+        prompts: The prompt set.
+        settings: Capture settings (no activation samples by default).
+        device: auto, cpu, cuda or cuda:N.
+    """
+    logger = get_run_logger()
+    root, model = split_run_url(checkpoints)
+    source = make_source("folder", root=root)
+    steps = source.steps(model)  # a folder with no step<N>/ checkpoints fails here
+    captured = capture(models=[model], steps="all", store=store, suite=model,
+                       source=SourceParams(kind="folder", root=root), prompts=prompts, settings=settings,
+                       device=device)
+    logger.info("%s: %d checkpoints, %d new", model, len(steps), captured["captured"])
+    if len(steps) < MIN_POINTS:
+        logger.info("%s: waiting for %d checkpoints before fitting (have %d)", model, MIN_POINTS, len(steps))
+        return {"model": model, "status": "waiting", "checkpoints": len(steps), "capture": captured}
+    fit(models=[model], series=("ratio",), store=store)
+    config = source.fetch(model, steps[-1]) / "config.json"
+    result = forecast_task(Store(store).url, model, steps[-1], str(config))
+    create_table_artifact(result["rows"], key="monitor-forecast",
+                          description=f"{model} after step {steps[-1]}: fitted K, t_peak and the architecture prior")
+    png = Store(store).read_bytes(result["figure"])
+    create_markdown_artifact(f"# {model}: forecast after step {steps[-1]} ({len(steps)} checkpoints)\n\n"
+                             f"![history](data:image/png;base64,{base64.b64encode(png).decode()})",
+                             key="monitor-summary")
+    return {"model": model, "status": "forecast", "checkpoints": len(steps), "latest_step": steps[-1],
+            "capture": captured, "forecast": result["rows"], "figure": result["figure"]}
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(monitor(checkpoints=sys.argv[1]))

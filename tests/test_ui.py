@@ -1,0 +1,110 @@
+"""End to end through the Prefect UI: `prefect server start`, `deployments/serve.py`, headless Chromium.
+
+Fills the capture deployment's run form, submits it, and checks the run completes and its output
+lands in the store. Screenshots go to test-artifacts/ when it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from massive_activations.store import Store
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def _wait(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.ui
+def test_run_a_deployment_from_the_ui(micro_suite, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    assert os.path.exists(CHROMIUM), "chromium is missing: `make test` installs it (apt-get install -y chromium)"
+    shutil.copytree(Path(micro_suite.root) / "suites", tmp_path / "store" / "suites")
+    store = Store(tmp_path / "store")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MA_STORE": store.url, "PYTHONPATH": str(ROOT),
+           "HF_HUB_OFFLINE": "1"}
+    env.pop("PREFECT_PROFILES_PATH", None)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                               str(port)], env=env, cwd=tmp_path, stdout=open(logs / "server.log", "w"),
+                              stderr=subprocess.STDOUT)
+    serve = None
+    try:
+        _wait(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 120, "the Prefect server")
+        serve = subprocess.Popen([sys.executable, str(ROOT / "deployments" / "serve.py")], env=env, cwd=ROOT,
+                                 stdout=open(logs / "serve.log", "w"), stderr=subprocess.STDOUT)
+        deployments = _wait(lambda: {d["name"]: d["id"] for d in
+                                     httpx.post(f"{api}/deployments/filter", json={}, timeout=5).json()
+                                     if d["name"] == "capture"}, 120, "serve.py's deployments")
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            try:
+                page.goto(f"http://127.0.0.1:{port}/deployments/deployment/{deployments['capture']}/run",
+                          wait_until="networkidle")
+                for name, value in (("suite", "micro"), ("steps", "48")):
+                    field = page.locator("div.p-label", has=page.get_by_text(f"{name} (Optional)", exact=True))
+                    field.locator("textarea, input").first.fill(value)
+                page.get_by_role("button", name="Submit").click()
+                runs = _wait(lambda: httpx.post(f"{api}/flow_runs/filter", timeout=5, json={
+                    "deployments": {"id": {"any_": [deployments["capture"]]}}}).json(), 60, "the submitted run")
+                assert len(runs) == 1
+                run_id = runs[0]["id"]
+                state = _wait(lambda: (lambda s: s if s in ("COMPLETED", "FAILED", "CRASHED") else None)(
+                    httpx.get(f"{api}/flow_runs/{run_id}", timeout=5).json()["state"]["type"]), 240, "the run")
+                run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=5).json()
+                assert state == "COMPLETED", (logs / "serve.log").read_text()[-3000:]
+                assert run["parameters"]["steps"] == "48" and run["parameters"]["suite"] == "micro"
+                page.goto(f"http://127.0.0.1:{port}/runs/flow-run/{run_id}", wait_until="networkidle")
+                page.get_by_text("Completed").first.wait_for(timeout=30_000)
+            except Exception:
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "ui-run-failure.png"), full_page=True)
+                shutil.copytree(logs, ARTIFACTS / "ui-logs", dirs_exist_ok=True)
+                raise
+            finally:
+                browser.close()
+    finally:
+        if serve is not None:
+            _stop(serve)  # serve before the server
+        _stop(server)
+    stats = store.read_dataset("stats")
+    assert set(zip(stats.column("model").to_pylist(), stats.column("step").to_pylist(), strict=True)) == {
+        ("nx-l2-d32-h2", 48), ("nx-l3-d32-h4", 48)}
