@@ -20,8 +20,8 @@ from massive_activations.emergence import MIN_POINTS
 from massive_activations.fit_run import FITS
 from massive_activations.forecast import FORECASTS, forecast_rows, record_forecast
 from massive_activations.plots import plot_forecast_history
-from massive_activations.regress_run import predict
-from massive_activations.store import Store, StoreError
+from massive_activations.regress_run import has_regressors, predict
+from massive_activations.store import Store
 
 
 def split_run_url(checkpoints: str) -> tuple[str, str]:
@@ -36,11 +36,11 @@ def split_run_url(checkpoints: str) -> tuple[str, str]:
 @task(name="forecast", task_run_name="forecast-{model}-step{latest_step}", retries=2, persist_result=False)
 def forecast_task(store: str, model: str, latest_step: int, config_path: str) -> dict:
     target = Store(store)
-    try:
+    predicted = None
+    if has_regressors(target):
         predicted = predict(target, resolve_architecture(config_path), None, "ratio")["rows"]
-    except (StoreError, FileNotFoundError) as err:  # no regressors trained on this store yet
-        get_run_logger().info("no architecture prior (%s); forecasting from the fit alone", err)
-        predicted = None
+    else:
+        get_run_logger().info("no regressors on %s yet: forecasting from the fit alone", target.url)
     rows = forecast_rows(target.read_partition(FITS, {"model": model}), predicted)
     key = record_forecast(target, model, latest_step, rows, {"model": model, "latest_step": latest_step,
                                                              "with_prior": predicted is not None})

@@ -24,6 +24,7 @@ from flows.runner import RunnerParams, task_runner
 from massive_activations.store import Store
 
 Stage = Literal["suite", "capture", "fit", "regress", "evaluate"]
+STAGES: tuple[str, ...] = Stage.__args__
 UNSEEN = ArchitectureParams(n_layers=5, d_model=80, n_heads=5, name="unseen-l5-d80-h5")
 OUTPUTS = ("suites", "stats", "ratios", "activations", "fits", "fit_comparison", "regression_scores",
            "regression_importance", "regressors", "predictions", "evals", "plots")
@@ -36,7 +37,8 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
              fit_settings: FitParams = FitParams(), evaluations: tuple[Kind, ...] = ("sae", "itda", "quant"),
              eval_steps: str = "every=6", eval_settings: EvalParams = EvalParams(),
              unseen: ArchitectureParams = UNSEEN, workers: int = 2, device: str = "auto",
-             runner: RunnerParams = RunnerParams(), refresh: list[Stage] | None = None) -> dict:
+             runner: RunnerParams = RunnerParams(), refresh: list[Stage] | None = None,
+             until: Stage = "evaluate") -> dict:
     """Run every stage; each reuses what the store already holds for the same inputs.
 
     Args:
@@ -56,6 +58,7 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
         device: auto, cpu, cuda or cuda:N.
         runner: Where per-checkpoint tasks run: threads here, or a Dask cluster.
         refresh: Stages to recompute even when cached.
+        until: The last stage to run (e.g. capture, to collect data now and analyse later).
     """
     logger = get_run_logger()
     again = set(refresh or ())
@@ -77,10 +80,13 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
         models=models, steps=steps, store=store, suite=suite, source=source, prompts=prompts, settings=settings,
         device=device, refresh="capture" in again))
     captured = models or None
-    out["fit"] = timed("fit", fit(models=captured, store=store, settings=fit_settings, refresh="fit" in again))
-    out["regress"] = timed("regress", regress(store=store, refresh="regress" in again))
-    out["predict"] = timed("predict", predict(architecture=unseen, store=store))
-    if evaluations:
+    last = STAGES.index(until)
+    if last >= STAGES.index("fit"):
+        out["fit"] = timed("fit", fit(models=captured, store=store, settings=fit_settings, refresh="fit" in again))
+    if last >= STAGES.index("regress"):
+        out["regress"] = timed("regress", regress(store=store, refresh="regress" in again))
+        out["predict"] = timed("predict", predict(architecture=unseen, store=store))
+    if evaluations and last >= STAGES.index("evaluate"):
         out["evaluate"] = timed("evaluate", evaluate.with_options(task_runner=task_runner(runner))(
             models=captured, steps=eval_steps, store=store, kinds=evaluations, settings=eval_settings,
             device=device, refresh="evaluate" in again))
@@ -123,12 +129,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runner", default="threads", choices=["threads", "dask"])
     parser.add_argument("--dask-address", default=None, help="scheduler of a running Dask cluster")
     parser.add_argument("--refresh", default="", help="stages to recompute: suite,capture,fit,regress,evaluate")
+    parser.add_argument("--until", default="evaluate", choices=STAGES, help="the last stage to run")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     result = pipeline(suite=args.suite, store=args.store, steps=args.steps, eval_steps=args.eval_steps,
                       evaluations=tuple(e for e in args.evaluations.split(",") if e), workers=args.workers,
                       device=args.device, runner=RunnerParams(kind=args.runner, dask_address=args.dask_address),
-                      refresh=[s for s in args.refresh.split(",") if s])
+                      refresh=[s for s in args.refresh.split(",") if s], until=args.until)
     print(f"\nDone in {time.perf_counter() - started:.0f} s "
           f"({', '.join(f'{k} {v:.0f} s' for k, v in result['timings'].items())}). Results on the store:")
     for name, url in result["where"].items():
@@ -136,10 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     cap = result["capture"]
     print(f"Checkpoints captured {cap['captured']}, skipped (already on the store) {cap['skipped']}, "
           f"cached {cap['cached']}, failed {len(cap['failed'])}")
-    print(f"Mean R² of the emergence fit (ratio, all layers): {result['fit']['mean_r2']:.3f} (paper: 0.984)")
-    lomo = {k: round(v, 2) for k, v in result["regress"]["best_lomo_r2"].items()}
-    print(f"Architecture → parameters, best leave-one-model-out R² per parameter: {lomo}")
-    print(f"Prediction for an unseen architecture: {result['predict']['figure']}")
+    if "fit" in result:
+        print(f"Mean R² of the emergence fit (ratio, all layers): {result['fit']['mean_r2']:.3f} (paper: 0.984)")
+    if "regress" in result:
+        lomo = {k: round(v, 2) for k, v in result["regress"]["best_lomo_r2"].items()}
+        print(f"Architecture → parameters, best leave-one-model-out R² per parameter: {lomo}")
+        print(f"Prediction for an unseen architecture: {result['predict']['figure']}")
     if "evaluate" in result:
         print(f"Evaluation figures (metric vs step, ratio dashed): {Store(args.store).url_for('plots/evals')}")
 

@@ -9,6 +9,7 @@ be planted: the next N requests fail with 503, or the next download is cut short
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +22,8 @@ class FakeHub:
         self.fail_next = 0
         self.fail_status = 503
         self.truncate_next = 0
+        self.fail_share = 0.0  # a seeded share of all requests fails, alternately with 503 and 504 (gateway timeout)
+        self._rng = random.Random(0)
         self.log: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -80,6 +83,10 @@ class FakeHub:
                 self.fail_next -= 1
                 self.log.append((req.command, path, self.fail_status))
                 return self._error(req, self.fail_status, None)
+            if self.fail_share and self._rng.random() < self.fail_share:
+                status = 503 if len(self.log) % 2 else 504
+                self.log.append((req.command, path, status))
+                return self._error(req, status, None)
             truncate = body and self.truncate_next > 0
             if truncate:
                 self.truncate_next -= 1

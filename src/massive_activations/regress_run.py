@@ -113,9 +113,13 @@ def _importance(bundle: dict[str, dict[str, Any]], data: R.Dataset, seed: int) -
     return out
 
 
+def has_regressors(store: Store, series: str = "ratio") -> bool:
+    return store.exists(f"regressors/series={series}/model.skops")
+
+
 def load_regressors(store: Store, series: str = "ratio") -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     prefix = f"regressors/series={series}"
-    if not store.exists(f"{prefix}/model.skops"):
+    if not has_regressors(store, series):
         raise ValueError(f"no trained regressors for series {series!r} on {store.url}; run the regress flow first")
     return R.load_bundle(store.read_bytes(f"{prefix}/model.skops")), store.read_json(f"{prefix}/metadata.json")
 

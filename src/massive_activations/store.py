@@ -9,6 +9,7 @@ file that dataset readers ignore (their names start with a dot).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -131,7 +132,17 @@ class Store:
         return self.fs.exists(self.path(key))
 
     def write_bytes(self, key: str, data: bytes) -> None:
-        path = self.path(key)
+        """Atomic: readers see the old object or the whole new one. A full disk or bucket is a StoreError."""
+        try:
+            self._write_bytes(self.path(key), data)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT) or "quota" in str(err).lower():
+                reason = "no space left" if err.errno == errno.ENOSPC else "quota exceeded"
+                raise StoreError(f"{reason} on store {self.url} writing {key} ({err}); the previous version, "
+                                 "if any, is intact") from err
+            raise
+
+    def _write_bytes(self, path: str, data: bytes) -> None:
         if self.scheme == "file":
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
@@ -164,7 +175,7 @@ class Store:
 
     def list(self, prefix: str) -> list[str]:
         """Keys of the files below a prefix, relative to the store root."""
-        base = self.path(prefix)
+        base = self.path(prefix) if prefix else self.root  # "" lists the whole store
         if not self.fs.exists(base):
             return []
         found = self.fs.find(base)
