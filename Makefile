@@ -31,7 +31,8 @@ browser:
 
 test: $(STAMP) browser
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	# two workers, one test file each at a time: half the tests wait on servers and subprocesses
+	$(PY) -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -15,11 +15,12 @@ from flows.params import SourceParams
 from massive_activations.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
-N_CHECKPOINTS = 20  # micro suite: 2 models × 10 checkpoints
+STEPS = "0,8,16,24,32,40,48"
+N_CHECKPOINTS = 14  # 2 micro-suite models × 7 steps
 
 
 def _pipeline(store: Path) -> list[str]:
-    return [sys.executable, "-m", "flows.pipeline", "--suite", "micro", "--store", str(store), "--until", "fit",
+    return [sys.executable, "-m", "flows.pipeline", "--suite", "micro", "--store", str(store), "--until", "fit", "--steps", STEPS,
             "--device", "cpu"]
 
 
@@ -60,7 +61,7 @@ def test_killed_pipeline_resumes_from_cache(prefect_server, micro_suite, tmp_pat
 
     # The resumed data equals an uninterrupted capture with the same parameters.
     clean = Store(tmp_path / "clean")
-    capture(store=clean.url, suite="micro", device="cpu",
+    capture(store=clean.url, suite="micro", device="cpu", steps=STEPS,
             source=SourceParams(kind="folder", root=store.url_for("suites/micro")))
     for dataset in ("stats", "ratios", "activations"):
         resumed = {tuple(p.items()): store.partition_metadata(dataset, p)["content_hash"]
