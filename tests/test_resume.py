@@ -20,7 +20,8 @@ N_CHECKPOINTS = 14  # 2 micro-suite models × 7 steps
 
 
 def _pipeline(store: Path) -> list[str]:
-    return [sys.executable, "-m", "flows.pipeline", "--suite", "micro", "--store", str(store), "--until", "fit", "--steps", STEPS,
+    return [sys.executable, "-m", "flows.pipeline", "--suite", "micro", "--store", str(store), "--until", "fit",
+            "--steps", STEPS,
             "--device", "cpu"]
 
 
