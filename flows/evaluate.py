@@ -62,12 +62,13 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
     task = on_store(evaluate_checkpoint, target, refresh)
     total = sum(map(len, plan.values())) * len(kinds)
     progress = create_progress_artifact(0.0, key="evaluate-progress", description="checkpoint evaluations done")
+    # Every checkpoint's capture inputs and samples hash first: one without samples fails before any work.
+    jobs = {model: [(step, (target.partition_metadata(STATS, {"model": model, "step": step}) or {})["inputs"],
+                     samples_hash(target, model, step)) for step in model_steps]
+            for model, model_steps in plan.items()}
     futures, done = [], 0
-    for model, model_steps in plan.items():
-        for step in model_steps:
-            meta = target.partition_metadata(STATS, {"model": model, "step": step}) or {}
-            captured = meta.get("inputs") or {}
-            activations = samples_hash(target, model, step)
+    for model, model_jobs in jobs.items():
+        for step, captured, activations in model_jobs:
             for kind in kinds:
                 futures.append((kind, task.submit(target.url, captured["source"], model, step, kind,
                                                   captured["prompt_set"], activations, values, device)))

@@ -60,6 +60,9 @@ def test_evaluate_refuses_bad_input_before_work(prefect_server, eval_store):
         evaluate(models=["nx-nope"], store=eval_store.url, settings=FAST)
     with pytest.raises(ValueError, match="step 5 is not on the schedule"):
         evaluate(models=[MODEL], steps="5", store=eval_store.url, settings=FAST)
+    shutil.rmtree(eval_store.path(f"activations/model={MODEL}/step=48"))  # captured with samples_per_layer=0
+    with pytest.raises(ValueError, match=f"no activation samples for {MODEL} step 48 .* samples_per_layer > 0"):
+        evaluate(models=[MODEL], steps="0,48", store=eval_store.url, settings=FAST)
     assert not eval_store.list("evals")
 
 
