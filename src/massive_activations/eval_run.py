@@ -162,8 +162,8 @@ class Splicer:
             out = reconstruct(flat).to(flat.dtype)
             if masked_bar is not None:
                 positions = torch.arange(h.shape[1], device=h.device).expand(h.shape[0], -1).reshape(-1)
-                keep = token_mask(ids.reshape(-1), positions, flat.abs().amax(dim=1), **masked_bar)
-                out[keep] = flat[keep]
+                passed = token_mask(ids.reshape(-1), positions, flat.abs().amax(dim=1), **masked_bar)
+                out[passed] = flat[passed]
             return out.reshape(h.shape)
 
         ce = loss_with_layer(self.lm, self.tokens, layer, replace, self.batch_size)
