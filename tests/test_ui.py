@@ -1,7 +1,8 @@
 """End to end through the Prefect UI: `prefect server start`, `deployments/serve.py`, headless Chromium.
 
-Fills the capture deployment's run form, submits it, and checks the run completes and its output
-lands in the store. Screenshots go to test-artifacts/ when it fails.
+Retries a failed deployment run with `prefect flow-run retry`, then fills the capture deployment's
+run form, submits it, and checks the run completes and its output lands in the store. Screenshots
+go to test-artifacts/ when it fails.
 """
 
 from __future__ import annotations
@@ -52,8 +53,7 @@ def test_run_a_deployment_from_the_ui(micro_suite, tmp_path):
     from playwright.sync_api import sync_playwright
 
     assert os.path.exists(CHROMIUM), "chromium is missing: `make test` installs it (apt-get install -y chromium)"
-    shutil.copytree(Path(micro_suite.root) / "suites", tmp_path / "store" / "suites")
-    store = Store(tmp_path / "store")
+    store = Store(tmp_path / "store")  # the micro suite is copied in only after a first run has failed
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
@@ -73,6 +73,19 @@ def test_run_a_deployment_from_the_ui(micro_suite, tmp_path):
         deployments = _wait(lambda: {d["name"]: d["id"] for d in
                                      httpx.post(f"{api}/deployments/filter", json={}, timeout=5).json()
                                      if d["name"] == "capture"}, 120, "serve.py's deployments")
+        # A run that fails (no suite on the store yet), then `prefect flow-run retry` once the suite is there.
+        prefect = [str(Path(sys.executable).parent / "prefect")]
+        started = subprocess.run([*prefect, "deployment", "run", "capture/capture", "--param", "suite=micro",
+                                  "--param", 'steps="48"'], env=env, cwd=ROOT, capture_output=True, text=True,
+                                 check=True)
+        first = started.stdout.split("flow-run/")[1].split()[0]
+        state_of = lambda run: httpx.get(f"{api}/flow_runs/{run}", timeout=5).json()  # noqa: E731
+        _wait(lambda: state_of(first)["state"]["type"] in ("FAILED", "CRASHED"), 120, "the first run to fail")
+        shutil.copytree(Path(micro_suite.root) / "suites", tmp_path / "store" / "suites")
+        subprocess.run([*prefect, "flow-run", "retry", first], env=env, cwd=ROOT, check=True, capture_output=True)
+        _wait(lambda: state_of(first)["state"]["type"] == "COMPLETED", 180, "the retried run")
+        assert state_of(first)["run_count"] == 2
+
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
@@ -83,8 +96,9 @@ def test_run_a_deployment_from_the_ui(micro_suite, tmp_path):
                     field = page.locator("div.p-label", has=page.get_by_text(f"{name} (Optional)", exact=True))
                     field.locator("textarea, input").first.fill(value)
                 page.get_by_role("button", name="Submit").click()
-                runs = _wait(lambda: httpx.post(f"{api}/flow_runs/filter", timeout=5, json={
-                    "deployments": {"id": {"any_": [deployments["capture"]]}}}).json(), 60, "the submitted run")
+                runs = _wait(lambda: [r for r in httpx.post(f"{api}/flow_runs/filter", timeout=5, json={
+                    "deployments": {"id": {"any_": [deployments["capture"]]}}}).json() if r["id"] != first],
+                    60, "the submitted run")
                 assert len(runs) == 1
                 run_id = runs[0]["id"]
                 state = _wait(lambda: (lambda s: s if s in ("COMPLETED", "FAILED", "CRASHED") else None)(
