@@ -138,3 +138,15 @@ def captured_micro(micro_suite, micro_root, tmp_path_factory) -> Store:
             capture_to_store(store, source, model, step, set_id, prompts.tokens,
                              CaptureSettings(samples_per_layer=64), device="cpu")
     return store
+
+
+def serve_micro_as_pythia(hub, micro_root: Path, tmp_path: Path, steps=(0, 1, 2)):
+    """The micro model nx-l2-d32-h2 served as EleutherAI/pythia-14m by the loopback Hub, and prompts
+    from a small text file (the Hub source has no suite corpus)."""
+    from flows.params import PromptParams
+
+    for step in steps:
+        hub.add_folder("EleutherAI/pythia-14m", f"step{step}", micro_root / "nx-l2-d32-h2" / f"step{step}")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n\n".join(f"text {i} " + "the quick brown fox " * 6 for i in range(20)))
+    return PromptParams(n_sequences=2, length=16, text_file=str(texts))

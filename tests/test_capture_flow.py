@@ -7,7 +7,7 @@ import pytest
 from flows.capture import capture
 from flows.params import CaptureParams, PromptParams, SourceParams
 from massive_activations.store import Store
-from tests.conftest import new_bucket
+from tests.conftest import new_bucket, serve_micro_as_pythia
 
 MODEL = "nx-l2-d32-h2"
 STEPS = [0, 8, 48]
@@ -72,11 +72,7 @@ def test_capture_flow_rejects_bad_input_before_work(prefect_server, micro_root, 
 
 def test_capture_flow_from_the_hub_source(prefect_server, fake_hub, micro_root, tmp_path):
     """Switching to the Hub is one parameter: the real client fetches checkpoints from the loopback Hub."""
-    for step in (0, 1, 2):
-        fake_hub.add_folder("EleutherAI/pythia-14m", f"step{step}", micro_root / MODEL / f"step{step}")
-    texts = tmp_path / "texts.txt"
-    texts.write_text("\n\n".join(f"text {i} " + "the quick brown fox " * 6 for i in range(20)))
-    prompts = PromptParams(n_sequences=2, length=16, text_file=str(texts))
+    prompts = serve_micro_as_pythia(fake_hub, micro_root, tmp_path)
     store = Store(tmp_path / "store")
     summary = capture(models=["pythia-14m"], steps="0:2", store=store.url,
                       source=SourceParams(kind="hub", endpoint=fake_hub.url, cache_dir=str(tmp_path / "hub")),

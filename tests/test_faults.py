@@ -21,7 +21,7 @@ import massive_activations.store as store_module
 from flows.capture import capture
 from flows.params import CaptureParams, PromptParams, SourceParams
 from massive_activations.store import Store, StoreError
-from tests.conftest import free_port, s3_options
+from tests.conftest import free_port, s3_options, serve_micro_as_pythia
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "nx-l2-d32-h2"
@@ -50,11 +50,7 @@ def _all_readable(store: Store, datasets=("stats", "ratios", "activations")) -> 
 
 
 def test_flaky_hub_with_a_truncated_body_gives_the_clean_runs_data(prefect_server, fake_hub, micro_root, tmp_path):
-    for step in (0, 1, 2):
-        fake_hub.add_folder("EleutherAI/pythia-14m", f"step{step}", micro_root / MODEL / f"step{step}")
-    texts = tmp_path / "texts.txt"
-    texts.write_text("\n\n".join(f"text {i} " + "the quick brown fox " * 6 for i in range(20)))
-    prompts = PromptParams(n_sequences=2, length=16, text_file=str(texts))
+    prompts = serve_micro_as_pythia(fake_hub, micro_root, tmp_path)
 
     def run(store: Store, cache: str) -> dict:
         return capture(models=["pythia-14m"], steps="0:2", store=store.url, prompts=prompts,

@@ -67,9 +67,8 @@ def activation_quantization(x: torch.Tensor, bits: tuple[int, ...] = (8, 4), top
     return rows
 
 
-def decoder_linears(model: Any) -> list[tuple[str, torch.nn.Linear]]:
-    return [(f"layers.{i}.{name}", m) for i, layer in enumerate(model.gpt_neox.layers)
-            for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear)]
+def decoder_linears(model: Any) -> list[torch.nn.Linear]:
+    return [m for layer in model.gpt_neox.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
 
 
 @contextmanager
@@ -78,7 +77,7 @@ def w8a8(model: Any, activations: str = "token") -> Iterator[None]:
     if activations not in ("token", "tensor"):
         raise ValueError(f"W8A8 activations must be quantized per 'token' or per 'tensor', got {activations!r}")
     linears = decoder_linears(model)
-    saved = [m.weight.data.clone() for _, m in linears]
+    saved = [m.weight.data.clone() for m in linears]
 
     def quantize_input(_module: torch.nn.Module, inputs: tuple) -> tuple:
         x = inputs[0]
@@ -88,7 +87,7 @@ def w8a8(model: Any, activations: str = "token") -> Iterator[None]:
     handles = []
     try:
         with torch.no_grad():
-            for _, m in linears:
+            for m in linears:
                 # weight is (out, in): per output channel = per row = "token" granularity of the matrix
                 m.weight.data = fake_quantize(m.weight.data.float(), 8, "token").to(m.weight.dtype)
                 handles.append(m.register_forward_pre_hook(quantize_input))
@@ -97,7 +96,7 @@ def w8a8(model: Any, activations: str = "token") -> Iterator[None]:
         for h in handles:
             h.remove()
         with torch.no_grad():
-            for (_, m), w in zip(linears, saved, strict=True):
+            for m, w in zip(linears, saved, strict=True):
                 m.weight.data = w
 
 
