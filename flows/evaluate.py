@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -109,7 +110,7 @@ def _artifacts(target: Store, summary: dict, reports: dict) -> None:
     strongest = []
     for model, report in reports.items():
         for row in report["correlations"]:
-            if row["spearman_rho"] == row["spearman_rho"]:  # not NaN
+            if not math.isnan(row["spearman_rho"]):
                 strongest.append({"model": model, **{k: row[k] for k in ("layer", "kind", "variant", "metric",
                                                                           "spearman_rho", "p_value", "n_checkpoints")}})
     strongest.sort(key=lambda r: -abs(r["spearman_rho"]))

@@ -75,8 +75,7 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
                                                     refresh="suite" in again))
         source = SourceParams(kind="folder", root=out["suite"]["root"], cache_dir=source.cache_dir)
         models = models or sorted(out["suite"]["models"])
-    runs_on = task_runner(runner)
-    out["capture"] = timed("capture", capture.with_options(task_runner=runs_on)(
+    out["capture"] = timed("capture", capture.with_options(task_runner=task_runner(runner))(
         models=models, steps=steps, store=store, suite=suite, source=source, prompts=prompts, settings=settings,
         device=device, refresh="capture" in again))
     captured = models or None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flows.capture import capture
 from flows.evaluate import evaluate
 from flows.params import CaptureParams, PromptParams, SourceParams
@@ -17,7 +19,7 @@ def _hashes(store: Store, dataset: str) -> dict:
 
 
 def test_dask_runner_matches_the_thread_runner(prefect_server, micro_root, tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the workers import tasks/
     stores = {}
     for kind in ("threads", "dask"):
         store = Store(tmp_path / kind)

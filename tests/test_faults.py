@@ -97,13 +97,11 @@ def test_s3_server_stopped_mid_run_then_restarted(prefect_server, micro_root, tm
         first = _capture(store.url, micro_root, steps="0,8,16,24,32,40,48", return_state=True)
         watcher.join(timeout=60)
         assert outage["stopped"]
-        summary = first.result(raise_on_failure=False)
-        completed = summary["captured"] if isinstance(summary, dict) else 0
+        assert first.is_final()
         rerun = _capture(store.url, micro_root, steps="0,8,16,24,32,40,48")  # completes whatever did not
         assert rerun["captured"] + rerun["skipped"] + rerun["cached"] == 7 and not rerun["failed"]
         assert sorted(p["step"] for p in store.partitions("stats")) == [0, 8, 16, 24, 32, 40, 48]
         assert _all_readable(store) == 7 * (1 + 1 + 3)  # stats, ratios, activations × 3 layers: no partial object
-        assert completed <= 7
     finally:
         server.stop()
         s3fs.S3FileSystem.clear_instance_cache()
