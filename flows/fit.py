@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.params import DEFAULT_STORE, FitParams
-from massive_activations.emergence import FitSettings
+from massive_activations.emergence import PEAK_CLASSES, FitSettings
 from massive_activations.fit_run import COMPARISON, FITS, check_series_names
 from massive_activations.store import Store
 from tasks.fit import cache_inputs, fit_model_task, plot_fits_task
@@ -22,8 +22,8 @@ PAPER_MEAN_R2 = 0.984
 
 
 def _summary(fits: pa.Table) -> str:
-    lines = ["| model | series | layers | mean R² | min R² | early peak | log increase | best by AIC |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | series | layers | mean R² | min R² | " + " | ".join(PEAK_CLASSES)
+             + " | identified | best by AIC |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for model in sorted(set(fits.column("model").to_pylist())):
         for series in sorted(set(fits.column("series").to_pylist())):
             rows = fits.filter(pc.and_(pc.equal(fits.column("model"), model),
@@ -36,7 +36,8 @@ def _summary(fits: pa.Table) -> str:
             for r in rows:
                 wins[r["best_by_aic"]] = wins.get(r["best_by_aic"], 0) + 1
             lines.append(f"| {model} | {series} | {len(rows)} | {np.mean(r2):.3f} | {min(r2):.3f} | "
-                         f"{classes.count('early peak')} | {classes.count('log increase')} | "
+                         + "".join(f"{classes.count(c)} | " for c in PEAK_CLASSES)
+                         + f"{sum(r['identified'] for r in rows)} | "
                          + ", ".join(f"{k} {v}" for k, v in sorted(wins.items())) + " |")
     return "\n".join(lines)
 
@@ -64,7 +65,8 @@ def fit(models: list[str] | None = None, series: tuple[str, ...] = ("ratio", "to
     comparison = target.read_dataset(COMPARISON, where={"model": models})
     table = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()
               if k in ("model", "layer", "series", "A", "lam", "gamma", "t0", "K", "r2", "t_peak", "peak_class",
-                       "best_by_aic")} for row in fits.filter(pc.equal(fits.column("series"), "ratio")).to_pylist()]
+                       "identified", "y_last", "rise", "t_half", "best_by_aic")}
+             for row in fits.filter(pc.equal(fits.column("series"), "ratio")).to_pylist()]
     create_table_artifact(table, key="fit-parameters", description="Emergence parameters per layer (ratio)")
     create_table_artifact(comparison.to_pylist(), key="fit-alternatives",
                           description="Emergence vs alternative shapes: mean R², mean AIC, wins (paper Table 5)")

@@ -7,6 +7,7 @@ under ./data, the Prefect ephemeral API with SQLite, and the offline suite.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from typing import Literal
 
@@ -105,7 +106,8 @@ def _report(out: dict) -> str:
                              f"failed {len(r['failed'])}",
         "fit": lambda r: f"mean R² {r['mean_r2']:.3f}; " + ", ".join(
             f"{m} {x['status']}" for m, x in r["results"].items()),
-        "regress": lambda r: f"best LOMO R² {({k: round(v, 2) for k, v in r['best_lomo_r2'].items()})}",
+        "regress": lambda r: "best LOMO R² " + ", ".join(f"{k} {v:.2f}" for k, v in r["best_lomo_r2"].items()
+                                                         if math.isfinite(v)),
         "predict": lambda r: f"figure `{r['figure']}`",
         "evaluate": lambda r: "; ".join(f"{k}: computed {s['evaluated']}, skipped {s['skipped']}, cached "
                                         f"{s['cached']}, failed {len(s['failed'])}" for k, s in r["summary"].items()),
@@ -145,8 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     if "fit" in result:
         print(f"Mean R² of the emergence fit (ratio, all layers): {result['fit']['mean_r2']:.3f} (paper: 0.984)")
     if "regress" in result:
-        lomo = {k: round(v, 2) for k, v in result["regress"]["best_lomo_r2"].items()}
-        print(f"Architecture → parameters, best leave-one-model-out R² per parameter: {lomo}")
+        lomo = ", ".join(f"{k} {v:.2f}" for k, v in result["regress"]["best_lomo_r2"].items() if math.isfinite(v))
+        print(f"Architecture → emergence, best leave-one-model-out R² per target (untrained ones left out): {lomo}")
         print(f"Prediction for an unseen architecture: {result['predict']['figure']}")
     if "evaluate" in result:
         print(f"Evaluation figures (metric vs step, ratio dashed): {Store(args.store).url_for('plots/evals')}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
@@ -63,10 +64,13 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("give an architecture name/config, or all of --layers, --d-model and --heads")
         spec = ArchitectureParams(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads, d_ff=args.d_ff)
     result = predict(spec, store=args.store, series=args.series, total_steps=args.total_steps)
-    print(f"{'layer':>5s} {'A':>10s} {'lambda':>8s} {'gamma':>10s} {'t0':>7s} {'K':>8s} {'t_peak':>10s}  class")
+    print(f"{'layer':>5s} {'A':>10s} {'lambda':>8s} {'gamma':>10s} {'t0':>7s} {'K':>8s} | {'y_first':>8s} "
+          f"{'y_last':>8s} {'rise':>8s} {'t_half':>8s} {'t_peak':>8s}  class")
     for r in result["rows"]:
-        print(f"{r['layer']:5d} {r['A']:10.3g} {r['lam']:8.3g} {r['gamma']:10.3g} {r['t0']:7.3g} {r['K']:8.3g} "
-              f"{r['t_peak']:10.4g}  {r['peak_class']}")
+        print(f"{r['layer']:5d} {r['A']:10.3g} {r['lam']:8.3g} {r['gamma']:10.3g} {r['t0']:7.3g} {r['K']:8.3g} | "
+              + " ".join(f"{r[k]:8.4g}" if math.isfinite(r[k]) else f"{'—':>8s}"
+                         for k in ("y_first", "y_last", "rise", "t_half", "t_peak"))
+              + f"  {r['peak_class']}")
     print(f"figure: {Store(args.store).url_for(result['figure'])}")
 
 

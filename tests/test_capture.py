@@ -31,17 +31,15 @@ def column(table, name, layer):
     return np.asarray(table.filter(np.asarray(table.column("layer")) == layer).column(name))
 
 
-def test_planted_outlier_is_found_at_its_layer_position_and_dim():
-    """Layer 1's MLP writes a value ~1000× the median into dim 7 of the first token only."""
-    model, layer, dim, feature = tiny_model(), 1, 7, 5
-    tokens = prompts()
+def plant_outlier(model: GPTNeoXForCausalLM, tokens: np.ndarray, layer: int, dim: int, multiple: float,
+                  feature: int = 5) -> None:
+    """Make ``layer``'s MLP write ``multiple`` × the unplanted median into ``dim`` of the first token only."""
     with torch.no_grad():
         emb = model.gpt_neox.embed_in.weight
         emb[:, feature] = 0.0
         emb[0].zero_()
         emb[0, feature] = 0.25  # token 0: one feature that LayerNorm turns into ~sqrt(d)
-        baseline = capture(model, tokens).stats
-        median = column(baseline, "median", layer).mean()
+        median = column(capture(model, tokens).stats, "median", layer).mean()
         mlp = model.gpt_neox.layers[layer].mlp
         mlp.dense_h_to_4h.weight[0].zero_()
         mlp.dense_h_to_4h.weight[0, feature] = 20.0
@@ -53,7 +51,14 @@ def test_planted_outlier_is_found_at_its_layer_position_and_dim():
         hidden = model(torch.as_tensor(tokens[:1]), output_hidden_states=True).hidden_states[layer]
         pre = x(hidden)[0, 0, feature] * 20.0 - 60.0
         gelu = torch.nn.functional.gelu(pre).item()
-        mlp.dense_4h_to_h.weight[dim, 0] = 1000.0 * median / gelu
+        mlp.dense_4h_to_h.weight[dim, 0] = multiple * median / gelu
+
+
+def test_planted_outlier_is_found_at_its_layer_position_and_dim():
+    """Layer 1's MLP writes a value ~1000× the median into dim 7 of the first token only."""
+    model, layer, dim = tiny_model(), 1, 7
+    tokens = prompts()
+    plant_outlier(model, tokens, layer, dim, 1000.0)
     stats = capture(model, tokens, CaptureSettings(massive_rel=500)).stats
     ratios = layer_ratios(stats)
     ratio = dict(zip(ratios.column("layer").to_pylist(), ratios.column("ratio").to_pylist(), strict=True))
@@ -68,6 +73,24 @@ def test_planted_outlier_is_found_at_its_layer_position_and_dim():
     assert column(stats, "top1_excl0", layer).max() < top1.min() / 50
     assert (column(stats, "n_above_rel", layer) == 1).all()  # exactly the planted value, per sequence
     assert column(stats, "n_above_rel", layer - 1).sum() == 0
+
+
+def test_massive_flag_marks_exactly_the_planted_layer():
+    """A value 2000× the median in the last layer makes that layer, and only it, massive.
+
+    The last layer, because the residual stream carries a planted value into every later layer. This
+    model's median |h| is ~0.02, so the absolute threshold is lowered from 100 to 20 (a setting)."""
+    model, tokens = tiny_model(), prompts()
+    plant_outlier(model, tokens, layer=2, dim=3, multiple=2000.0)
+    settings = CaptureSettings(massive_abs=20.0)
+    stats = capture(model, tokens, settings).stats
+    assert column(stats, "top1", 2).min() > 20
+    ratios = layer_ratios(stats, settings).to_pylist()
+    assert {r["layer"]: r["massive"] for r in ratios} == {-1: False, 0: False, 1: False, 2: True}
+    assert {r["layer"]: r["n_massive_sequences"] for r in ratios} == {-1: 0, 0: 0, 1: 0, 2: len(tokens)}
+    # the absolute threshold is part of the criterion: above every value, nothing is massive
+    strict = layer_ratios(stats, CaptureSettings(massive_abs=1e9)).to_pylist()
+    assert not any(r["massive"] for r in strict)
 
 
 def test_capture_matches_output_hidden_states():
@@ -99,6 +122,7 @@ def test_ratio_is_mean_top1_over_mean_median():
         per_seq = top1 / median
         assert row["ratio_min"] == pytest.approx(per_seq.min())
         assert row["ratio_std"] == pytest.approx(per_seq.std(ddof=1))
+        assert row["ratio_seq_mean"] == pytest.approx(per_seq.mean())
 
 
 def test_samples_are_reproducible_and_include_each_top1():

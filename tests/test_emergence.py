@@ -10,14 +10,18 @@ import pytest
 
 from massive_activations.catalog import PYTHIA_STEPS
 from massive_activations.emergence import (
+    DECAY,
+    DIP,
     EARLY_PEAK,
     LOG_INCREASE,
     SeriesError,
     check_series,
+    classify,
     emergence,
     emergence_jacobian,
     fit_emergence,
     peak_step,
+    step2_decay,
 )
 
 T = np.array(PYTHIA_STEPS, dtype=float)
@@ -52,6 +56,48 @@ def test_parameter_recovery(case):
         assert fit.peak_class == EARLY_PEAK
     if lam == 0.0:
         assert fit.peak_class == LOG_INCREASE
+    # the descriptors hold whatever the parameterisation: compare with the noise-free curve's own
+    assert fit.y_last == pytest.approx(clean[-1], abs=0.05 * np.ptp(clean))  # 3% noise on each point
+    assert fit.rise == pytest.approx(np.ptp(clean), rel=0.1)
+
+
+# (A, λ, γ, t0, K, class): a maximum inside the run, a pure log, a maximum before the first step
+# (t0 beyond x* = exp(W(1/λ)) ≈ 1.76 for λ = 1), and a minimum (A < 0) inside the run.
+CLASS_CASES = [(500.0, 0.3, 1.1e-4, 1.5, 50.0, EARLY_PEAK), (80.0, 0.0, 1.1e-4, 1.5, 5.0, LOG_INCREASE),
+               (500.0, 1.0, 1e-4, 3.0, 50.0, DECAY), (-500.0, 0.3, 1.1e-4, 1.5, 500.0, DIP)]
+
+
+@pytest.mark.parametrize("A, lam, gamma, t0, K, expected", CLASS_CASES)  # noqa: N803
+def test_peak_classes_of_known_curves(A, lam, gamma, t0, K, expected):  # noqa: N803
+    assert classify(A, lam, peak_step(lam, gamma, t0), T) == expected
+    noisy = emergence(T, A, lam, gamma, t0, K) * (1 + 0.01 * np.random.default_rng(0).standard_normal(T.size))
+    fit = fit_emergence(T, noisy, alternatives=False)
+    assert fit.peak_class == expected
+    assert math.isfinite(fit.t_peak) == (expected == EARLY_PEAK)  # t_peak only for a peak inside the run
+    if expected == DECAY:
+        assert fit.t_stationary < 0 and fit.y_first > fit.y_last
+    if expected in (EARLY_PEAK, DIP):  # a stationary point inside the run, 1% noise: identified here
+        assert fit.identified, fit.identification
+        assert fit.K_identified == pytest.approx(K, abs=0.05 * np.ptp(noisy))
+
+
+def test_a_ridge_fit_is_flagged_and_its_descriptors_still_hold():
+    """A saturating rise from a dip at the start: A ≈ −2e18 with λ = 32 (offline-suite layers fit so).
+
+    Only A·exp(−λ·t0) is set by the data, so the raw parameters are not identified, but the fitted
+    curve's value at the last step, its rise and t_half match the curve that made the data."""
+    A, lam, gamma, t0, K = -2e18, 32.0, 2e-4, 1.03, 400.0  # noqa: N806 - rises from ~113 to 400
+    clean = emergence(T, A, lam, gamma, t0, K)
+    noisy = clean * (1 + 0.01 * np.random.default_rng(3).standard_normal(T.size))
+    fit = fit_emergence(T, noisy, alternatives=False)
+    assert not fit.identified and fit.identification
+    assert math.isnan(fit.K_identified)
+    assert fit.y_last == pytest.approx(clean[-1], rel=0.02)
+    assert fit.rise == pytest.approx(np.ptp(clean), rel=0.05)
+    dense = np.linspace(0, T.max(), 143001)
+    curve = emergence(dense, A, lam, gamma, t0, K)
+    true_half = dense[np.argmax(np.abs(curve - curve[0]) >= np.ptp(curve) / 2)]
+    assert fit.t_half == pytest.approx(true_half, rel=0.1)
 
 
 def test_peak_formula():
@@ -81,7 +127,9 @@ def test_scores_and_errors_are_reported():
     row = fit.as_row()
     for key in ("A", "lam", "gamma", "t0", "K", "se_A", "se_lam", "se_gamma", "se_t0", "se_K", "r2", "adj_r2",
                 "rmse", "aic", "bic", "n_points", "converged", "message", "t_peak", "peak_class",
-                "alt_log_r2", "alt_step_aic", "alt_logistic_r2", "best_by_aic"):
+                "alt_log_r2", "alt_step_aic", "alt_step2_r2", "alt_step2_aic", "alt_logistic_r2", "best_by_aic",
+                "t_stationary", "identified", "identification", "y_first", "y_last", "rise", "t_half",
+                "peak_value", "K_identified"):
         assert key in row, key
     assert fit.n_points == 154 and fit.converged and fit.adj_r2 < fit.r2
     assert all(np.isfinite(v) and v >= 0 for v in fit.se.values())
@@ -96,6 +144,30 @@ def test_alternatives_win_on_their_own_data():
     assert fit.alternatives["step"].r2 > 0.99
     assert fit.best_alternative in ("step", "emergence")  # the 5-parameter model can also express it
     assert fit.alternatives["step"].aic < fit.alternatives["logistic"].aic
+
+
+@pytest.mark.parametrize("zeta, omega_t", [(0.4, 12.0), (0.7, 30.0), (2.0, 40.0)])
+def test_second_order_step_response_recovers_its_own_parameters(zeta, omega_t):
+    """Under-, near-critically and over-damped responses with 1% noise: R² ≥ 0.99 against the
+    noise-free curve, ζ and ω within 5%, and the second-order shape wins on AIC where it oscillates."""
+    omega = omega_t / T.max()
+    clean = 100 - 90 * step2_decay(T, zeta, omega)
+    noisy = clean * (1 + 0.01 * np.random.default_rng(0).standard_normal(T.size))
+    fit = fit_emergence(T, noisy)
+    alt = fit.alternatives["step2"]
+    pred = alt.params["K"] - alt.params["A"] * step2_decay(T, alt.params["zeta"], alt.params["omega"])
+    assert 1 - np.sum((pred - clean) ** 2) / np.sum((clean - clean.mean()) ** 2) >= 0.99
+    assert alt.params["zeta"] == pytest.approx(zeta, rel=0.05)
+    assert alt.params["omega"] == pytest.approx(omega, rel=0.05)
+    if zeta < 1:
+        assert fit.best_alternative == "step2"
+
+
+def test_step2_decay_is_continuous_across_critical_damping():
+    t = np.linspace(0, 5, 50)
+    for zeta in (1 - 1e-4, 1 + 1e-4):
+        np.testing.assert_allclose(step2_decay(t, zeta, 2.0), step2_decay(t, 1.0, 2.0), atol=1e-3)
+    assert step2_decay(np.array([0.0]), 0.3, 2.0)[0] == pytest.approx(1.0)
 
 
 def test_unsorted_steps_are_sorted_for_the_user():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 from prefect.artifacts import Artifact
 
 from flows.fit import fit
+from massive_activations.emergence import classify
 from massive_activations.store import Store
 
 SERIES = ["ratio", "top1", "median", "ratio_excl0"]
@@ -32,9 +34,12 @@ def test_fit_flow_end_to_end(prefect_server, store):
     assert keys == expected
     for row in fits.to_pylist():
         assert row["n_points"] == 10 and len(row["curve_t"]) == len(row["curve_y"]) > 100
-        assert row["peak_class"] in ("early peak", "log increase")
+        # the stored class is the one its own parameters give, and t_peak exists only for an early peak
+        assert row["peak_class"] == classify(row["A"], row["lam"], row["t_stationary"], np.array(row["steps"]))
+        assert np.isfinite(row["t_peak"]) == (row["peak_class"] == "early peak")
+        assert row["identified"] == (row["identification"] == "")
     comparison = store.read_dataset("fit_comparison")
-    assert set(comparison.column("shape").to_pylist()) == {"emergence", "log", "step", "logistic"}
+    assert set(comparison.column("shape").to_pylist()) == {"emergence", "log", "step", "step2", "logistic"}
     for model in models:
         png = store.read_bytes(f"plots/fits/{model}-ratio-layers.png")
         assert png[:8] == b"\x89PNG\r\n\x1a\n"

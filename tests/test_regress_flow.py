@@ -9,7 +9,8 @@ from flows.fit import fit
 from flows.predict import ArchitectureParams, predict
 from flows.regress import regress
 from massive_activations.catalog import CatalogError
-from massive_activations.regress_run import load_regressors
+from massive_activations.regress_run import PAPER_TABLE3, load_regressors
+from massive_activations.regression import CONFIGS, RAW_TARGETS
 from massive_activations.store import Store
 
 
@@ -28,26 +29,33 @@ def fitted(prefect_server, captured_micro, micro_suite, tmp_path_factory) -> Sto
 
 def test_regress_then_predict(fitted):
     result = regress(store=fitted.url, regressors=("ridge", "random_forest"))
-    assert set(result["chosen"]) == {"A", "lam", "gamma", "t0", "K"}
+    assert {"A", "lam", "gamma", "t0", "K", "y_first", "y_last", "rise"} <= set(result["chosen"])
     scores = fitted.read_dataset("regression_scores").to_pylist()
-    assert {r["protocol"] for r in scores} == {"random_80_20", "leave_one_model_out"}
-    assert len(scores) == 2 * 5 * 2
-    paper = [r for r in scores if r["protocol"] == "random_80_20"]
+    assert {(r["config"], r["protocol"]) for r in scores} == {
+        (c, p) for c in ("paper", "project") for p in ("random_80_20", "leave_one_model_out")}
+    # project: 12 targets × the 2 regressors asked for; paper: its 5 parameters × its 5 regressors
+    assert len(scores) == 2 * (12 * 2 + 5 * 5)
+    assert {r["regressor"] for r in scores if r["config"] == "paper"} == set(CONFIGS["paper"].regressors)
+    paper = [r for r in scores if r["protocol"] == "random_80_20" and r["target"] in RAW_TARGETS]
     assert all(r["note"].startswith("not meaningful") for r in paper)  # 1 test row of 5: said plainly
-    assert fitted.read_dataset("regression_importance").num_rows == 5 * 16
+    xgb = [r for r in paper if r["regressor"] == "xgboost"]
+    assert [r["paper_r2"] for r in xgb] == [PAPER_TABLE3[r["target"]]["xgboost"] for r in xgb]
+    assert fitted.read_dataset("regression_importance").num_rows == len(result["chosen"]) * 16
     classes = fitted.read_dataset("regression_classes").to_pylist()
     assert {c["protocol"] for c in classes} == {"random_80_20", "leave_one_model_out"}
-    for key in result.get("figures", {}).values():
-        assert fitted.read_bytes(key)[:4] == b"\x89PNG"
+    figures = fitted.list("plots/regression")
+    assert len(figures) == len(result["chosen"])
+    assert all(fitted.read_bytes(key)[:4] == b"\x89PNG" for key in figures)
     bundle, metadata = load_regressors(fitted)
     assert metadata["features"][0] == "rel_depth" and metadata["training_rows"] == 5
+    assert "peak_class" in bundle
     summary = Artifact.get("regression-summary")
-    assert summary is not None and "Leave one model out" in summary.data
+    assert summary is not None and "Paper configuration, paper protocol" in summary.data
 
     out = predict(ArchitectureParams(n_layers=4, d_model=32, n_heads=2, name="new-l4"), store=fitted.url)
     assert [r["layer"] for r in out["rows"]] == [0, 1, 2, 3]
     stored = fitted.read_dataset("predictions", where={"arch": "new-l4"})
-    assert stored.num_rows == 4 and "curve_y" in stored.column_names
+    assert stored.num_rows == 4 and {"curve_y", "y_last", "rise", "t_half", "peak_class"} <= set(stored.column_names)
     assert fitted.read_bytes(out["figure"])[:4] == b"\x89PNG"
     by_name = predict("pythia-160m", store=fitted.url)
     assert len(by_name["rows"]) == 12

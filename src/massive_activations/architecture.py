@@ -1,9 +1,9 @@
 """Architecture features, shared by training the regressors and by predicting for a new design.
 
-The paper's engineered set (arXiv 2508.03616): relative depth r = (ℓ+1)/L with its square, cube and
-square root; heads per hidden dim H/d; MLP ratio d_ff/d; d/L; H/L; log d; ℓ·L — plus the raw
-architecture (L, d, H, d_ff, log parameter count, rotary fraction). ℓ is the 0-based layer index,
-so the last layer has r = 1, as ``rel_depth`` in ``fits/``.
+The paper's engineered set (arXiv 2508.03616, ``PAPER_FEATURES``): relative depth r = ℓ/L with its
+square, cube and square root; heads per hidden dim H/d; MLP ratio d_ff/d; d/L; H/L; log d; ℓ·L — plus
+the raw architecture (L, d, H, d_ff, log parameter count, rotary fraction). ℓ counts layers from 1
+(ℓ = layer + 1) in both r and ℓ·L, so the last layer has r = 1, as ``rel_depth`` in ``fits/``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from massive_activations.catalog import PYTHIA, Architecture, CatalogError, pyth
 FEATURES = ("rel_depth", "rel_depth2", "rel_depth3", "rel_depth_sqrt", "heads_per_dim", "mlp_ratio",
             "d_per_layer", "heads_per_layer", "log_d", "layer_x_layers",
             "n_layers", "d_model", "n_heads", "d_ff", "log_params", "rotary_pct")
+PAPER_FEATURES = FEATURES[:10]
 
 
 def layer_features(arch: Architecture, layer: int) -> dict[str, float]:
@@ -30,7 +31,7 @@ def layer_features(arch: Architecture, layer: int) -> dict[str, float]:
         "rel_depth": r, "rel_depth2": r**2, "rel_depth3": r**3, "rel_depth_sqrt": math.sqrt(r),
         "heads_per_dim": arch.n_heads / arch.d_model, "mlp_ratio": arch.d_ff / arch.d_model,
         "d_per_layer": arch.d_model / arch.n_layers, "heads_per_layer": arch.n_heads / arch.n_layers,
-        "log_d": math.log(arch.d_model), "layer_x_layers": float(layer * arch.n_layers),
+        "log_d": math.log(arch.d_model), "layer_x_layers": float((layer + 1) * arch.n_layers),
         "n_layers": float(arch.n_layers), "d_model": float(arch.d_model), "n_heads": float(arch.n_heads),
         "d_ff": float(arch.d_ff), "log_params": math.log(arch.n_params), "rotary_pct": arch.rotary_pct,
     }

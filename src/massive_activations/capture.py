@@ -217,24 +217,30 @@ def _sample_tables(recorder: _Recorder, tokens: np.ndarray, settings: CaptureSet
     return out
 
 
-def layer_ratios(stats: pa.Table) -> pa.Table:
-    """Per layer: the paper's ratio mean(top1)/mean(median) over sequences, and its spread.
+def layer_ratios(stats: pa.Table, settings: CaptureSettings = CaptureSettings()) -> pa.Table:
+    """Per layer: the paper's ratio mean(top1)/mean(median) over sequences, its spread, and the massive flag.
 
-    The spread is that of the per-sequence ratios top1/median (std, min, max).
+    The spread is that of the per-sequence ratios top1/median (std, min, max; their mean is
+    ``ratio_seq_mean``). A sequence is massive at a layer when its top1 meets the criterion of Sun et
+    al.: |h| > ``massive_abs`` and > ``massive_rel`` × that sequence's median (a value meets both
+    exactly when top1 does); a layer is ``massive`` when at least half of its sequences are.
     """
     layers = np.asarray(stats.column("layer"))
     top1 = np.asarray(stats.column("top1"))
     median = np.asarray(stats.column("median"))
     top1_x = np.asarray(stats.column("top1_excl0"))
     median_x = np.asarray(stats.column("median_excl0"))
+    massive_seq = (top1 > settings.massive_abs) & (top1 > settings.massive_rel * median)
     rows: dict[str, list[Any]] = {k: [] for k in (
-        "layer", "ratio", "ratio_std", "ratio_min", "ratio_max", "ratio_excl0", "top1", "top1_std",
-        "median", "median_std", "n_sequences")}
+        "layer", "ratio", "ratio_seq_mean", "ratio_std", "ratio_min", "ratio_max", "ratio_excl0", "top1",
+        "top1_std", "median", "median_std", "n_sequences", "n_massive_sequences", "massive")}
     for layer in np.unique(layers):
         sel = layers == layer
         per_seq = top1[sel] / median[sel]
+        n_massive = int(massive_seq[sel].sum())
         rows["layer"].append(int(layer))
         rows["ratio"].append(top1[sel].mean() / median[sel].mean())
+        rows["ratio_seq_mean"].append(per_seq.mean())
         rows["ratio_std"].append(per_seq.std(ddof=1) if sel.sum() > 1 else 0.0)
         rows["ratio_min"].append(per_seq.min())
         rows["ratio_max"].append(per_seq.max())
@@ -244,5 +250,8 @@ def layer_ratios(stats: pa.Table) -> pa.Table:
         rows["median"].append(median[sel].mean())
         rows["median_std"].append(median[sel].std(ddof=1) if sel.sum() > 1 else 0.0)
         rows["n_sequences"].append(int(sel.sum()))
-    types = {"layer": pa.int32(), "n_sequences": pa.int32()}
+        rows["n_massive_sequences"].append(n_massive)
+        rows["massive"].append(2 * n_massive >= sel.sum())
+    types = {"layer": pa.int32(), "n_sequences": pa.int32(), "n_massive_sequences": pa.int32(),
+             "massive": pa.bool_()}
     return pa.table({k: pa.array(v, types.get(k, pa.float64())) for k, v in rows.items()})

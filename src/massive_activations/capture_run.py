@@ -56,7 +56,7 @@ def capture_to_store(store: Store, source: CheckpointSource, model: str, step: i
     for layer, table in result.samples.items():
         store.write_partition(ACTIVATIONS, {**part, "layer": layer}, table, inputs=inputs,
                               code_modules=CODE_MODULES, overwrite=True)
-    ratios = store.write_partition(RATIOS, part, layer_ratios(result.stats), inputs=inputs,
+    ratios = store.write_partition(RATIOS, part, layer_ratios(result.stats, settings), inputs=inputs,
                                    code_modules=CODE_MODULES, overwrite=True)
     stats = store.write_partition(STATS, part, result.stats, inputs=inputs, code_modules=CODE_MODULES,
                                   overwrite=True)

@@ -1,6 +1,6 @@
 """Pythia architectures, the checkpoint schedule, and the step selectors users type.
 
-Figures from the EleutherAI/pythia README (see shared/science.md): d_ff = 4·d, rotary on 25% of
+Figures from the EleutherAI/pythia README (docs/science.md, "Pythia"): d_ff = 4·d, rotary on 25% of
 head dims, parallel residual, vocabulary padded to 50,304, untied embeddings.
 """
 

@@ -3,12 +3,18 @@
     f(t) = A · exp(−λ·x) · log(x) + K,   x = γ·t + t0
 
 A is the amplitude, λ ≥ 0 the decay (λ = 0: a pure logarithm), γ > 0 scales time, t0 > 0 offsets
-it (so x > 0 for every t ≥ 0), and K is the asymptote. The curve peaks where λ·x·log(x) = 1, i.e.
-x* = exp(W(1/λ)), so t_peak = (x* − t0)/γ; a peak inside the observed steps is an "early peak",
-otherwise the layer is a "log increase".
+it (so x > 0 for every t ≥ 0), and K is the asymptote. The curve's one stationary point is where
+λ·x·log(x) = 1, i.e. x* = exp(W(1/λ)), at t_stationary = (x* − t0)/γ. What the curve does over the
+observed steps gives its class (docs/science.md, "Peak classes"): early peak, log increase, decay
+or dip.
+
+The raw parameters are often not identified (A, λ and t0 trade off along a ridge where only
+A·exp(−λ·t0) is set by the data), so each fit is flagged, and descriptors that any parameterisation
+of the same curve agrees on are derived: the fitted value at the first and last step, the rise,
+t_half, and t_peak / peak value where an early peak exists.
 
 How it is fitted (plain ``curve_fit`` from random starts stalls on about half of real Pythia
-layers, see shared/science.md):
+layers, see docs/science.md):
 
 1. t and y are normalised to [0, 1] (u = t/t_max, v = (y − y_min)/(y_max − y_min)); x is unchanged,
    so λ and t0 carry over and γ, A, K map back linearly.
@@ -39,7 +45,11 @@ from scipy.special import expit, lambertw
 PARAMS = ("A", "lam", "gamma", "t0", "K")
 MIN_POINTS = 6
 LAM_MAX, SCALE_MAX = 50.0, 1e6
-EARLY_PEAK, LOG_INCREASE = "early peak", "log increase"
+EARLY_PEAK, LOG_INCREASE, DECAY, DIP = "early peak", "log increase", "decay", "dip"
+PEAK_CLASSES = (EARLY_PEAK, LOG_INCREASE, DECAY, DIP)
+# |A| beyond this multiple of the data's range: only A·exp(−λ·t0) is set by the data (see identification).
+AMPLITUDE_SCALE = 1e4
+DESCRIPTORS = ("y_first", "y_last", "rise", "t_half", "t_peak", "peak_value", "K_identified")
 
 
 class SeriesError(ValueError):
@@ -85,8 +95,17 @@ class EmergenceFit:
     converged: bool
     message: str
     form: str  # which form gave the best start: "direct" or "reparam"
-    t_peak: float
+    t_stationary: float  # the curve's stationary point (may lie outside the run, or be inf)
     peak_class: str
+    identified: bool
+    identification: str  # why the raw parameters are not identified ("" when they are)
+    y_first: float
+    y_last: float
+    rise: float
+    t_half: float
+    t_peak: float  # t_stationary for an early peak, else NaN
+    peak_value: float
+    K_identified: float  # K where the fit is identified and decays (λ > 0), else NaN
     alternatives: dict[str, AlternativeFit] = field(default_factory=dict)
 
     @property
@@ -133,8 +152,61 @@ def peak_step(lam: float, gamma: float, t0: float) -> float:
     return (x_star - t0) / gamma
 
 
-def classify(t_peak: float, steps: np.ndarray) -> str:
-    return EARLY_PEAK if steps.min() <= t_peak <= steps.max() else LOG_INCREASE
+def classify(A: float, lam: float, t_stationary: float, steps: np.ndarray) -> str:  # noqa: N803
+    """What the curve does over the observed steps.
+
+    A < 0 makes the stationary point a minimum ("dip"); with A ≥ 0 it is a maximum: inside the run
+    an "early peak", after it (or never, λ = 0) a "log increase", before it a "decay".
+    """
+    if A < 0:
+        return DIP
+    if lam <= 0 or t_stationary > steps.max():
+        return LOG_INCREASE
+    if t_stationary < steps.min():
+        return DECAY
+    return EARLY_PEAK
+
+
+def identification(params: tuple[float, ...], se: dict[str, float], y_range: float, t_max: float) -> list[str]:
+    """Why the raw parameters are not identified by the data (empty when they are).
+
+    At (within 5% of) a bound, |A| beyond AMPLITUDE_SCALE × the data's range, or a standard error
+    larger than the parameter itself (λ = 0 exempt: it is the pure-log boundary, not a ridge).
+    """
+    a, lam, gamma, t0, _ = params
+    reasons = []
+    if lam >= 0.95 * LAM_MAX:
+        reasons.append(f"λ = {lam:.3g} at its bound {LAM_MAX:g}")
+    if gamma * t_max >= 0.95 * SCALE_MAX or t0 >= 0.95 * SCALE_MAX:
+        reasons.append("γ·t_max or t0 at its bound")
+    if abs(a) > AMPLITUDE_SCALE * max(y_range, 1e-12):
+        reasons.append(f"|A| = {abs(a):.3g} beyond {AMPLITUDE_SCALE:g} × the data's range")
+    for name, value in zip(PARAMS[:4], params[:4], strict=True):
+        if name == "lam" and value <= 0:
+            continue
+        if not se[name] <= abs(value):  # also true for a NaN or infinite error
+            reasons.append(f"SE of {name} larger than {name}")
+    return reasons
+
+
+def descriptors(params: tuple[float, ...], steps: np.ndarray, peak_class: str, t_stationary: float,
+                identified: bool) -> dict[str, float]:
+    """Properties of the fitted curve over the observed steps, the same for any parameterisation of it.
+
+    t_half is the first step where the curve is half its rise away from its value at the first step.
+    """
+    t_lo, t_hi = float(steps.min()), float(steps.max())
+    grid = np.unique(np.concatenate([np.linspace(t_lo, t_hi, 4001), np.geomspace(max(t_lo, 1.0), t_hi, 2000),
+                                     steps]))
+    f = emergence(grid, *params)
+    rise = float(f.max() - f.min())
+    away = np.abs(f - f[0]) >= rise / 2
+    early = peak_class == EARLY_PEAK
+    return {"y_first": float(f[0]), "y_last": float(f[-1]), "rise": rise,
+            "t_half": float(grid[np.argmax(away)]) if rise > 0 else math.nan,
+            "t_peak": t_stationary if early else math.nan,
+            "peak_value": float(emergence(np.array([t_stationary]), *params)[0]) if early else math.nan,
+            "K_identified": params[4] if identified and params[1] > 0 else math.nan}
 
 
 def check_series(steps: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -305,10 +377,14 @@ def fit_emergence(steps: Any, values: Any, settings: FitSettings = FitSettings()
     se = dict(zip(PARAMS, (se_n[0] * y_range, se_n[1], se_n[2] / t_scale, se_n[3], se_n[4] * y_range),
                   strict=True))
     scores = _scores(y, emergence(t, *params), k=5)
-    t_peak = peak_step(lam, params[2], s)
+    t_stat = peak_step(lam, params[2], s)
+    peak_class = classify(params[0], lam, t_stat, t)
+    reasons = identification(params, se, y_range, t_scale)
     fit = EmergenceFit(*params, se=se, r2=scores["r2"], adj_r2=scores["adj_r2"], rmse=scores["rmse"],
                        aic=scores["aic"], bic=scores["bic"], n_points=t.size, converged=bool(converged),
-                       message=message, form=form, t_peak=t_peak, peak_class=classify(t_peak, t))
+                       message=message, form=form, t_stationary=t_stat, peak_class=peak_class,
+                       identified=not reasons, identification="; ".join(reasons),
+                       **descriptors(params, t, peak_class, t_stat, not reasons))
     if alternatives:
         fit.alternatives = fit_alternatives(t, y)
     return fit
@@ -321,6 +397,28 @@ def _log_model(t, A, gamma, t0, K):  # noqa: N803 - λ = 0
 
 def _step_model(t, A, tau, K):  # noqa: N803 - first-order step response
     return K - A * np.exp(-t / tau)
+
+
+def step2_decay(t: np.ndarray, zeta: float, omega: float) -> np.ndarray:
+    """1 − the unit step response of a second-order system (damping ζ, natural frequency ω).
+
+    1 at t = 0 and → 0 as t → ∞: oscillating for ζ < 1, critically damped at ζ = 1, the sum of two
+    exponentials for ζ > 1 (→ the first-order response as ζ grows).
+    """
+    t = np.asarray(t, dtype=float)
+    if abs(zeta - 1.0) < 1e-6:
+        return (1.0 + omega * t) * np.exp(-omega * t)
+    if zeta < 1.0:
+        root = math.sqrt(1.0 - zeta * zeta)
+        wd = omega * root
+        return np.exp(-zeta * omega * t) * (np.cos(wd * t) + zeta / root * np.sin(wd * t))
+    root = math.sqrt(zeta * zeta - 1.0)
+    slow, fast = omega * (zeta - root), omega * (zeta + root)
+    return (fast * np.exp(-slow * t) - slow * np.exp(-fast * t)) / (fast - slow)
+
+
+def _step2_model(t, A, zeta, omega, K):  # noqa: N803 - second-order step response
+    return K - A * step2_decay(t, zeta, omega)
 
 
 def _logistic_model(t, A, m, s, K):  # noqa: N803 - logistic in log-step
@@ -347,7 +445,7 @@ def _fit_alternative(fn: Callable, u: np.ndarray, v: np.ndarray, grid: list[np.n
 
 
 def fit_alternatives(t: np.ndarray, y: np.ndarray) -> dict[str, AlternativeFit]:
-    """Pure logarithm (λ = 0), first-order step response, and a logistic in log-step."""
+    """Pure logarithm (λ = 0), first- and second-order step responses, and a logistic in log-step."""
     t_scale, y_min, y_range = t.max(), y.min(), float(np.ptp(y))
     u = t / t_scale
     v = (y - y_min) / y_range if y_range > 0 else np.zeros_like(y)
@@ -362,6 +460,12 @@ def fit_alternatives(t: np.ndarray, y: np.ndarray) -> dict[str, AlternativeFit]:
         lambda q: np.stack([-np.exp(-u / q[0]), ones], axis=1),
         lambda c, q: np.array([c[0], q[0], c[1]]),
         ([-np.inf, 1e-9, -np.inf], [np.inf, 1e3, np.inf]))
+    step2_p = _fit_alternative(
+        _step2_model, u, v, [np.array([0.1, 0.2, 0.3, 0.45, 0.6, 0.75, 0.9, 1.0, 1.3, 2.0, 3.5, 6.0]),
+                             np.logspace(-0.5, 3.5, 33)],
+        lambda q: np.stack([-step2_decay(u, q[0], q[1]), ones], axis=1),
+        lambda c, q: np.array([c[0], q[0], q[1], c[1]]),
+        ([-np.inf, 0.01, 1e-6, -np.inf], [np.inf, 100.0, 1e5, np.inf]))
     # the logistic acts on log1p of the raw step, so it is fitted on raw t
     lt = np.log1p(t)
     logi_p = _fit_alternative(
@@ -373,6 +477,7 @@ def fit_alternatives(t: np.ndarray, y: np.ndarray) -> dict[str, AlternativeFit]:
     for name, fn, p, x, names in (
             ("log", _log_model, log_p, u, ("A", "gamma", "t0", "K")),
             ("step", _step_model, step_p, u, ("A", "tau", "K")),
+            ("step2", _step2_model, step2_p, u, ("A", "zeta", "omega", "K")),
             ("logistic", _logistic_model, logi_p, t, ("A", "m", "s", "K"))):
         pred = fn(x, *p) * y_range + y_min
         s = _scores(y, pred, k=len(p))
@@ -383,6 +488,8 @@ def fit_alternatives(t: np.ndarray, y: np.ndarray) -> dict[str, AlternativeFit]:
             raw["gamma"] /= t_scale
         if "tau" in raw:
             raw["tau"] *= t_scale
+        if "omega" in raw:
+            raw["omega"] /= t_scale
         out[name] = AlternativeFit(name=name, params=raw, r2=s["r2"], aic=s["aic"], rss=s["rss"])
     return out
 

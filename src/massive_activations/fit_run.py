@@ -22,7 +22,7 @@ CODE_MODULES = ("massive_activations.emergence", "massive_activations.fit_run")
 # series name -> (column of ratios/, column of its spread over sequences)
 SERIES = {"ratio": ("ratio", "ratio_std"), "top1": ("top1", "top1_std"),
           "median": ("median", "median_std"), "ratio_excl0": ("ratio_excl0", None)}
-SHAPES = ("emergence", "log", "step", "logistic")
+SHAPES = ("emergence", "log", "step", "step2", "logistic")
 
 
 def check_series_names(series: list[str]) -> list[str]:

@@ -20,13 +20,15 @@ CODE_MODULES = ("massive_activations.forecast",)
 
 
 def forecast_rows(fits: pa.Table, predicted: list[dict[str, Any]] | None, series: str = "ratio") -> list[dict]:
-    """Per layer: the fitted K ± SE and t_peak, with the architecture-only prediction beside them."""
+    """Per layer: the fitted K ± SE, t_peak (NaN unless an early peak), class and whether the fit is
+    identified, with the architecture-only prediction beside them."""
     prior = {r["layer"]: r for r in predicted or []}
     rows = []
     for fit in sorted(fits.filter(pc.equal(fits.column("series"), series)).to_pylist(), key=lambda r: r["layer"]):
         p = prior.get(fit["layer"], {})
         rows.append({"layer": fit["layer"], "K": fit["K"], "se_K": fit["se_K"], "t_peak": fit["t_peak"],
-                     "r2": fit["r2"], "n_checkpoints": fit["n_points"], "last_ratio": fit["values"][-1],
+                     "peak_class": fit["peak_class"], "identified": fit["identified"], "r2": fit["r2"],
+                     "n_checkpoints": fit["n_points"], "last_ratio": fit["values"][-1],
                      "predicted_K": p.get("K"), "predicted_t_peak": p.get("t_peak")})
     return rows
 

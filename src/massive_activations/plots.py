@@ -25,6 +25,18 @@ def _rows(fits: pa.Table, series: str) -> list[dict]:
     return sorted(fits.filter(pc.equal(fits.column("series"), series)).to_pylist(), key=lambda r: r["layer"])
 
 
+def _mark_stationary(ax: plt.Axes, row: dict) -> None:
+    """A maximum inside the run (early peak) as a red ▼; a minimum inside it (dip) as a blue ▲."""
+    t, steps = row["t_stationary"], row["steps"]
+    if not (math.isfinite(t) and min(steps) <= t <= max(steps)):
+        return
+    y = np.interp(t, row["curve_t"], row["curve_y"])
+    if row["peak_class"] == "early peak":
+        ax.plot([t], [y], marker="v", color="C3", ms=8, ls="none", label="peak (maximum)")
+    elif row["peak_class"] == "dip":
+        ax.plot([t], [y], marker="^", color="C0", ms=8, ls="none", label="dip (minimum)")
+
+
 def plot_layer_fits(fits: pa.Table, model: str, series: str = "ratio") -> bytes:
     """A grid of layers: data with its spread over sequences, the fitted curve, the peak, R²."""
     rows = _rows(fits, series)
@@ -36,9 +48,7 @@ def plot_layer_fits(fits: pa.Table, model: str, series: str = "ratio") -> bytes:
         ax.errorbar(row["steps"], row["values"], yerr=row["spread"], fmt="o", ms=3, lw=0.8, color="0.3",
                     ecolor="0.7", label="data (±1 sd over sequences)")
         ax.plot(row["curve_t"], row["curve_y"], color="C1", lw=1.6, label="fit")
-        if row["peak_class"] == "early peak":
-            peak_y = np.interp(row["t_peak"], row["curve_t"], row["curve_y"])
-            ax.plot([row["t_peak"]], [peak_y], marker="v", color="C3", ms=8, label="t_peak (extremum)")
+        _mark_stationary(ax, row)
         ax.set_xscale("symlog", linthresh=1)
         ax.set_title(f"layer {row['layer']}: R²={row['r2']:.3f}, {row['peak_class']}", fontsize=9)
         ax.tick_params(labelsize=7)

@@ -1,6 +1,6 @@
 """Fake quantization of activations and weights, W8A8 on a whole model, and LLM.int8() outlier dims.
 
-Absmax symmetric int-b (science.md, "Quantization and outliers"): q = round(x / s),
+Absmax symmetric int-b (docs/science.md, "Evaluations"): q = round(x / s),
 s = max|x| / (2^(b−1) − 1), with the max taken per tensor, per token (row) or per channel
 (column); Q(x) = s·q. SQNR = 10·log10(‖x‖² / ‖x − Q(x)‖²).
 

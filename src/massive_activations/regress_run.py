@@ -1,13 +1,14 @@
 """Train and evaluate the architecture → parameter regressors from ``fits/``, and predict from them.
 
-Writes ``regression_scores/`` (both protocols), ``regression_classes/`` (early peak vs log
-increase), ``regression_importance/`` (permutation importance of each chosen model, in-sample:
+Writes ``regression_scores/`` (both configurations × both protocols), ``regression_classes/`` (the
+four peak classes), ``regression_importance/`` (permutation importance of each chosen model, in-sample:
 what the model uses, not what generalises), ``regressors/series=<series>/model.skops`` with its
 ``metadata.json``, and partial-dependence figures under ``plots/regression/``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -53,10 +54,14 @@ def fits_hash(store: Store, models: list[str]) -> str:
 
 def train(store: Store, series: str = "ratio", seed: int = 0,
           regressors: tuple[str, ...] = tuple(R.REGRESSORS)) -> dict[str, Any]:
-    """Both protocols, the peak classifier, the chosen models (saved), importances and figures."""
+    """Both configurations under both protocols, the peak classifier, the chosen models (saved, from
+    the project configuration's leave-one-model-out scores), importances and figures.
+
+    ``regressors`` narrows the project configuration; the paper configuration keeps its own five."""
     unknown = [r for r in regressors if r not in R.REGRESSORS]
     if unknown or not regressors:
         raise ValueError(f"unknown regressors {unknown or regressors}; choose from {', '.join(R.REGRESSORS)}")
+    project = dataclasses.replace(R.CONFIGS["project"], regressors=tuple(regressors))
     fits = store.read_dataset(FITS)
     rows = fits.filter(pc.equal(fits.column("series"), series)).to_pylist()
     if not rows:
@@ -66,16 +71,21 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
     inputs = {"series": series, "seed": seed, "regressors": list(regressors), "fits_hash": fits_hash(store, models),
               "models": models}
     part = {"series": series}
-    paper = R.paper_protocol(data, seed, regressors)
-    lomo, _ = R.leave_one_model_out(data, seed, regressors)
-    for row in paper:
-        row["paper_r2"] = PAPER_TABLE3[row["target"]].get(row["regressor"], float("nan"))
+    paper, lomo = [], []
+    for config in (project, R.CONFIGS["paper"]):
+        paper += R.paper_protocol(data, config, seed)
+        lomo += R.leave_one_model_out(data, config, seed)[0]
+    for row in paper + lomo:
+        table3 = PAPER_TABLE3.get(row["target"], {})
+        row["paper_r2"] = table3.get(row["regressor"], float("nan")) if row["protocol"] == "random_80_20" \
+            else float("nan")
     classes = R.classify_peaks(data, seed)
-    best = R.choose_best(lomo)
-    bundle = R.fit_final(data, best, lomo, seed)
+    best = R.choose_best([r for r in lomo if r["config"] == "project"])
+    bundle = R.fit_final(data, best, lomo, seed, project)
     importance = _importance(bundle, data, seed)
     figures = {}
-    for target, entry in bundle.items():
+    for target in best:
+        entry = bundle[target]
         top = [r["feature"] for r in sorted((r for r in importance if r["target"] == target),
                                             key=lambda r: -r["importance_mean"])[:2]]
         key = f"plots/regression/{series}-{target}-partial-dependence.png"
@@ -91,7 +101,7 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
     prefix = f"regressors/series={series}"
     store.write_bytes(f"{prefix}/model.skops", R.dump_bundle(bundle))
     metadata = {"features": list(FEATURES), "targets": list(R.TARGETS), "chosen": best,
-                "rmse_unseen": {t: e["rmse_unseen"] for t, e in bundle.items()}, "inputs": inputs,
+                "rmse_unseen": {t: bundle[t]["rmse_unseen"] for t in best}, "inputs": inputs,
                 "training_rows": len(data.groups), "scores": paper + lomo, "classes": classes,
                 "max_step": max(max(r["steps"]) for r in rows),
                 "code_version": module_version(*CODE_MODULES), "libraries": library_versions()}
@@ -105,7 +115,11 @@ def _importance(bundle: dict[str, dict[str, Any]], data: R.Dataset, seed: int) -
 
     out = []
     for target, entry in bundle.items():
-        result = permutation_importance(entry["final"], data.X, data.y[target], n_repeats=10, random_state=seed)
+        if target not in R.TARGETS:
+            continue
+        have = np.isfinite(data.y[target])
+        result = permutation_importance(entry["final"], data.X[have], data.y[target][have], n_repeats=10,
+                                        random_state=seed)
         for i, name in enumerate(FEATURES):
             out.append({"target": target, "regressor": entry["regressor"], "feature": name,
                         "importance_mean": float(result.importances_mean[i]),

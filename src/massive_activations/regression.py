@@ -1,12 +1,18 @@
-"""Predict the emergence parameters from architecture alone: regressors, validation, persistence.
+"""Predict emergence from architecture alone: regressors, validation, persistence.
 
-Rows are one per (model, layer) of one fitted series. Each target gets scikit-learn Pipelines
-(standard scaling + a regressor) inside ``TransformedTargetRegressor`` (log1p for λ and t0, log for
-γ, which spans decades, Yeo–Johnson for A and K, which can be negative), with a small grid search
-nested inside the training folds. Two protocols:
+Rows are one per (model, layer) of one fitted series. Targets are the five raw parameters and the
+identified descriptors of the fitted curve (``emergence.DESCRIPTORS``; a descriptor that does not
+exist for a row, such as t_peak without an early peak, leaves that row out of its target). Each
+target gets scikit-learn Pipelines (standard scaling + a regressor) inside
+``TransformedTargetRegressor``, with a small grid search nested inside the training folds.
+
+Two configurations (``CONFIGS``): ``project`` (all features, transforms chosen per target, all
+regressors, all targets) and ``paper`` (the paper's ten features, its transforms — log1p, Yeo–Johnson
+for K — and its five regressors, raw parameters only). Two protocols:
 
 1. the paper's: seeded random 80/20 split, 5-fold CV on the 80% for selection, R² on the 20%;
 2. leave-one-model-out (GroupKFold by model), because layers of one model are not independent.
+   It chooses the saved model.
 
 A score is flagged "not meaningful" when its test rows are fewer than 3 or their target is constant.
 """
@@ -32,13 +38,24 @@ from sklearn.metrics import accuracy_score, confusion_matrix, mean_absolute_erro
 from sklearn.model_selection import GridSearchCV, GroupKFold, KFold, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, PowerTransformer, StandardScaler
+from xgboost import XGBRegressor
 
-from massive_activations.architecture import feature_matrix
+from massive_activations.architecture import FEATURES, PAPER_FEATURES, feature_matrix
 from massive_activations.catalog import Architecture
-from massive_activations.emergence import EARLY_PEAK, LOG_INCREASE, classify, curve_grid, emergence, peak_step
+from massive_activations.emergence import (
+    DESCRIPTORS,
+    EARLY_PEAK,
+    PEAK_CLASSES,
+    classify,
+    curve_grid,
+    emergence,
+    peak_step,
+)
 
-TARGETS = ("A", "lam", "gamma", "t0", "K")
-CLASSES = (EARLY_PEAK, LOG_INCREASE)
+RAW_TARGETS = ("A", "lam", "gamma", "t0", "K")
+TARGETS = RAW_TARGETS + DESCRIPTORS
+CLASSES = PEAK_CLASSES
+MIN_TARGET_ROWS = 4  # fewer rows with a value (or fewer than 2 models) and a target is not trained
 REGRESSORS: dict[str, tuple[Any, dict[str, list[Any]]]] = {
     "ridge": (Ridge(), {"model__alpha": [0.1, 1.0, 10.0]}),
     "lasso": (Lasso(max_iter=20_000), {"model__alpha": [0.001, 0.01, 0.1]}),
@@ -46,9 +63,46 @@ REGRESSORS: dict[str, tuple[Any, dict[str, list[Any]]]] = {
     "gradient_boosting": (GradientBoostingRegressor(n_estimators=150), {"model__max_depth": [2, 3]}),
     "hist_gradient_boosting": (HistGradientBoostingRegressor(max_iter=150, min_samples_leaf=3),
                                {"model__max_depth": [2, None]}),
+    # xgboost-cpu: the CPU wheel (the xgboost package pulls a 351 MB NCCL wheel)
+    "xgboost": (XGBRegressor(n_estimators=150, learning_rate=0.1, n_jobs=1, verbosity=0),
+                {"model__max_depth": [2, 4]}),
 }
-# Types a saved model may contain; anything else in a file from shared storage is refused.
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.")
+
+
+@dataclass(frozen=True)
+class Config:
+    """What a regression run learns from and how: features, per-target transforms, regressors, targets."""
+
+    name: str
+    features: tuple[str, ...]
+    transforms: dict[str, str]  # target -> log1p | log | yeo-johnson
+    regressors: tuple[str, ...]
+    targets: tuple[str, ...]
+
+    @property
+    def columns(self) -> list[int]:
+        return [FEATURES.index(f) for f in self.features]
+
+
+CONFIGS = {c.name: c for c in (
+    Config("project", FEATURES,
+           {"A": "yeo-johnson", "lam": "log1p", "gamma": "log", "t0": "log1p", "K": "yeo-johnson",
+            "y_first": "yeo-johnson", "y_last": "yeo-johnson", "rise": "log1p", "t_half": "log1p",
+            "t_peak": "log1p", "peak_value": "yeo-johnson", "K_identified": "yeo-johnson"},
+           tuple(REGRESSORS), TARGETS),
+    Config("paper", PAPER_FEATURES,
+           {"A": "log1p", "lam": "log1p", "gamma": "log1p", "t0": "log1p", "K": "yeo-johnson"},
+           ("ridge", "lasso", "random_forest", "gradient_boosting", "xgboost"), RAW_TARGETS),
+)}
+# Beyond the types skops trusts by default, the exact ones a saved bundle holds (collected from bundles
+# of every regressor and transform); anything else in a file from shared storage is refused.
+TRUSTED_TYPES = frozenset({
+    "massive_activations.regression.signed_expm1", "massive_activations.regression.signed_log1p",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.metrics._regression.mean_squared_error", "sklearn.metrics._scorer._Scorer",
+    "sklearn.model_selection._split.GroupKFold", "sklearn.tree._tree.Tree",
+    "xgboost.core.Booster", "xgboost.sklearn.XGBRegressor",
+})
 
 
 @dataclass
@@ -72,17 +126,35 @@ def build_dataset(fit_rows: list[dict[str, Any]], architectures: dict[str, Archi
         raise ValueError(f"no architecture known for {missing}")
     rows = sorted(fit_rows, key=lambda r: (r["model"], r["layer"]))
     X = np.vstack([feature_matrix(architectures[r["model"]], [r["layer"]]) for r in rows])
-    return Dataset(X=X, y={t: np.array([r[t] for r in rows], dtype=float) for t in TARGETS},
+    value = lambda r, t: np.nan if r.get(t) is None else r[t]  # noqa: E731 - a descriptor absent for a row
+    return Dataset(X=X, y={t: np.array([value(r, t) for r in rows], dtype=float) for t in TARGETS},
                    groups=np.array([r["model"] for r in rows]),
                    peak_class=np.array([r["peak_class"] for r in rows]), architectures=dict(architectures))
 
 
-def target_transformer(target: str) -> Any:
-    if target in ("lam", "t0"):
-        return FunctionTransformer(np.log1p, np.expm1, check_inverse=False)
-    if target == "gamma":
-        return FunctionTransformer(np.log, np.exp, check_inverse=False)
-    return PowerTransformer(method="yeo-johnson")
+def signed_log1p(y: np.ndarray) -> np.ndarray:
+    return np.sign(y) * np.log1p(np.abs(y))
+
+
+def signed_expm1(z: np.ndarray) -> np.ndarray:
+    return np.sign(z) * np.expm1(np.abs(z))
+
+
+def target_transformer(kind: str, y: np.ndarray) -> tuple[Any, str]:
+    """The transformer for a target's values, and a note when the one asked for cannot apply.
+
+    log1p of values ≤ −1 (an A < 0 of a dip) is undefined: the sign-preserving log1p is used instead;
+    log of values ≤ 0 likewise falls back to Yeo–Johnson.
+    """
+    if kind == "log" and np.all(y > 0):
+        return FunctionTransformer(np.log, np.exp, check_inverse=False), ""
+    if kind == "log1p" and np.all(y > -1):
+        return FunctionTransformer(np.log1p, np.expm1, check_inverse=False), ""
+    if kind == "log1p":
+        return (FunctionTransformer(signed_log1p, signed_expm1, check_inverse=False),
+                "values <= -1: sign-preserving log1p in place of log1p")
+    note = "" if kind == "yeo-johnson" else f"values outside the domain of {kind}: Yeo-Johnson instead"
+    return PowerTransformer(method="yeo-johnson"), note
 
 
 def quiet_convergence(fn):
@@ -98,14 +170,28 @@ def quiet_convergence(fn):
     return wrapper
 
 
-def make_regressor(name: str, target: str, inner_cv: Any, seed: int) -> TransformedTargetRegressor:
+def make_regressor(name: str, transformer: Any, inner_cv: Any, seed: int) -> TransformedTargetRegressor:
     estimator, grid = REGRESSORS[name]
     estimator = clone(estimator)
     if "random_state" in estimator.get_params():
         estimator.set_params(random_state=seed)
     search = GridSearchCV(Pipeline([("scale", StandardScaler()), ("model", estimator)]), grid, cv=inner_cv,
                           scoring="neg_mean_squared_error")
-    return TransformedTargetRegressor(regressor=search, transformer=target_transformer(target))
+    return TransformedTargetRegressor(regressor=search, transformer=clone(transformer))
+
+
+def _target_rows(data: Dataset, target: str) -> tuple[np.ndarray, str]:
+    """Rows where the target has a value, and why the target cannot be learnt ("" when it can)."""
+    rows = np.flatnonzero(np.isfinite(data.y[target]))
+    n_models = len(np.unique(data.groups[rows]))
+    if len(rows) < MIN_TARGET_ROWS or n_models < 2:
+        return rows, f"not trained: {len(rows)} rows from {n_models} models have a value"
+    return rows, ""
+
+
+def _skipped(protocol: str, config: Config, target: str, name: str, note: str) -> dict[str, Any]:
+    return {"protocol": protocol, "config": config.name, "target": target, "regressor": name, "r2": float("nan"),
+            "mae": float("nan"), "rmse": float("nan"), "note": note, "n_test": 0}
 
 
 def _meaningful(y_test: np.ndarray) -> str:
@@ -133,46 +219,68 @@ def _inner_groups_cv(groups: np.ndarray) -> Any:
 
 
 @quiet_convergence
-def paper_protocol(data: Dataset, seed: int = 0, regressors: tuple[str, ...] = tuple(REGRESSORS)) -> list[dict]:
-    """Random 80/20 split, 5-fold CV on the 80% for selection, test scores on the 20%."""
-    idx = np.arange(len(data.groups))
-    train, test = train_test_split(idx, test_size=0.2, random_state=seed)
-    inner = KFold(n_splits=min(5, len(train)), shuffle=True, random_state=seed)
+def paper_protocol(data: Dataset, config: Config = CONFIGS["project"], seed: int = 0) -> list[dict]:
+    """Random 80/20 split, 5-fold CV on the 80% for selection, test scores on the 20%.
+
+    One split of all rows; a target without a value on some rows uses the rest of each side."""
+    train_all, test_all = train_test_split(np.arange(len(data.groups)), test_size=0.2, random_state=seed)
+    X = data.X[:, config.columns]
     rows = []
-    for target in TARGETS:
+    for target in config.targets:
+        have, why = _target_rows(data, target)
+        train, test = np.intersect1d(train_all, have), np.intersect1d(test_all, have)
+        if why or len(train) < 2 or len(test) == 0:
+            why = why or f"not trained: {len(train)} training and {len(test)} test rows have a value"
+            rows += [_skipped("random_80_20", config, target, n, why) for n in config.regressors]
+            continue
         y = data.y[target]
-        for name in regressors:
-            model = make_regressor(name, target, inner, seed).fit(data.X[train], y[train])
-            rows.append({"protocol": "random_80_20", "target": target, "regressor": name,
-                         **_scores(y[test], model.predict(data.X[test])), "n_test": len(test)})
+        transformer, note = target_transformer(config.transforms[target], y[have])
+        inner = KFold(n_splits=min(5, len(train)), shuffle=True, random_state=seed)
+        for name in config.regressors:
+            model = make_regressor(name, transformer, inner, seed).fit(X[train], y[train])
+            score = _scores(y[test], model.predict(X[test]))
+            score["note"] = "; ".join(n for n in (score["note"], note) if n)
+            rows.append({"protocol": "random_80_20", "config": config.name, "target": target, "regressor": name,
+                         **score, "n_test": len(test)})
     return rows
 
 
 @quiet_convergence
-def leave_one_model_out(data: Dataset, seed: int = 0, regressors: tuple[str, ...] = tuple(REGRESSORS),
+def leave_one_model_out(data: Dataset, config: Config = CONFIGS["project"], seed: int = 0,
                         ) -> tuple[list[dict], dict[tuple[str, str], list[Any]]]:
     """GroupKFold by model; scores pooled over the held-out models. Also returns the fold models
     (for inspection; they are not persisted)."""
-    outer = GroupKFold(n_splits=len(np.unique(data.groups)))
+    X = data.X[:, config.columns]
     rows, fold_models = [], {}
-    for target in TARGETS:
-        y = data.y[target]
-        for name in regressors:
+    for target in config.targets:
+        have, why = _target_rows(data, target)
+        if why:
+            rows += [_skipped("leave_one_model_out", config, target, n, why) for n in config.regressors]
+            continue
+        y, groups = data.y[target][have], data.groups[have]
+        transformer, note = target_transformer(config.transforms[target], y)
+        outer = GroupKFold(n_splits=len(np.unique(groups)))
+        for name in config.regressors:
             pred = np.empty_like(y)
-            models = []
-            for train, test in outer.split(data.X, y, data.groups):
-                model = make_regressor(name, target, _inner_groups_cv(data.groups[train]), seed)
-                model.fit(data.X[train], y[train], groups=data.groups[train])
-                pred[test] = model.predict(data.X[test])
+            models = fold_models[(target, name)] = []
+            for train, test in outer.split(X[have], y, groups):
+                model = make_regressor(name, transformer, _inner_groups_cv(groups[train]), seed)
+                model.fit(X[have][train], y[train], groups=groups[train])
+                pred[test] = model.predict(X[have][test])
                 models.append(model)
-            fold_models[(target, name)] = models
-            rows.append({"protocol": "leave_one_model_out", "target": target, "regressor": name,
-                         **_scores(y, pred), "n_test": len(y)})
+            score = _scores(y, pred)
+            score["note"] = "; ".join(n for n in (score["note"], note) if n)
+            rows.append({"protocol": "leave_one_model_out", "config": config.name, "target": target,
+                         "regressor": name, **score, "n_test": len(y)})
     return rows, fold_models
 
 
+def _classifier(seed: int) -> RandomForestClassifier:
+    return RandomForestClassifier(n_estimators=200, random_state=seed)
+
+
 def classify_peaks(data: Dataset, seed: int = 0) -> list[dict]:
-    """Early peak vs log increase from architecture, under both protocols: accuracy and confusion matrix."""
+    """The peak class from architecture, under both protocols: accuracy and confusion matrix."""
     labels = data.peak_class
     out = []
     idx = np.arange(len(labels))
@@ -186,61 +294,83 @@ def classify_peaks(data: Dataset, seed: int = 0) -> list[dict]:
                 guess = np.full(len(te), labels[tr][0])
                 notes.add("a training fold held one class only; it predicts that class")
             else:
-                clf = RandomForestClassifier(n_estimators=200, random_state=seed).fit(data.X[tr], labels[tr])
-                guess = clf.predict(data.X[te])
+                guess = _classifier(seed).fit(data.X[tr], labels[tr]).predict(data.X[te])
             truth.extend(labels[te])
             pred.extend(guess)
         matrix = confusion_matrix(truth, pred, labels=list(CLASSES))
+        majority = max(CLASSES, key=list(truth).count)
         out.append({"protocol": protocol, "accuracy": float(accuracy_score(truth, pred)), "n_test": len(truth),
+                    "majority_share": list(truth).count(majority) / len(truth),
                     "confusion": matrix.tolist(), "labels": list(CLASSES),
-                    "note": "; ".join(sorted(notes)) or _meaningful(np.array([c == EARLY_PEAK for c in truth],
+                    "note": "; ".join(sorted(notes)) or _meaningful(np.array([CLASSES.index(c) for c in truth],
                                                                              dtype=float))})
     return out
 
 
 def choose_best(lomo_rows: list[dict]) -> dict[str, str]:
-    """Per target, the regressor with the best leave-one-model-out R² (the stricter protocol)."""
+    """Per target, the regressor with the best leave-one-model-out R² (the stricter protocol).
+
+    Targets that were not trained (no finite score) get none."""
     best: dict[str, tuple[float, str]] = {}
     for row in lomo_rows:
-        score = row["r2"] if np.isfinite(row["r2"]) else -np.inf
-        if row["target"] not in best or score > best[row["target"]][0]:
-            best[row["target"]] = (score, row["regressor"])
+        if not np.isfinite(row["r2"]):
+            continue
+        if row["target"] not in best or row["r2"] > best[row["target"]][0]:
+            best[row["target"]] = (row["r2"], row["regressor"])
     return {t: name for t, (_, name) in best.items()}
 
 
 @quiet_convergence
-def fit_final(data: Dataset, best: dict[str, str], lomo_rows: list[dict], seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Each target's chosen regressor refitted on all rows.
+def fit_final(data: Dataset, best: dict[str, str], lomo_rows: list[dict], seed: int = 0,
+              config: Config = CONFIGS["project"]) -> dict[str, dict[str, Any]]:
+    """Each target's chosen regressor refitted on all its rows, and the peak classifier on all rows.
 
-    Its uncertainty for a new architecture is the RMSE of its leave-one-model-out predictions:
-    the error it made on models it had not seen.
+    A regressor's uncertainty for a new architecture is the RMSE of its leave-one-model-out
+    predictions: the error it made on models it had not seen.
     """
     rmse = {(r["target"], r["regressor"]): r["rmse"] for r in lomo_rows}
-    bundle = {}
+    X = data.X[:, config.columns]
+    bundle: dict[str, dict[str, Any]] = {}
     for target, name in best.items():
-        model = make_regressor(name, target, _inner_groups_cv(data.groups), seed)
-        model.fit(data.X, data.y[target], groups=data.groups)
+        have, _ = _target_rows(data, target)
+        transformer, _ = target_transformer(config.transforms[target], data.y[target][have])
+        model = make_regressor(name, transformer, _inner_groups_cv(data.groups[have]), seed)
+        model.fit(X[have], data.y[target][have], groups=data.groups[have])
         bundle[target] = {"regressor": name, "final": model, "rmse_unseen": float(rmse[(target, name)])}
+    if len(np.unique(data.peak_class)) > 1:
+        bundle["peak_class"] = {"regressor": "random_forest_classifier",
+                                "final": _classifier(seed).fit(X, data.peak_class)}
+    else:
+        bundle["peak_class"] = {"regressor": "constant", "constant": str(data.peak_class[0])}
     return bundle
 
 
 def predict_layers(bundle: dict[str, dict[str, Any]], arch: Architecture, steps: np.ndarray,
                    curve_points: int = 200) -> list[dict[str, Any]]:
-    """Per layer: the five parameters (± the regressor's error on unseen models), t_peak, class, curve."""
-    missing = [t for t in TARGETS if t not in bundle]
+    """Per layer: the five parameters and the descriptors (± the regressor's error on unseen models),
+    the predicted class, and the curve of the predicted parameters.
+
+    ``t_peak`` and ``peak_value`` are given only where the class is an early peak; the curve's own
+    stationary point is ``t_stationary`` and its class ``curve_class``."""
+    missing = [t for t in RAW_TARGETS if t not in bundle]
     if missing:
         raise ValueError(f"the saved regressors lack targets {missing}")
     X = feature_matrix(arch)
-    params = {t: bundle[t]["final"].predict(X) for t in TARGETS}
+    values = {t: bundle[t]["final"].predict(X) if t in bundle else np.full(arch.n_layers, np.nan) for t in TARGETS}
+    clf = bundle.get("peak_class", {})
+    classes = clf["final"].predict(X) if "final" in clf else np.full(arch.n_layers, clf.get("constant", ""))
     grid = curve_grid(steps, curve_points)
     rows = []
     for layer in range(arch.n_layers):
-        p = {t: float(params[t][layer]) for t in TARGETS}
+        p = {t: float(values[t][layer]) for t in TARGETS}
         p["lam"], p["gamma"], p["t0"] = max(p["lam"], 0.0), max(p["gamma"], 1e-12), max(p["t0"], 1e-9)
-        t_peak = peak_step(p["lam"], p["gamma"], p["t0"])
+        t_stat = peak_step(p["lam"], p["gamma"], p["t0"])
+        if classes[layer] != EARLY_PEAK:
+            p["t_peak"] = p["peak_value"] = float("nan")
         rows.append({"layer": layer, "rel_depth": (layer + 1) / arch.n_layers, **p,
-                     **{f"{t}_err": bundle[t]["rmse_unseen"] for t in TARGETS}, "t_peak": t_peak,
-                     "peak_class": classify(t_peak, steps), "curve_t": grid.tolist(),
+                     **{f"{t}_err": bundle[t]["rmse_unseen"] if t in bundle else float("nan") for t in TARGETS},
+                     "peak_class": str(classes[layer]), "t_stationary": t_stat,
+                     "curve_class": classify(p["A"], p["lam"], t_stat, steps), "curve_t": grid.tolist(),
                      "curve_y": emergence(grid, p["A"], p["lam"], p["gamma"], p["t0"], p["K"]).tolist()})
     return rows
 
@@ -256,7 +386,7 @@ def load_bundle(data: bytes) -> dict[str, dict[str, Any]]:
     import skops.io as sio
 
     untrusted = sio.get_untrusted_types(data=data)
-    refused = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
+    refused = [t for t in untrusted if t not in TRUSTED_TYPES]
     if refused:
         raise ValueError(f"refusing to load a model file with unexpected types: {refused}")
     return sio.loads(data, trusted=untrusted)

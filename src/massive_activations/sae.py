@@ -9,7 +9,7 @@ added to the loss with weight 1/32.
 
 ReLU + L1 (Bricken et al. 2023): z = ReLU(W_enc (x − b_dec) + b_enc), loss = ‖x − x̂‖² + l1·Σᵢ zᵢ‖W_dec,ᵢ‖.
 
-Metrics follow SAEBench (science.md, "SAE metrics"): L0 = active latents per token; explained
+Metrics follow SAEBench (docs/science.md, "Evaluations"): L0 = active latents per token; explained
 variance = 1 − E‖x − x̂‖² / E‖x − E[x]‖²; FVU = 1 − explained variance; MSE per element; mean
 cosine similarity of x and x̂; dead fraction = latents that never fire over the evaluation tokens.
 """

@@ -1,6 +1,6 @@
 """Language-model loss with one layer's output replaced: the CE-loss score of SAEs and ITDA.
 
-CE-loss score (SAEBench, science.md): (CE_zero − CE_reconstructed) / (CE_zero − CE_original),
+CE-loss score (SAEBench, docs/science.md): (CE_zero − CE_reconstructed) / (CE_zero − CE_original),
 where the layer's output (the residual stream after decoder block ``layer``) is replaced by its
 reconstruction, or by zeros for the zero-ablation baseline. 1 = as good as the model, 0 = no
 better than deleting the layer's output.
