@@ -14,7 +14,7 @@ from massive_activations.offline_suite import SUITES, split_documents, suite_pre
 from massive_activations.prompts import build_prompt_set, save_prompt_set, texts_from_file, texts_from_hub_dataset
 from massive_activations.store import Store
 from tasks.capture import capture_checkpoint, plot_ratios
-from tasks.policy import on_store
+from tasks.policy import on_store, tally
 
 
 def resolve_source(source: SourceParams, store: Store, suite: str) -> dict:
@@ -69,7 +69,7 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
         settings: What to measure and sample.
         device: auto, cpu, cuda or cuda:N.
         dtype: float32, float16 or bfloat16.
-        refresh: Recompute even what is cached.
+        refresh: Recapture and rewrite every selected checkpoint, whatever the store holds.
     """
     logger = get_run_logger()
     target = Store(store)
@@ -84,7 +84,7 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
         raise ValueError(f"no models to capture under {source_values.get('root')}")
     plan = {m: select_steps(steps, src.steps(m)) for m in models}  # validates before any heavy work
     texts = prompt_texts(prompts, suite, source.kind)
-    task = on_store(capture_checkpoint, target, refresh=refresh)
+    task = on_store(capture_checkpoint, target)
     futures, total, done = [], sum(map(len, plan.values())), 0
     progress = create_progress_artifact(0.0, key="capture-progress", description="checkpoints captured")
     for model, model_steps in plan.items():
@@ -92,22 +92,16 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
         logger.info("%s: %d checkpoints with prompt set %s", model, len(model_steps), prompt_set)
         for step in model_steps:
             futures.append(task.submit(target.url, source_values, model, step, prompt_set,
-                                       settings.model_dump(), device, dtype))
+                                       settings.model_dump(), device, dtype, force=refresh))
         for future in futures[done:]:
             future.wait()  # one model in memory at a time: finish this model before loading the next
             done += 1
             logger.info("progress: %d of %d checkpoints", done, total)
         update_progress_artifact(progress, 100.0 * done / total)
     wait(futures)
-    summary = {"captured": 0, "skipped": 0, "cached": 0, "failed": []}
-    for future in futures:
-        state = future.state
-        if state.is_completed():
-            result = future.result()
-            summary["cached" if state.name == "Cached" else result["status"]] += 1
-        else:
-            summary["failed"].append(str(state.message))
-    if summary["captured"] + summary["skipped"] + summary["cached"]:
+    counts, failed, _ = tally(futures, ("captured", "skipped"))
+    summary = {**counts, "failed": failed}
+    if summary["captured"] + summary["skipped"]:
         summary["figure"] = plot_ratios(target.url, list(plan))
     lines = [f"| {k} | {v if not isinstance(v, list) else len(v)} |" for k, v in summary.items() if k != "figure"]
     create_markdown_artifact("# Capture summary\n\n| outcome | checkpoints |\n|---|---|\n" + "\n".join(lines)
@@ -151,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
                              hub_dataset=args.hub_dataset, hub_file=args.hub_file),
         settings=CaptureParams(samples_per_layer=args.samples, batch_size=args.batch_size),
         device=args.device, dtype=args.dtype, refresh=args.refresh)
-    print(f"captured {summary['captured']}, skipped {summary['skipped']}, cached {summary['cached']}, "
+    print(f"captured {summary['captured']}, skipped {summary['skipped']}, "
           f"failed {len(summary['failed'])}; data under {Store(args.store).url}")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import math
 from typing import Literal
 
@@ -14,13 +13,14 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from flows.artifacts import figure_markdown
 from flows.params import DEFAULT_STORE, EvalParams
 from massive_activations.capture_run import STATS
 from massive_activations.catalog import select_steps
 from massive_activations.eval_run import samples_hash
 from massive_activations.store import Store
 from tasks.evaluate import evaluate_checkpoint, evaluation_report, itda_similarity
-from tasks.policy import on_store
+from tasks.policy import on_store, tally
 
 Kind = Literal["sae", "itda", "quant"]
 
@@ -50,7 +50,7 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
         kinds: Evaluations: sae, itda, quant.
         settings: SAE, ITDA and quantization settings.
         device: auto, cpu, cuda or cuda:N.
-        refresh: Recompute even what is cached.
+        refresh: Re-evaluate and rewrite every selected checkpoint, whatever the store holds.
     """
     logger = get_run_logger()
     kinds = tuple(dict.fromkeys(kinds))
@@ -60,42 +60,40 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
     target = Store(store)
     target.check_reachable()
     plan = plan_evaluations(target, models, steps)
-    task = on_store(evaluate_checkpoint, target, refresh)
+    task = on_store(evaluate_checkpoint, target)
     total = sum(map(len, plan.values())) * len(kinds)
     progress = create_progress_artifact(0.0, key="evaluate-progress", description="checkpoint evaluations done")
-    # Every checkpoint's capture inputs and samples hash first: one without samples fails before any work.
-    jobs = {model: [(step, (target.partition_metadata(STATS, {"model": model, "step": step}) or {})["inputs"],
-                     samples_hash(target, model, step)) for step in model_steps]
+    # Every checkpoint's capture inputs and samples first: one without samples fails before any work.
+    jobs = {model: [(step, (target.partition_metadata(STATS, {"model": model, "step": step}) or {})["inputs"])
+                    for step in model_steps if samples_hash(target, model, step)]
             for model, model_steps in plan.items()}
     futures, done = [], 0
     for model, model_jobs in jobs.items():
-        for step, captured, activations in model_jobs:
+        for step, captured in model_jobs:
             for kind in kinds:
                 futures.append((kind, task.submit(target.url, captured["source"], model, step, kind,
-                                                  captured["prompt_set"], activations, values, device)))
+                                                  captured["prompt_set"], values, device, force=refresh)))
         for _, future in futures[done:]:
             future.wait()
             done += 1
         update_progress_artifact(progress, 100.0 * done / total)
         logger.info("progress: %d of %d evaluations (%s done)", done, total, model)
-    summary: dict[str, dict] = {k: {"evaluated": 0, "skipped": 0, "cached": 0, "failed": []} for k in kinds}
+    summary: dict[str, dict] = {}
     hashes: dict[tuple[str, str], list[str]] = {}
-    for kind, future in futures:
-        state = future.state
-        if state.is_completed():
-            result = future.result()
-            summary[kind]["cached" if state.name == "Cached" else result["status"]] += 1
+    for kind in kinds:
+        counts, failed, results = tally((f for k, f in futures if k == kind), ("evaluated", "skipped"))
+        summary[kind] = {**counts, "failed": failed}
+        for result in results:
             hashes.setdefault((result["model"], kind), []).append(result["hash"])
-        else:
-            summary[kind]["failed"].append(str(state.message))
     reports = {}
     for model in plan:
         if ("itda" in kinds) and hashes.get((model, "itda")):
-            on_store(itda_similarity, target, refresh)(target.url, model, hashes[(model, "itda")])
+            on_store(itda_similarity, target)(target.url, model, hashes[(model, "itda")], force=refresh)
         done_kinds = [k for k in kinds if hashes.get((model, k))]
         if done_kinds:
             all_hashes = [h for k in done_kinds for h in hashes[(model, k)]]
-            reports[model] = on_store(evaluation_report, target, refresh)(target.url, model, done_kinds, all_hashes)
+            reports[model] = on_store(evaluation_report, target)(target.url, model, done_kinds, all_hashes,
+                                                                 force=refresh)
     _artifacts(target, summary, reports)
     failed = [m for s in summary.values() for m in s["failed"]]
     logger.info("evaluate summary: %s", {k: {o: v if not isinstance(v, list) else len(v) for o, v in s.items()}
@@ -116,11 +114,10 @@ def _artifacts(target: Store, summary: dict, reports: dict) -> None:
     strongest.sort(key=lambda r: -abs(r["spearman_rho"]))
     create_table_artifact(strongest, key="evaluate-correlations",
                           description="Spearman ρ of each metric with the massive-activation ratio across checkpoints")
-    lines = ["| evaluation | evaluated | skipped | cached | failed |", "|---|---|---|---|---|"]
-    lines += [f"| {k} | {s['evaluated']} | {s['skipped']} | {s['cached']} | {len(s['failed'])} |"
+    lines = ["| evaluation | evaluated | skipped | failed |", "|---|---|---|---|"]
+    lines += [f"| {k} | {s['evaluated']} | {s['skipped']} | {len(s['failed'])} |"
               for k, s in summary.items()]
-    images = [f"### {model} — {kind}\n![{model} {kind}](data:image/png;base64,"
-              f"{base64.b64encode(target.read_bytes(key)).decode()})"
+    images = [f"### {model} — {kind}\n" + figure_markdown(f"{model} {kind}", target.read_bytes(key))
               for model, report in reports.items() for kind, key in report["figures"].items()]
     create_markdown_artifact("# Evaluations across training\n\n" + "\n".join(lines)
                              + f"\n\nData: `{target.url_for('evals')}`\n\n" + "\n\n".join(images),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
@@ -10,11 +10,12 @@ import pyarrow.compute as pc
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.artifacts import figure_markdown
 from flows.params import DEFAULT_STORE, FitParams
 from massive_activations.emergence import PEAK_CLASSES, FitSettings
 from massive_activations.fit_run import COMPARISON, FITS, check_series_names
 from massive_activations.store import Store
-from tasks.fit import cache_inputs, fit_model_task, plot_fits_task
+from tasks.fit import fit_model_task
 from tasks.policy import on_store
 
 # Paper Table 1: mean R² per Pythia model (arXiv 2508.03616); 0.984 over all 188 layers.
@@ -55,12 +56,9 @@ def fit(models: list[str] | None = None, series: tuple[str, ...] = ("ratio", "to
     missing = [m for m in models if m not in present]
     if missing:
         raise ValueError(f"no ratios on {target.url} for {missing}; captured models: {present}")
-    fit_task, plot_task = on_store(fit_model_task, target, refresh), on_store(plot_fits_task, target, refresh)
-    results, figures = {}, {}
-    for model in models:
-        keys = cache_inputs(target, model, series, fit_settings)
-        results[model] = fit_task(target.url, model, keys["ratios_hash"], series, keys["settings"])
-        figures[model] = plot_task(target.url, model, results[model]["fits_hash"], series)
+    fit_task = on_store(fit_model_task, target)
+    results = {model: fit_task(target.url, model, series, asdict(fit_settings), force=refresh) for model in models}
+    figures = {model: result["figures"] for model, result in results.items()}
     fits = target.read_dataset(FITS, where={"model": models})
     comparison = target.read_dataset(COMPARISON, where={"model": models})
     table = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()
@@ -74,7 +72,7 @@ def fit(models: list[str] | None = None, series: tuple[str, ...] = ("ratio", "to
     for model, keys in figures.items():
         png = target.read_bytes(keys["ratio-layers"]) if "ratio-layers" in keys else None
         if png:
-            images.append(f"### {model}\n![{model}](data:image/png;base64,{base64.b64encode(png).decode()})")
+            images.append(f"### {model}\n" + figure_markdown(model, png))
     overall = float(np.mean(fits.filter(pc.equal(fits.column("series"), "ratio")).column("r2").to_numpy()))
     create_markdown_artifact(
         f"# Fit quality\n\nMean R² of the ratio over all layers: **{overall:.3f}** (paper: {PAPER_MEAN_R2})\n\n"

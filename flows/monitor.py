@@ -6,22 +6,17 @@ Hugging Face layout (config.json, weights, tokenizer). Scheduled hourly by the `
 
 from __future__ import annotations
 
-import base64
-
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.artifacts import figure_markdown
 from flows.capture import capture
 from flows.fit import fit
 from flows.params import DEFAULT_STORE, CaptureParams, PromptParams, SourceParams
-from massive_activations.architecture import resolve_architecture
 from massive_activations.checkpoints import make_source
 from massive_activations.emergence import MIN_POINTS
-from massive_activations.fit_run import FITS
-from massive_activations.forecast import FORECASTS, forecast_rows, record_forecast
-from massive_activations.plots import plot_forecast_history
-from massive_activations.regress_run import has_regressors, predict
 from massive_activations.store import Store
+from tasks.monitor import forecast_task
 
 
 def split_run_url(checkpoints: str) -> tuple[str, str]:
@@ -31,22 +26,6 @@ def split_run_url(checkpoints: str) -> tuple[str, str]:
     if not name or not parent:
         raise ValueError(f"checkpoints {checkpoints!r} must be a folder path like /runs/my-run or s3://bucket/my-run")
     return parent, name
-
-
-@task(name="forecast", task_run_name="forecast-{model}-step{latest_step}", retries=2, persist_result=False)
-def forecast_task(store: str, model: str, latest_step: int, config_path: str) -> dict:
-    target = Store(store)
-    predicted = None
-    if has_regressors(target):
-        predicted = predict(target, resolve_architecture(config_path), None, "ratio")["rows"]
-    else:
-        get_run_logger().info("no regressors on %s yet: forecasting from the fit alone", target.url)
-    rows = forecast_rows(target.read_partition(FITS, {"model": model}), predicted)
-    key = record_forecast(target, model, latest_step, rows, {"model": model, "latest_step": latest_step,
-                                                             "with_prior": predicted is not None})
-    figure = f"plots/forecasts/{model}.png"
-    target.write_bytes(figure, plot_forecast_history(target.read_dataset(FORECASTS, where={"model": model}), model))
-    return {"rows": rows, "key": key, "figure": figure}
 
 
 @flow(name="monitor", log_prints=True)
@@ -79,7 +58,7 @@ def monitor(checkpoints: str, store: str = DEFAULT_STORE, prompts: PromptParams 
                           description=f"{model} after step {steps[-1]}: fitted K, t_peak and the architecture prior")
     png = Store(store).read_bytes(result["figure"])
     create_markdown_artifact(f"# {model}: forecast after step {steps[-1]} ({len(steps)} checkpoints)\n\n"
-                             f"![history](data:image/png;base64,{base64.b64encode(png).decode()})",
+                             + figure_markdown("history", png),
                              key="monitor-summary")
     return {"model": model, "status": "forecast", "checkpoints": len(steps), "latest_step": steps[-1],
             "capture": captured, "forecast": result["rows"], "figure": result["figure"]}

@@ -18,7 +18,7 @@ def offline_suite(suite: str = "default", store: str = DEFAULT_STORE, workers: i
     get_suite(suite)  # unknown names fail here, before anything runs
     target = Store(store)
     target.check_reachable()
-    models = on_store(build_offline_suite, target, refresh=refresh)(suite, target.url, workers)
+    models = on_store(build_offline_suite, target)(suite, target.url, workers, force=refresh)
     root = target.url_for(suite_prefix(suite))
     get_run_logger().info("offline suite %r: %d models under %s", suite, len(models), root)
     return {"root": root, "models": models}

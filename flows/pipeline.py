@@ -58,7 +58,7 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
         workers: Processes that train the offline suite.
         device: auto, cpu, cuda or cuda:N.
         runner: Where per-checkpoint tasks run: threads here, or a Dask cluster.
-        refresh: Stages to recompute even when cached.
+        refresh: Stages to recompute and rewrite, whatever the store holds.
         until: The last stage to run (e.g. capture, to collect data now and analyse later).
     """
     logger = get_run_logger()
@@ -102,15 +102,14 @@ def _report(out: dict) -> str:
     lines = ["# Pipeline run", "", "| stage | seconds | outcome |", "|---|---|---|"]
     outcome = {
         "suite": lambda r: f"{len(r['models'])} models under `{r['root']}`",
-        "capture": lambda r: f"captured {r['captured']}, skipped {r['skipped']}, cached {r['cached']}, "
-                             f"failed {len(r['failed'])}",
+        "capture": lambda r: f"captured {r['captured']}, skipped {r['skipped']}, failed {len(r['failed'])}",
         "fit": lambda r: f"mean R² {r['mean_r2']:.3f}; " + ", ".join(
             f"{m} {x['status']}" for m, x in r["results"].items()),
         "regress": lambda r: "best LOMO R² " + ", ".join(f"{k} {v:.2f}" for k, v in r["best_lomo_r2"].items()
                                                          if math.isfinite(v)),
         "predict": lambda r: f"figure `{r['figure']}`",
-        "evaluate": lambda r: "; ".join(f"{k}: computed {s['evaluated']}, skipped {s['skipped']}, cached "
-                                        f"{s['cached']}, failed {len(s['failed'])}" for k, s in r["summary"].items()),
+        "evaluate": lambda r: "; ".join(f"{k}: computed {s['evaluated']}, skipped {s['skipped']}, "
+                                        f"failed {len(s['failed'])}" for k, s in r["summary"].items()),
     }
     for stage, seconds in out["timings"].items():
         lines.append(f"| {stage} | {seconds:.1f} | {outcome[stage](out[stage])} |")
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name:22s} {url}")
     cap = result["capture"]
     print(f"Checkpoints captured {cap['captured']}, skipped (already on the store) {cap['skipped']}, "
-          f"cached {cap['cached']}, failed {len(cap['failed'])}")
+          f"failed {len(cap['failed'])}")
     if "fit" in result:
         print(f"Mean R² of the emergence fit (ratio, all layers): {result['fit']['mean_r2']:.3f} (paper: 0.984)")
     if "regress" in result:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-
 import numpy as np
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.artifacts import figure_markdown
 from flows.params import DEFAULT_STORE
-from massive_activations.regress_run import PAPER_TABLE3, fits_hash
+from massive_activations.regress_run import PAPER_TABLE3
 from massive_activations.regression import CONFIGS, RAW_TARGETS, REGRESSORS, TARGETS
 from massive_activations.store import Store
 from tasks.policy import on_store
@@ -51,8 +50,7 @@ def regress(store: str = DEFAULT_STORE, series: str = "ratio", seed: int = 0,
     models = sorted({p["model"] for p in target.partitions("fits")})
     if len(models) < 2:
         raise ValueError(f"need fits of at least 2 models on {target.url}, found {models}")
-    result = on_store(train_regressors, target, refresh)(target.url, series, seed, list(regressors),
-                                                          fits_hash(target, models))
+    result = on_store(train_regressors, target)(target.url, series, seed, list(regressors), force=refresh)
     scores = result["scores"]
     create_table_artifact(scores, key="regression-scores", description="R², MAE, RMSE per protocol, target, model")
     classes = "\n".join(f"- {c['protocol']}: accuracy {c['accuracy']:.2f} on {c['n_test']} rows (majority class "
@@ -60,7 +58,7 @@ def regress(store: str = DEFAULT_STORE, series: str = "ratio", seed: int = 0,
                         f"(rows true {c['labels']}, columns predicted) {c['confusion']} {c['note']}"
                         for c in result["classes"])
     figures = "\n\n".join(
-        f"![{t}](data:image/png;base64,{base64.b64encode(target.read_bytes(k)).decode()})"
+        figure_markdown(t, target.read_bytes(k))
         for t, k in result["figures"].items())
     create_markdown_artifact(
         f"# Architecture → emergence ({series}, {result['n_rows']} layers of {len(models)} models)\n\n"

@@ -1,26 +1,31 @@
-"""The one caching and retry policy every task uses.
+"""The one skip, retry and persistence policy every task uses.
 
-Cache keys are built from a task's declared inputs (URLs, names, settings and content hashes,
-never tensors) plus a hash of the library source the task runs, so changing the fit code re-runs
-fits and nothing else. Results are small JSON documents persisted next to the data on the store
-(``<store>/cache/prefect/``), so the cache survives a new process or machine using the same store,
-and nothing is ever unpickled from shared storage.
+Skip or compute: the store decides. Every stage's library function asks ``Store.current`` whether
+its partition was computed from the same inputs (content hashes of the data it reads, settings) by
+the same code version, and returns "skipped" if so; ``force`` (a flow's ``refresh``) recomputes and
+rewrites anyway. Prefect's task cache takes no part in that decision (no cache policy; a result is
+stored under its task run's own id): one cache, the store's provenance, which travels with the data
+to any process, machine or orchestrator.
+
+Prefect owns retries (transient errors only; bad input and missing or corrupt data fail fast) and
+persists each task's small JSON result next to the data (``<store>/cache/prefect/``), so the UI
+shows it and nothing is ever unpickled from shared storage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from prefect import Task
-from prefect.cache_policies import CachePolicy
+from prefect.cache_policies import NO_CACHE
 from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 from prefect.tasks import exponential_backoff
-from pydantic import BaseModel
 
 from massive_activations.catalog import CatalogError
 from massive_activations.checkpoints import CheckpointNotFoundError, CorruptCheckpointError
-from massive_activations.provenance import module_version, stable_hash
+from massive_activations.provenance import stable_hash
 from massive_activations.store import Store, StoreError
 
 RESULTS_KEY = "cache/prefect"
@@ -30,28 +35,6 @@ NEVER_RETRY = (ValueError, TypeError, KeyError, CatalogError, CheckpointNotFound
 RETRIES = 3
 RETRY_DELAYS = exponential_backoff(backoff_factor=2)  # 2 s, 4 s, 8 s …
 RETRY_JITTER = 0.5
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, Store):
-        return value.url
-    return value
-
-
-class StoreInputs(CachePolicy):
-    """Key = task name + chosen inputs + version of the library modules the task runs."""
-
-    def __init__(self, inputs: tuple[str, ...], code_modules: tuple[str, ...]):
-        self.inputs = inputs
-        self.code_modules = code_modules
-
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
-                    **kwargs: Any) -> str:
-        chosen = {name: _plain(inputs.get(name)) for name in self.inputs}
-        code = module_version(*self.code_modules)
-        return f"{task_ctx.task.task_key}-{stable_hash({'inputs': chosen, 'code': code})}"
 
 
 def retry_transient(task: Task, task_run: Any, state: Any) -> bool:
@@ -74,15 +57,31 @@ def result_storage(store: Store) -> Path | WritableFileSystem:
     return block
 
 
-def on_store(task: Task, store: Store, refresh: bool = False) -> Task:
-    """The task with its results persisted (as JSON) and looked up on this store."""
-    return task.with_options(result_storage=result_storage(store), result_serializer="json",
-                             persist_result=True, refresh_cache=refresh)
+def on_store(task: Task, store: Store) -> Task:
+    """The task with its results persisted (as JSON) on this store."""
+    return task.with_options(result_storage=result_storage(store), result_serializer="json", persist_result=True)
 
 
-def task_options(inputs: tuple[str, ...], code_modules: tuple[str, ...], retries: int = RETRIES) -> dict:
-    """Keyword arguments for ``@task``: the project's cache key and retry policy."""
-    return {"cache_policy": StoreInputs(inputs, code_modules), "retries": retries,
-            "retry_delay_seconds": RETRY_DELAYS(retries) if retries else 0,
-            "retry_jitter_factor": RETRY_JITTER if retries else None, "retry_condition_fn": retry_transient,
-            "persist_result": True, "result_serializer": "json"}
+def task_options(retries: int = RETRIES, persist: bool = True) -> dict:
+    """Keyword arguments for ``@task``: the project's retry policy, and no Prefect cache (the store
+    decides): a persisted result is stored under its own task run's id, which no other run looks up."""
+    storage = {"cache_policy": None, "result_storage_key": "{task_run.task_name}-{task_run.id}.json",
+               "persist_result": True, "result_serializer": "json"} if persist else \
+        {"cache_policy": NO_CACHE, "persist_result": False}
+    return {**storage, "retries": retries, "retry_delay_seconds": RETRY_DELAYS(retries) if retries else 0,
+            "retry_jitter_factor": RETRY_JITTER if retries else None, "retry_condition_fn": retry_transient}
+
+
+def tally(futures: Iterable[Any], outcomes: tuple[str, ...]) -> tuple[dict[str, int], list[str], list[dict]]:
+    """Counts of each result's ``status`` (one of ``outcomes``), the failed tasks' messages, and the
+    completed results."""
+    counts, failed, results = dict.fromkeys(outcomes, 0), [], []
+    for future in futures:
+        state = future.state
+        if state.is_completed():
+            result = future.result()
+            counts[result["status"]] += 1
+            results.append(result)
+        else:
+            failed.append(str(state.message))
+    return counts, failed, results

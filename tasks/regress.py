@@ -1,25 +1,24 @@
-"""Train the regressors (cached on the fits' content hash) and predict for an architecture."""
+"""Train the regressors (the store decides whether they match the fits) and predict for an architecture."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 
 from massive_activations.architecture import resolve_architecture
-from massive_activations.regress_run import CODE_MODULES, predict, train
+from massive_activations.regress_run import predict, train
 from massive_activations.store import Store
 from tasks.policy import task_options
 
 
-@task(name="train-regressors", task_run_name="regress-{series}",
-      **task_options(("store", "series", "seed", "regressors", "fits_hash"), CODE_MODULES, retries=1))
-def train_regressors(store: str, series: str, seed: int, regressors: list[str], fits_hash: str) -> dict:
-    """``fits_hash`` is here for the cache key: new fits mean new regressors."""
-    result = train(Store(store), series, seed, tuple(regressors))
-    get_run_logger().info("regressors for %s: %s (%d rows)", series, result["chosen"], result["n_rows"])
+@task(name="train-regressors", task_run_name="regress-{series}", **task_options(retries=1))
+def train_regressors(store: str, series: str, seed: int, regressors: list[str], force: bool = False) -> dict:
+    result = train(Store(store), series, seed, tuple(regressors), force=force)
+    get_run_logger().info("regressors for %s %s: %s (%d rows)", series, result["status"], result["chosen"],
+                          result["n_rows"])
     return result
 
 
-@task(name="predict-architecture", task_run_name="predict-{architecture}", retries=0, persist_result=False)
+@task(name="predict-architecture", task_run_name="predict-{architecture}", **task_options(retries=0, persist=False))
 def predict_architecture(store: str, architecture: str | dict, total_steps: int | None, series: str) -> dict:
     result = predict(Store(store), resolve_architecture(architecture), total_steps, series)
     return {"architecture": result["architecture"], "figure": result["figure"],

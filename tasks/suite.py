@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from massive_activations.offline_suite import CODE_MODULES, build_suite, built_models, get_suite
+from massive_activations.offline_suite import build_suite, built_models, get_suite
 from massive_activations.store import Store
 from tasks.policy import task_options
 
 
-@task(name="build-offline-suite", **task_options(("suite", "store"), CODE_MODULES, retries=1))
-def build_offline_suite(suite: str, store: str, workers: int = 2) -> dict:
-    """Returns {model: manifest summary}; models already complete on the store are not retrained."""
+@task(name="build-offline-suite", **task_options(retries=1))
+def build_offline_suite(suite: str, store: str, workers: int = 2, force: bool = False) -> dict:
+    """Returns {model: manifest summary}; models already complete on the store (their manifest's spec
+    hash matching) are not retrained unless ``force``."""
     logger = get_run_logger()
     spec, target = get_suite(suite), Store(store)
-    before = set(built_models(spec, target))
+    before = set() if force else set(built_models(spec, target))
     logger.info("suite %s: %d of %d models already built; training the rest with %d workers",
                 suite, len(before), len(spec.models), workers)
-    manifests = build_suite(spec, target, workers=workers)
+    manifests = build_suite(spec, target, workers=workers, force=force)
     for name, manifest in manifests.items():
         logger.info("%s: %s (%d checkpoints, %.0f s)", name, "reused" if name in before else "trained",
                     len(manifest["steps"]), manifest["train_seconds"])

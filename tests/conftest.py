@@ -150,3 +150,30 @@ def serve_micro_as_pythia(hub, micro_root: Path, tmp_path: Path, steps=(0, 1, 2)
     texts = tmp_path / "texts.txt"
     texts.write_text("\n\n".join(f"text {i} " + "the quick brown fox " * 6 for i in range(20)))
     return PromptParams(n_sequences=2, length=16, text_file=str(texts))
+
+
+def content_hashes(store: Store, datasets: tuple[str, ...] = ("stats", "ratios", "activations")) -> dict:
+    """{(dataset, partition): content hash} for every partition of the datasets: two stores hold the
+    same data exactly when these are equal."""
+    return {(d, tuple(sorted(p.items()))): store.partition_metadata(d, p)["content_hash"]
+            for d in datasets for p in store.partitions(d)}
+
+
+def task_runs_of(flow_run_id) -> list:
+    """The task runs the Prefect API recorded for one flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def flow_runs_since(name: str, started_after) -> list:
+    """Runs of the flow called ``name`` that started after a time (a datetime with its zone)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[name])),
+                                     flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(
+                                         after_=started_after)))

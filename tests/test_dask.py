@@ -9,13 +9,9 @@ from flows.evaluate import evaluate
 from flows.params import CaptureParams, PromptParams, SourceParams
 from flows.runner import RunnerParams, task_runner
 from massive_activations.store import Store
+from tests.conftest import content_hashes
 
 MODEL = "nx-l2-d32-h2"
-
-
-def _hashes(store: Store, dataset: str) -> dict:
-    return {tuple(sorted(p.items())): store.partition_metadata(dataset, p)["content_hash"]
-            for p in store.partitions(dataset)}
 
 
 def test_dask_runner_matches_the_thread_runner(prefect_server, micro_root, tmp_path, monkeypatch):
@@ -35,6 +31,6 @@ def test_dask_runner_matches_the_thread_runner(prefect_server, micro_root, tmp_p
         assert all(s["evaluated"] == 2 for s in evaluated["summary"].values())
         stores[kind] = store
     for dataset in ("stats", "ratios", "activations", "evals/quant", "evals/quant_model"):
-        threads, dask = _hashes(stores["threads"], dataset), _hashes(stores["dask"], dataset)
+        threads, dask = content_hashes(stores["threads"], (dataset,)), content_hashes(stores["dask"], (dataset,))
         assert threads and threads == dask, dataset
 

@@ -46,7 +46,7 @@ def test_parameter_recovery(case):
     clean, noisy = _synthetic(swing, lam, gamma, t0, k, seed=case)
     fit = fit_emergence(T, noisy, alternatives=False)
     pred = fit.predict(T)
-    assert 1 - np.sum((pred - clean) ** 2) / np.sum((clean - clean.mean()) ** 2) >= 0.99
+    assert 1 - np.sum((pred - clean) ** 2) / np.sum((clean - clean.mean()) ** 2) >= 0.995  # README's claim
     assert fit.lam >= 0 and fit.gamma > 0 and fit.t0 > 0
     if math.exp(-lam * gamma * T.max()) < 0.1:  # decayed within the run: K is identifiable
         assert abs(fit.K - k) <= K_TOL * np.ptp(clean)
@@ -136,14 +136,15 @@ def test_scores_and_errors_are_reported():
     assert row["best_by_aic"] == "emergence"
 
 
-def test_alternatives_win_on_their_own_data():
-    """A first-order step response is best explained by the step response, by AIC."""
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_step_response_wins_on_its_own_data(seed):
+    """A first-order step response with 1% noise: the 5-parameter model and the second-order response
+    fit it as closely, but AIC charges their extra parameters, so the first-order shape wins."""
+    rng = np.random.default_rng(seed)
     y = (80 - 70 * np.exp(-T / 9000)) * (1 + 0.01 * rng.standard_normal(T.size))
     fit = fit_emergence(T, y)
     assert fit.alternatives["step"].r2 > 0.99
-    assert fit.best_alternative in ("step", "emergence")  # the 5-parameter model can also express it
-    assert fit.alternatives["step"].aic < fit.alternatives["logistic"].aic
+    assert fit.best_alternative == "step"
 
 
 @pytest.mark.parametrize("zeta, omega_t", [(0.4, 12.0), (0.7, 30.0), (2.0, 40.0)])

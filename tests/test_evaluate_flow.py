@@ -41,8 +41,13 @@ def test_evaluate_writes_every_kind_and_reuses_it(prefect_server, eval_store):
     assert quant.num_rows == 3 * 3 * 2 * 3  # steps × layers (incl. embedding) × bits × granularities
     w8a8 = eval_store.read_dataset("evals/quant_model", where={"model": MODEL}).to_pylist()
     assert len(w8a8) == 3 and all(abs(r["ce_delta_token"]) < 0.1 for r in w8a8)
+    # Jaccard with the final dictionary, recomputed here from the stored atom labels
+    labels = {(r["step"], r["layer"]): set(zip(r["atom_seq"], r["atom_pos"], strict=True)) for r in itda.to_pylist()}
     similarity = eval_store.read_dataset("evals/itda_similarity", where={"model": MODEL}).to_pylist()
-    assert [r["jaccard_final"] for r in similarity if r["step"] == 48] == [1.0, 1.0]
+    assert {(r["step"], r["layer"]) for r in similarity} == set(labels)
+    for r in similarity:
+        mine, final = labels[(r["step"], r["layer"])], labels[(48, r["layer"])]
+        assert r["jaccard_final"] == pytest.approx(len(mine & final) / len(mine | final))
     joined = eval_store.read_dataset("evals/joined", where={"model": MODEL})
     assert joined.num_rows > 0 and None not in joined.column("ratio").to_pylist()
     corr = eval_store.read_dataset("evals/correlations", where={"model": MODEL})
@@ -51,8 +56,12 @@ def test_evaluate_writes_every_kind_and_reuses_it(prefect_server, eval_store):
 
     mtimes = {k: eval_store.fs.info(eval_store.path(k))["mtime"] for k in eval_store.list("evals/sae")}
     again = evaluate(**run)
-    assert {k: s["cached"] for k, s in again["summary"].items()} == {"sae": 3, "itda": 3, "quant": 3}
+    assert {k: s["skipped"] for k, s in again["summary"].items()} == {"sae": 3, "itda": 3, "quant": 3}
     assert mtimes == {k: eval_store.fs.info(eval_store.path(k))["mtime"] for k in eval_store.list("evals/sae")}
+    quant_before = {k: eval_store.fs.info(eval_store.path(k))["mtime"] for k in eval_store.list("evals/quant")}
+    refreshed = evaluate(**{**run, "kinds": ("quant",), "refresh": True})
+    assert refreshed["summary"]["quant"]["evaluated"] == 3  # refresh recomputes and rewrites
+    assert all(eval_store.fs.info(eval_store.path(k))["mtime"] != t for k, t in quant_before.items())
 
 
 def test_evaluate_refuses_bad_input_before_work(prefect_server, eval_store):

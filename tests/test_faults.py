@@ -4,6 +4,7 @@ and never loses or corrupts stored data. RELIABILITY.md summarises these runs.""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,7 +23,7 @@ import massive_activations.store as store_module
 from flows.capture import capture
 from flows.params import CaptureParams, PromptParams, SourceParams
 from massive_activations.store import Store, StoreError
-from tests.conftest import free_port, s3_options, serve_micro_as_pythia
+from tests.conftest import content_hashes, flow_runs_since, free_port, s3_options, serve_micro_as_pythia, task_runs_of
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "nx-l2-d32-h2"
@@ -33,11 +35,6 @@ def _capture(store: str, root: Path | str, steps: str = "0,8,16,24", **kw):
     return capture(models=[MODEL], steps=steps, store=store, suite="micro",
                    source=SourceParams(kind="folder", root=str(root)), prompts=PROMPTS, settings=SETTINGS,
                    device="cpu", **kw)
-
-
-def _hashes(store: Store, datasets=("stats", "ratios", "activations")) -> dict:
-    return {(d, tuple(sorted(p.items()))): store.partition_metadata(d, p)["content_hash"]
-            for d in datasets for p in store.partitions(d)}
 
 
 def _all_readable(store: Store, datasets=("stats", "ratios", "activations")) -> int:
@@ -65,7 +62,7 @@ def test_flaky_hub_with_a_truncated_body_gives_the_clean_runs_data(prefect_serve
     assert run(flaky, "hub-flaky")["captured"] == 3
     failures = [s for _, _, s in fake_hub.log if s >= 500]
     assert len(failures) >= 3 and {503, 504} <= set(failures) and fake_hub.truncate_next == 0
-    assert _hashes(flaky, ("stats", "ratios")) == _hashes(clean, ("stats", "ratios"))
+    assert content_hashes(flaky, ("stats", "ratios")) == content_hashes(clean, ("stats", "ratios"))
 
 
 def test_s3_server_stopped_mid_run_then_restarted(prefect_server, micro_root, tmp_path, monkeypatch):
@@ -81,28 +78,52 @@ def test_s3_server_stopped_mid_run_then_restarted(prefect_server, micro_root, tm
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     s3fs.S3FileSystem(**s3_options(endpoint)).mkdir("outage")
     store = Store("s3://outage/run")
-    outage = {"stopped": False}
+    outage: dict[str, float] = {}
 
     def cut_power() -> None:
         while not store.list("stats"):
             time.sleep(0.05)
         server.stop()
-        outage["stopped"] = True
+        outage["down"] = time.monotonic()
         time.sleep(3)
         server.start()  # moto keeps its buckets in this process, like a real server keeps its disk
+        outage["up"] = time.monotonic()
 
+    class Retries(logging.Handler):
+        """Counts the S3 client's retry messages (s3fs and botocore log each retry at DEBUG)."""
+
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.count = 0
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.count += "retr" in record.getMessage().lower()
+
+    retries = Retries()
+    loggers = [logging.getLogger(name) for name in ("s3fs", "botocore", "aiobotocore")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(retries)
+        lg.setLevel(logging.DEBUG)
     watcher = threading.Thread(target=cut_power, daemon=True)
     watcher.start()
     try:
+        started = time.monotonic()
         first = _capture(store.url, micro_root, steps="0,8,16,24,32,40,48", return_state=True)
+        ended = time.monotonic()
         watcher.join(timeout=60)
-        assert outage["stopped"]
-        assert first.is_final()
+        assert started < outage["down"] < outage["up"] < ended  # the whole outage fell inside the run
+        task_retries = sum(r.run_count - 1 for r in task_runs_of(first.state_details.flow_run_id))
+        # retried by the S3 client within a task, or by Prefect (a task that failed through it)
+        assert retries.count + task_retries >= 1, "nothing was retried through the outage"
         rerun = _capture(store.url, micro_root, steps="0,8,16,24,32,40,48")  # completes whatever did not
-        assert rerun["captured"] + rerun["skipped"] + rerun["cached"] == 7 and not rerun["failed"]
+        assert rerun["captured"] + rerun["skipped"] == 7 and not rerun["failed"]
         assert sorted(p["step"] for p in store.partitions("stats")) == [0, 8, 16, 24, 32, 40, 48]
         assert _all_readable(store) == 7 * (1 + 1 + 3)  # stats, ratios, activations × 3 layers: no partial object
     finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.removeHandler(retries)
+            lg.setLevel(level)
         server.stop()
         s3fs.S3FileSystem.clear_instance_cache()
 
@@ -204,14 +225,17 @@ def test_two_runs_at_once_on_one_store(prefect_server, micro_root, tmp_path):
            "--samples", "8", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_LOGGING_LEVEL": "WARNING",
            "PREFECT_API_URL": PREFECT_API_URL.value()}
+    since = datetime.now(timezone.utc)
     runs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     outputs = [r.communicate(timeout=600) for r in runs]
     assert [r.returncode for r in runs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    a, b = flow_runs_since("capture", since)  # the two runs, as the API recorded them …
+    assert a.start_time < b.end_time and b.start_time < a.end_time  # … were running at the same time
     assert sorted(p["step"] for p in store.partitions("stats")) == [0, 8, 16, 24, 32]
     files = [k for d in ("stats", "ratios", "activations") for k in store.list(d)]
     assert len(files) == len(set(files)) == 5 * (1 + 1 + 3)
     assert all(Path(k).name == "part-0.parquet" for k in files)
     single = Store(tmp_path / "single")
     _capture(single.url, micro_root, steps="0,8,16,24,32")
-    assert _hashes(store) == _hashes(single)
+    assert content_hashes(store) == content_hashes(single)

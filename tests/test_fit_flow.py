@@ -49,8 +49,13 @@ def test_fit_flow_end_to_end(prefect_server, store):
 
     before = store.fs.info(store.path("fits/model=nx-l2-d32-h2/part-0.parquet"))["mtime"]
     second = fit(store=store.url, series=SERIES)
-    assert all(r["status"] in ("skipped", "fitted") for r in second["results"].values())
+    assert all(r["status"] == "skipped" for r in second["results"].values())  # the store said so
     assert store.fs.info(store.path("fits/model=nx-l2-d32-h2/part-0.parquet"))["mtime"] == before
+
+    refreshed = fit(store=store.url, series=SERIES, models=["nx-l2-d32-h2"], refresh=True)
+    assert refreshed["results"]["nx-l2-d32-h2"]["status"] == "fitted"  # refresh refits and rewrites
+    assert store.fs.info(store.path("fits/model=nx-l2-d32-h2/part-0.parquet"))["mtime"] > before
+    before = store.fs.info(store.path("fits/model=nx-l2-d32-h2/part-0.parquet"))["mtime"]
 
     # New data for one model: that model is re-fitted, the other is not.
     other = store.fs.info(store.path("fits/model=nx-l3-d32-h4/part-0.parquet"))["mtime"]

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import shutil
 
 import pytest
 
 from flows.monitor import monitor, split_run_url
 from flows.params import PromptParams
+from massive_activations import regression as R
 from massive_activations.store import Store
+from tests.test_regression import synthetic
 
 MODEL = "nx-l2-d32-h2"
+
+
+def write_regressors(store: Store) -> None:
+    """Real regressors (Ridge on the synthetic known-function fits) on the store, as regress would save them."""
+    data = synthetic()
+    config = dataclasses.replace(R.CONFIGS["project"], regressors=("ridge",), targets=R.RAW_TARGETS)
+    lomo, _ = R.leave_one_model_out(data, config)
+    store.write_bytes("regressors/series=ratio/model.skops",
+                      R.dump_bundle(R.fit_final(data, R.choose_best(lomo), lomo, config=config)))
+    store.write_json("regressors/series=ratio/metadata.json", {"max_step": 48, "inputs": {"synthetic": True}})
 
 
 def test_monitor_captures_only_new_checkpoints_and_keeps_each_forecast(prefect_server, micro_root, tmp_path):
@@ -31,14 +45,18 @@ def test_monitor_captures_only_new_checkpoints_and_keeps_each_forecast(prefect_s
     arrive(8)
     second = monitor(checkpoints=str(run), store=store.url, prompts=prompts, device="cpu")
     assert second["status"] == "forecast" and second["capture"]["captured"] == 4  # only the new ones
-    assert second["capture"]["skipped"] + second["capture"]["cached"] == 4
+    assert second["capture"]["skipped"] == 4
+    assert all(math.isnan(r["predicted_K"]) for r in second["forecast"])  # no regressors yet: the fit alone
+    write_regressors(store)
     arrive(len(steps))
     third = monitor(checkpoints=str(run), store=store.url, prompts=prompts, device="cpu")
     assert third["capture"]["captured"] == len(steps) - 8 and third["latest_step"] == steps[-1]
     forecasts = store.read_dataset("forecasts", where={"model": "my-run"})
     assert sorted(set(forecasts.column("step").to_pylist())) == [steps[7], steps[-1]]
     assert set(forecasts.column("layer").to_pylist()) == {0, 1}
-    assert all(r["K"] is not None and r["n_checkpoints"] in (8, len(steps)) for r in forecasts.to_pylist())
+    assert all(math.isfinite(r["K"]) and r["n_checkpoints"] in (8, len(steps)) for r in forecasts.to_pylist())
+    # with regressors on the store, the architecture prior stands beside each layer's fit
+    assert all(math.isfinite(r["predicted_K"]) for r in third["forecast"])
     assert store.exists("plots/forecasts/my-run.png")
 
 

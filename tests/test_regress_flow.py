@@ -52,6 +52,13 @@ def test_regress_then_predict(fitted):
     summary = Artifact.get("regression-summary")
     assert summary is not None and "Paper configuration, paper protocol" in summary.data
 
+    scores_key = fitted.partition_key("regression_scores", {"series": "ratio"})
+    written = fitted.fs.info(fitted.path(scores_key))["mtime"]
+    again = regress(store=fitted.url, regressors=("ridge", "random_forest"))
+    assert again["chosen"] == result["chosen"] and fitted.fs.info(fitted.path(scores_key))["mtime"] == written
+    regress(store=fitted.url, regressors=("ridge", "random_forest"), refresh=True)
+    assert fitted.fs.info(fitted.path(scores_key))["mtime"] > written  # refresh retrains and rewrites
+
     out = predict(ArchitectureParams(n_layers=4, d_model=32, n_heads=2, name="new-l4"), store=fitted.url)
     assert [r["layer"] for r in out["rows"]] == [0, 1, 2, 3]
     stored = fitted.read_dataset("predictions", where={"arch": "new-l4"})

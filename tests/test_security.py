@@ -90,8 +90,11 @@ def test_a_model_name_with_a_path_is_refused_before_work(prefect_server, micro_r
     assert not (tmp_path / "s" / "stats").exists()
 
 
-def test_the_server_binds_to_loopback_by_default():
-    from prefect.settings import PREFECT_SERVER_API_HOST
-
-    assert PREFECT_SERVER_API_HOST.value() == "127.0.0.1"
-    assert "--host 0.0.0.0" not in (ROOT / "README.md").read_text().split("## Exposing")[0]
+def test_nothing_the_project_runs_or_tells_you_to_run_exposes_the_server():
+    """The README's server commands (before its section on exposing the server on purpose) and the
+    project's own entry points leave the API on loopback: no --host, no PREFECT_SERVER_API_HOST."""
+    readme = (ROOT / "README.md").read_text().split("## Exposing")[0]
+    starts = [line for line in readme.splitlines() if "prefect server start" in line]
+    assert starts and not [line for line in starts if "--host" in line or "API_HOST" in line]
+    for path in ("Makefile", ".ci/run", "deployments/serve.py", "deployments/prefect.yaml"):
+        assert "PREFECT_SERVER_API_HOST" not in (ROOT / path).read_text(), path

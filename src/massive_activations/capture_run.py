@@ -17,7 +17,6 @@ import torch
 
 from massive_activations.capture import CODE_MODULES, CaptureSettings, capture, layer_ratios
 from massive_activations.checkpoints import CheckpointSource, load_checkpoint
-from massive_activations.provenance import module_version
 from massive_activations.store import Store
 
 log = logging.getLogger(__name__)
@@ -31,19 +30,14 @@ def capture_inputs(model: str, step: int, source: CheckpointSource, prompt_set: 
             "settings": asdict(settings)}
 
 
-def is_captured(store: Store, inputs: dict[str, Any]) -> bool:
-    meta = store.partition_metadata(STATS, {"model": inputs["model"], "step": inputs["step"]})
-    return bool(meta) and meta.get("inputs") == inputs and meta.get("code_version") == module_version(*CODE_MODULES)
-
-
 def capture_to_store(store: Store, source: CheckpointSource, model: str, step: int, prompt_set: str,
                      tokens: np.ndarray, settings: CaptureSettings, device: str = "auto",
-                     dtype: str = "float32") -> dict[str, Any]:
-    """Capture (model, step) unless already on the store with the same inputs; say which happened."""
+                     dtype: str = "float32", force: bool = False) -> dict[str, Any]:
+    """Capture (model, step) unless already on the store with the same inputs (``force``: anyway);
+    say which happened."""
     inputs = capture_inputs(model, step, source, prompt_set, settings)
     part = {"model": model, "step": step}
-    if is_captured(store, inputs):
-        meta = store.partition_metadata(STATS, part) or {}
+    if not force and (meta := store.current(STATS, part, inputs, CODE_MODULES)):
         return {"model": model, "step": step, "status": "skipped", "stats_hash": meta.get("content_hash")}
     ckpt = load_checkpoint(source, model, step, device=device, dtype=dtype)
     try:

@@ -8,12 +8,29 @@ between a metric and the ratio across checkpoints, per (model, layer, kind, vari
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 from scipy.stats import spearmanr
 
+from massive_activations.eval_run import CODE_MODULES as EVAL_MODULES
 from massive_activations.eval_run import EVALS, ITDA_SIMILARITY, QUANT_MODEL
+from massive_activations.plots import plot_eval_metrics
 from massive_activations.store import Store, StoreError
+
+CODE_MODULES = EVAL_MODULES + ("massive_activations.eval_report", "massive_activations.plots")
+# The figure of each evaluation: (kind, variant, metric) panels
+PANELS = {
+    "sae": [("sae", "topk-unmasked", "explained_variance"), ("sae", "topk-masked", "explained_variance"),
+            ("sae", "topk-unmasked", "ce_loss_score"), ("sae", "relu-unmasked", "explained_variance"),
+            ("sae", "relu-unmasked", "l0"), ("sae", "topk-unmasked", "dead_fraction")],
+    "itda": [("itda", "itda", "explained_variance"), ("itda", "itda", "ce_loss_score"),
+             ("itda_similarity", "itda_similarity", "jaccard_final")],
+    "quant": [("quant", "int8-tensor", "sqnr_db"), ("quant", "int8-token", "sqnr_db"),
+              ("quant", "int8-channel", "sqnr_db"), ("quant", "int4-tensor", "sqnr_db"),
+              ("quant", "int8-tensor", "topk_error_share"), ("quant_model", "w8a8", "ce_delta_tensor")],
+}
 
 CHECKPOINT_LAYER = -2
 # dataset -> metrics joined with the ratio
@@ -72,3 +89,23 @@ def correlations(joined: pa.Table, min_points: int = 4) -> pa.Table:
         rows.append({"model": model, "layer": layer, "kind": kind, "variant": variant, "metric": metric,
                      "spearman_rho": rho, "p_value": p, "n_checkpoints": len(pts)})
     return pa.Table.from_pylist(rows)
+
+
+def report_to_store(store: Store, model: str, kinds: list[str], eval_hashes: list[str],
+                    force: bool = False) -> dict[str, Any]:
+    """Joined view and correlations (``evals/joined``, ``evals/correlations``) and one figure per kind,
+    unless the store holds them for these evaluations (given by their hashes)."""
+    inputs, part = {"model": model, "kinds": sorted(kinds), "eval_hashes": eval_hashes}, {"model": model}
+    figures = {kind: f"plots/evals/{model}-{kind}.png" for kind in kinds}
+    if not force and store.current(f"{EVALS}/correlations", part, inputs, CODE_MODULES):
+        corr = store.read_partition(f"{EVALS}/correlations", part)
+        return {"model": model, "status": "skipped", "figures": figures,
+                "correlations": [{"model": model, **r} for r in corr.to_pylist()]}
+    joined = joined_view(store, [model])
+    corr = correlations(joined)
+    for kind, key in figures.items():
+        store.write_bytes(key, plot_eval_metrics(joined, model, PANELS[kind]))
+    for name, table in (("joined", joined), ("correlations", corr)):  # correlations last: it marks the report done
+        store.write_partition(f"{EVALS}/{name}", part, table.drop_columns(["model"]), inputs=inputs,
+                              code_modules=CODE_MODULES, overwrite=True)
+    return {"model": model, "status": "computed", "figures": figures, "correlations": corr.to_pylist()}

@@ -24,7 +24,6 @@ import torch
 from massive_activations.capture_run import ACTIVATIONS
 from massive_activations.checkpoints import CheckpointSource, load_checkpoint
 from massive_activations.itda import ITDADictionary, ITDASettings, itda, jaccard, layer_matching_score, matching_pursuit
-from massive_activations.provenance import module_version, stable_hash
 from massive_activations.quantization import activation_quantization, outlier_dims, w8a8
 from massive_activations.sae import SAESettings, massive_threshold, reconstruction_metrics, token_mask, train_sae
 from massive_activations.splice import ce_loss_score, lm_loss, loss_with_layer, zero_ablation
@@ -121,12 +120,11 @@ def sampled_layers(store: Store, model: str, step: int) -> list[int]:
 
 def samples_hash(store: Store, model: str, step: int) -> str:
     """One hash over the content hashes of a checkpoint's activation samples: the evaluations' data input."""
-    layers = sampled_layers(store, model, step)
-    if not layers:
+    found = store.partitions_hash(ACTIVATIONS, {"model": model, "step": step})
+    if found is None:
         raise ValueError(f"no activation samples for {model} step {step} on {store.url}; capture with "
                          "samples_per_layer > 0 first")
-    return stable_hash([(layer, (store.partition_metadata(ACTIVATIONS, {"model": model, "step": step, "layer": layer})
-                                 or {}).get("content_hash")) for layer in layers])
+    return found
 
 
 def eval_inputs(model: str, step: int, kind: str, source: CheckpointSource, prompt_set: str, activations: str,
@@ -135,11 +133,6 @@ def eval_inputs(model: str, step: int, kind: str, source: CheckpointSource, prom
         raise ValueError(f"unknown evaluation {kind!r}; choose from {', '.join(KINDS)}")
     return {"model": model, "step": step, "kind": kind, "source": source.describe(), "prompt_set": prompt_set,
             "activations_hash": activations, "settings": asdict(settings)}
-
-
-def is_evaluated(store: Store, inputs: dict[str, Any]) -> bool:
-    meta = store.partition_metadata(f"{EVALS}/{inputs['kind']}", {"model": inputs["model"], "step": inputs["step"]})
-    return bool(meta) and meta.get("inputs") == inputs and meta.get("code_version") == module_version(*CODE_MODULES)
 
 
 class Splicer:
@@ -268,13 +261,14 @@ def rows_table(rows: list[dict]) -> pa.Table:
 
 
 def evaluate_to_store(store: Store, source: CheckpointSource, model: str, step: int, kind: str, prompt_set: str,
-                      tokens: np.ndarray, settings: EvalSettings, device: str = "auto") -> dict[str, Any]:
-    """Evaluate (model, step) with one kind unless the store holds it with the same inputs; say which happened."""
+                      tokens: np.ndarray, settings: EvalSettings, device: str = "auto",
+                      force: bool = False) -> dict[str, Any]:
+    """Evaluate (model, step) with one kind unless the store holds it with the same inputs (``force``:
+    anyway); say which happened."""
     inputs = eval_inputs(model, step, kind, source, prompt_set, samples_hash(store, model, step), settings)
     dataset, part = f"{EVALS}/{kind}", {"model": model, "step": step}
-    if is_evaluated(store, inputs):
-        return {"model": model, "step": step, "kind": kind, "status": "skipped",
-                "hash": (store.partition_metadata(dataset, part) or {}).get("content_hash")}
+    if not force and (meta := store.current(dataset, part, inputs, CODE_MODULES)):
+        return {"model": model, "step": step, "kind": kind, "status": "skipped", "hash": meta.get("content_hash")}
     train_seqs, held_seqs = split_sequences(len(tokens), settings.heldout_fraction, settings.seed)
     layers = [layer for layer in sampled_layers(store, model, step) if layer >= 0 or kind == "quant"]
     samples = {layer: read_samples(store, model, step, layer) for layer in layers}
@@ -315,3 +309,13 @@ def itda_similarity(store: Store, model: str) -> pa.Table:
                          "jaccard_final": jaccard(labels, by_step[final].get(layer, [])),
                          "layer_matching_final": matching})
     return pa.Table.from_pylist(rows)
+
+
+def similarity_to_store(store: Store, model: str, itda_hashes: list[str], force: bool = False) -> dict[str, Any]:
+    """``evals/itda_similarity/model=…`` from the model's ITDA evaluations (given by their hashes)."""
+    inputs, part = {"model": model, "itda_hashes": itda_hashes}, {"model": model}
+    if not force and (meta := store.current(ITDA_SIMILARITY, part, inputs, CODE_MODULES)):
+        return {"model": model, "status": "skipped", "hash": meta.get("content_hash")}
+    written = store.write_partition(ITDA_SIMILARITY, part, itda_similarity(store, model), inputs=inputs,
+                                    code_modules=CODE_MODULES, overwrite=True)
+    return {"model": model, "status": "computed", "hash": written.content_hash, "rows": written.rows}

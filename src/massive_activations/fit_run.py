@@ -1,7 +1,7 @@
-"""Fit every (layer, series) of a model from the ratios on the store, and write ``fits/``.
+"""Fit every (layer, series) of a model from the ratios on the store; write ``fits/`` and its figures.
 
 A model's fits are redone only when its inputs change: the content hashes of its ``ratios/``
-partitions, the series, the fit settings or the fit code.
+partitions, the series, the fit settings or the fit (or figure) code.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from massive_activations.emergence import FitSettings, SeriesError, curve_grid, fit_emergence
-from massive_activations.provenance import module_version, stable_hash
+from massive_activations.plots import plot_depth_curves, plot_layer_fits
 from massive_activations.store import Store
 
 FITS, COMPARISON = "fits", "fit_comparison"
-CODE_MODULES = ("massive_activations.emergence", "massive_activations.fit_run")
+CODE_MODULES = ("massive_activations.emergence", "massive_activations.fit_run", "massive_activations.plots")
 # series name -> (column of ratios/, column of its spread over sequences)
 SERIES = {"ratio": ("ratio", "ratio_std"), "top1": ("top1", "top1_std"),
           "median": ("median", "median_std"), "ratio_excl0": ("ratio_excl0", None)}
@@ -34,22 +34,15 @@ def check_series_names(series: list[str]) -> list[str]:
 
 def ratios_hash(store: Store, model: str) -> str:
     """One hash over the content hashes of all of a model's ratios partitions."""
-    parts = sorted(p["step"] for p in store.partitions("ratios") if p["model"] == model)
-    if not parts:
+    found = store.partitions_hash("ratios", {"model": model})
+    if found is None:
         raise ValueError(f"no ratios for model {model!r} on {store.url}; run the capture first")
-    hashes = [(s, (store.partition_metadata("ratios", {"model": model, "step": s}) or {}).get("content_hash"))
-              for s in parts]
-    return stable_hash(hashes)
+    return found
 
 
 def fit_inputs(store: Store, model: str, series: list[str], settings: FitSettings) -> dict[str, Any]:
     return {"model": model, "ratios_hash": ratios_hash(store, model), "series": sorted(series),
             "settings": asdict(settings)}
-
-
-def is_fitted(store: Store, inputs: dict[str, Any]) -> bool:
-    meta = store.partition_metadata(FITS, {"model": inputs["model"]})
-    return bool(meta) and meta.get("inputs") == inputs and meta.get("code_version") == module_version(*CODE_MODULES)
 
 
 def fit_table(ratios: pa.Table, series: list[str], settings: FitSettings) -> pa.Table:
@@ -91,19 +84,29 @@ def comparison_table(fits: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
+def figure_keys(model: str, series: list[str]) -> dict[str, str]:
+    return {f"{name}-{kind}": f"plots/fits/{model}-{name}-{kind}.png"
+            for name in series for kind in ("layers", "depth")}
+
+
 def fit_model(store: Store, model: str, series: list[str], settings: FitSettings = FitSettings(),
-              ) -> dict[str, Any]:
-    """Fit a model unless its fits on the store already match; say which happened."""
+              force: bool = False) -> dict[str, Any]:
+    """Fit a model and render its figures, unless its fits on the store already match (``force``:
+    anyway); say which happened."""
     check_series_names(series)
     inputs = fit_inputs(store, model, series, settings)
-    if is_fitted(store, inputs):
-        meta = store.partition_metadata(FITS, {"model": model}) or {}
-        return {"model": model, "status": "skipped", "fits_hash": meta.get("content_hash")}
+    if not force and (meta := store.current(FITS, {"model": model}, inputs, CODE_MODULES)):
+        return {"model": model, "status": "skipped", "fits_hash": meta.get("content_hash"),
+                "figures": figure_keys(model, series)}
     ratios = store.read_dataset("ratios", where={"model": model})
     fits = fit_table(ratios.filter(pc.greater_equal(ratios.column("layer"), 0)), series, settings)
     comparison = store.write_partition(COMPARISON, {"model": model}, comparison_table(fits), inputs=inputs,
                                        code_modules=CODE_MODULES, overwrite=True)
+    figures = figure_keys(model, series)
+    for name in series:  # before the fits: a fit on the store always has its figures
+        store.write_bytes(figures[f"{name}-layers"], plot_layer_fits(fits, model, name))
+        store.write_bytes(figures[f"{name}-depth"], plot_depth_curves(fits, model, name))
     written = store.write_partition(FITS, {"model": model}, fits, inputs=inputs, code_modules=CODE_MODULES,
                                     overwrite=True)
     return {"model": model, "status": "fitted", "fits_hash": written.content_hash,
-            "comparison_hash": comparison.content_hash, "rows": written.rows}
+            "comparison_hash": comparison.content_hash, "rows": written.rows, "figures": figures}

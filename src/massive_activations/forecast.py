@@ -8,11 +8,16 @@ estimate tightens as training goes on.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from massive_activations.architecture import resolve_architecture
+from massive_activations.fit_run import FITS
+from massive_activations.plots import plot_forecast_history
+from massive_activations.regress_run import has_regressors, predict
 from massive_activations.store import Store
 
 FORECASTS = "forecasts"
@@ -29,7 +34,8 @@ def forecast_rows(fits: pa.Table, predicted: list[dict[str, Any]] | None, series
         rows.append({"layer": fit["layer"], "K": fit["K"], "se_K": fit["se_K"], "t_peak": fit["t_peak"],
                      "peak_class": fit["peak_class"], "identified": fit["identified"], "r2": fit["r2"],
                      "n_checkpoints": fit["n_points"], "last_ratio": fit["values"][-1],
-                     "predicted_K": p.get("K"), "predicted_t_peak": p.get("t_peak")})
+                     # NaN, not None, without a prior: forecasts with and without one share a schema
+                     "predicted_K": p.get("K", math.nan), "predicted_t_peak": p.get("t_peak", math.nan)})
     return rows
 
 
@@ -37,3 +43,17 @@ def record_forecast(store: Store, model: str, latest_step: int, rows: list[dict]
     written = store.write_partition(FORECASTS, {"model": model, "step": latest_step}, pa.Table.from_pylist(rows),
                                     inputs=inputs, code_modules=CODE_MODULES, overwrite=True)
     return written.key
+
+
+def forecast_to_store(store: Store, model: str, latest_step: int, config_path: str,
+                      series: str = "ratio") -> dict[str, Any]:
+    """This forecast (with the architecture prior when regressors exist on the store), recorded under
+    ``forecasts/``, and the history figure of all forecasts of the run."""
+    predicted = (predict(store, resolve_architecture(config_path), None, series)["rows"]
+                 if has_regressors(store, series) else None)
+    rows = forecast_rows(store.read_partition(FITS, {"model": model}), predicted, series)
+    key = record_forecast(store, model, latest_step, rows, {"model": model, "latest_step": latest_step,
+                                                            "with_prior": predicted is not None})
+    figure = f"plots/forecasts/{model}.png"
+    store.write_bytes(figure, plot_forecast_history(store.read_dataset(FORECASTS, where={"model": model}), model))
+    return {"rows": rows, "key": key, "figure": figure, "with_prior": predicted is not None}

@@ -263,13 +263,14 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def build_suite(spec: SuiteSpec, store: Store, workers: int = 1) -> dict[str, dict[str, Any]]:
-    """Train every model of the suite not already complete on the store; return all manifests.
+def build_suite(spec: SuiteSpec, store: Store, workers: int = 1, force: bool = False) -> dict[str, dict[str, Any]]:
+    """Train every model of the suite not already complete on the store (``force``: every model);
+    return all manifests.
 
     With ``workers > 1`` models train in separate processes (one torch thread each), which uses
     small CPUs far better than threads: these models are too small for intra-op parallelism.
     """
-    done = built_models(spec, store)
+    done = {} if force else built_models(spec, store)
     todo = [m.name for m in spec.models if m.name not in done]
     if workers <= 1 or len(todo) <= 1:
         for name in todo:

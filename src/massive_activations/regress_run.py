@@ -20,7 +20,7 @@ from massive_activations.architecture import FEATURES, feature_matrix
 from massive_activations.catalog import PYTHIA, Architecture, pythia_model
 from massive_activations.fit_run import FITS
 from massive_activations.plots import plot_partial_dependence, plot_predicted_curves
-from massive_activations.provenance import library_versions, module_version, stable_hash
+from massive_activations.provenance import library_versions, module_version
 from massive_activations.store import Store
 
 CODE_MODULES = ("massive_activations.regression", "massive_activations.architecture",
@@ -48,14 +48,11 @@ def architecture_of(store: Store, model: str) -> Architecture:
     raise ValueError(f"no architecture for {model!r}: not a Pythia model and no suite manifest on {store.url}")
 
 
-def fits_hash(store: Store, models: list[str]) -> str:
-    return stable_hash({m: (store.partition_metadata(FITS, {"model": m}) or {}).get("content_hash") for m in models})
-
-
 def train(store: Store, series: str = "ratio", seed: int = 0,
-          regressors: tuple[str, ...] = tuple(R.REGRESSORS)) -> dict[str, Any]:
+          regressors: tuple[str, ...] = tuple(R.REGRESSORS), force: bool = False) -> dict[str, Any]:
     """Both configurations under both protocols, the peak classifier, the chosen models (saved, from
-    the project configuration's leave-one-model-out scores), importances and figures.
+    the project configuration's leave-one-model-out scores), importances and figures; skipped when
+    the store holds them for the same fits and settings (``force``: anyway).
 
     ``regressors`` narrows the project configuration; the paper configuration keeps its own five."""
     unknown = [r for r in regressors if r not in R.REGRESSORS]
@@ -67,10 +64,16 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
     if not rows:
         raise ValueError(f"no fits of series {series!r} on {store.url}; run the fit flow first")
     models = sorted({r["model"] for r in rows})
-    data = R.build_dataset(rows, {m: architecture_of(store, m) for m in models})
-    inputs = {"series": series, "seed": seed, "regressors": list(regressors), "fits_hash": fits_hash(store, models),
-              "models": models}
+    inputs = {"series": series, "seed": seed, "regressors": list(regressors),
+              "fits_hash": store.partitions_hash(FITS, {"model": models}), "models": models}
     part = {"series": series}
+    prefix = f"regressors/series={series}"
+    if not force and store.current("regression_scores", part, inputs, CODE_MODULES) and has_regressors(store, series):
+        meta = store.read_json(f"{prefix}/metadata.json")
+        return {"series": series, "status": "skipped", "chosen": meta["chosen"], "scores": meta["scores"],
+                "classes": meta["classes"], "figures": meta["figures"], "model_key": f"{prefix}/model.skops",
+                "n_rows": meta["training_rows"]}
+    data = R.build_dataset(rows, {m: architecture_of(store, m) for m in models})
     paper, lomo = [], []
     for config in (project, R.CONFIGS["paper"]):
         paper += R.paper_protocol(data, config, seed)
@@ -92,21 +95,21 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
         store.write_bytes(key, plot_partial_dependence(entry["final"], data.X, [FEATURES.index(f) for f in top],
                                                        list(FEATURES), f"{target} ({entry['regressor']})"))
         figures[target] = key
-    store.write_partition("regression_scores", part, pa.Table.from_pylist(paper + lomo), inputs=inputs,
-                          code_modules=CODE_MODULES, overwrite=True)
     store.write_partition("regression_classes", part, pa.Table.from_pylist(classes), inputs=inputs,
                           code_modules=CODE_MODULES, overwrite=True)
     store.write_partition("regression_importance", part, pa.Table.from_pylist(importance), inputs=inputs,
                           code_modules=CODE_MODULES, overwrite=True)
-    prefix = f"regressors/series={series}"
     store.write_bytes(f"{prefix}/model.skops", R.dump_bundle(bundle))
     metadata = {"features": list(FEATURES), "targets": list(R.TARGETS), "chosen": best,
                 "rmse_unseen": {t: bundle[t]["rmse_unseen"] for t in best}, "inputs": inputs,
-                "training_rows": len(data.groups), "scores": paper + lomo, "classes": classes,
+                "training_rows": len(data.groups), "scores": paper + lomo, "classes": classes, "figures": figures,
                 "max_step": max(max(r["steps"]) for r in rows),
                 "code_version": module_version(*CODE_MODULES), "libraries": library_versions()}
     store.write_json(f"{prefix}/metadata.json", metadata)
-    return {"series": series, "chosen": best, "scores": paper + lomo, "classes": classes,
+    # last: its provenance is what marks this training as done (Store.current)
+    store.write_partition("regression_scores", part, pa.Table.from_pylist(paper + lomo), inputs=inputs,
+                          code_modules=CODE_MODULES, overwrite=True)
+    return {"series": series, "status": "trained", "chosen": best, "scores": paper + lomo, "classes": classes,
             "figures": figures, "model_key": f"{prefix}/model.skops", "n_rows": len(data.groups)}
 
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from massive_activations.provenance import provenance
+from massive_activations.provenance import module_version, provenance, stable_hash
 
 METADATA_KEY = b"massive_activations"
 PART_FILE = "part-0.parquet"
@@ -233,6 +233,33 @@ class Store:
             return None
         raw = (schema.metadata or {}).get(METADATA_KEY)
         return json.loads(raw) if raw else {}
+
+    def current(self, dataset: str, partition: Mapping[str, Any], inputs: Mapping[str, Any],
+                code_modules: tuple[str, ...]) -> dict[str, Any] | None:
+        """The partition's provenance when it was computed from exactly these inputs by this version of
+        the code, else None.
+
+        The one skip-or-compute decision of every stage: the store's provenance is the cache, so a
+        result is reused wherever the store goes (another process, machine or orchestrator).
+        """
+        meta = self.partition_metadata(dataset, partition)
+        wanted = json.loads(json.dumps(dict(inputs), default=str))  # as stored: tuples become lists
+        if meta and meta.get("inputs") == wanted and meta.get("code_version") == module_version(*code_modules):
+            return meta
+        return None
+
+    def partitions_hash(self, dataset: str, where: Mapping[str, Any | Iterable[Any]]) -> str | None:
+        """One hash over the content hashes of the partitions matching ``where`` (None when none does):
+        what a later stage records as its data input."""
+        def matches(part: dict[str, Any]) -> bool:
+            return all(part.get(k) in v if isinstance(v, (list, tuple, set, frozenset)) else part.get(k) == v
+                       for k, v in where.items())
+
+        found = sorted((p for p in self.partitions(dataset) if matches(p)), key=lambda p: sorted(p.items()))
+        if not found:
+            return None
+        return stable_hash([[sorted(p.items()), (self.partition_metadata(dataset, p) or {}).get("content_hash")]
+                            for p in found])
 
     def partitions(self, dataset: str) -> list[dict[str, Any]]:
         """The partitions present in a dataset, with keys typed as in PARTITION_TYPES."""

@@ -1,0 +1,40 @@
+"""Correlations of evaluation metrics with the ratio across checkpoints, against known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from massive_activations.eval_report import correlations
+
+
+def joined(values: list[float], ratios: list[float], metric: str = "explained_variance") -> pa.Table:
+    steps = [48 * i for i in range(len(values))]
+    return pa.Table.from_pylist([{"model": "m", "step": s, "layer": 1, "kind": "sae", "variant": "topk-unmasked",
+                                  "metric": metric, "value": v, "ratio": r}
+                                 for s, v, r in zip(steps, values, ratios, strict=True)])
+
+
+def test_spearman_rho_on_six_checkpoints_matches_the_rank_formula():
+    """No ties: ρ = 1 − 6·Σd² / (n(n² − 1)). Ranks of the metric 1..6 against ratio ranks 2,1,4,3,6,5:
+    Σd² = 6, so ρ = 1 − 36/210 = 0.828571…"""
+    ratio = [5.0, 7.0, 9.0, 11.0, 13.0, 15.0]
+    metric = [0.92, 0.90, 0.95, 0.93, 0.99, 0.96]  # ranks 2,1,4,3,6,5
+    row = correlations(joined(metric, ratio)).to_pylist()[0]
+    assert row["spearman_rho"] == pytest.approx(1 - 6 * 6 / (6 * 35))
+    assert row["n_checkpoints"] == 6 and 0 < row["p_value"] < 0.05
+
+
+def test_a_metric_falling_as_the_ratio_grows_has_rho_minus_one():
+    ratio = list(np.geomspace(5, 500, 7))
+    row = correlations(joined([1 / r for r in ratio], ratio)).to_pylist()[0]
+    assert row["spearman_rho"] == pytest.approx(-1.0) and row["p_value"] < 1e-3
+
+
+def test_too_few_checkpoints_or_a_constant_metric_give_no_rho():
+    """Fewer than 4 checkpoints, or nothing varying, is reported as NaN rather than a number."""
+    assert math.isnan(correlations(joined([0.1, 0.2, 0.3], [1.0, 2.0, 3.0])).to_pylist()[0]["spearman_rho"])
+    assert math.isnan(correlations(joined([0.5] * 5, [1.0, 2.0, 3.0, 4.0, 5.0])).to_pylist()[0]["spearman_rho"])
