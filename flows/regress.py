@@ -51,6 +51,8 @@ def regress(store: str = DEFAULT_STORE, series: str = "ratio", seed: int = 0,
     if len(models) < 2:
         raise ValueError(f"need fits of at least 2 models on {target.url}, found {models}")
     result = on_store(train_regressors, target)(target.url, series, seed, list(regressors), force=refresh)
+    if result["left_out"]:
+        get_run_logger().info("left out (no known architecture, e.g. monitored runs): %s", result["left_out"])
     scores = result["scores"]
     create_table_artifact(scores, key="regression-scores", description="R², MAE, RMSE per protocol, target, model")
     classes = "\n".join(f"- {c['protocol']}: accuracy {c['accuracy']:.2f} on {c['n_test']} rows (majority class "
@@ -79,5 +81,6 @@ def regress(store: str = DEFAULT_STORE, series: str = "ratio", seed: int = 0,
     get_run_logger().info("best leave-one-model-out R² per target: %s",
                           {t: round(v, 3) for t, v in best_lomo.items()})
     return {"chosen": result["chosen"], "best_lomo_r2": best_lomo, "model_key": result["model_key"],
+            "left_out": result["left_out"],
             "mean_best_lomo_r2": float(np.mean(raw)) if (raw := [best_lomo[t] for t in RAW_TARGETS
                                                                    if np.isfinite(best_lomo[t])]) else float("nan")}

@@ -24,14 +24,14 @@ from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 from prefect.tasks import exponential_backoff
 
 from massive_activations.catalog import CatalogError
-from massive_activations.checkpoints import CheckpointNotFoundError, CorruptCheckpointError
+from massive_activations.checkpoints import CheckpointNotFoundError, CorruptCheckpointError, HubUnreachableError
 from massive_activations.provenance import stable_hash
 from massive_activations.store import Store, StoreError
 
 RESULTS_KEY = "cache/prefect"
 # Errors that say the request itself is wrong: retrying cannot help, so these fail fast.
 NEVER_RETRY = (ValueError, TypeError, KeyError, CatalogError, CheckpointNotFoundError,
-               CorruptCheckpointError, StoreError, MemoryError)
+               CorruptCheckpointError, HubUnreachableError, StoreError, MemoryError)
 RETRIES = 3
 RETRY_DELAYS = exponential_backoff(backoff_factor=2)  # 2 s, 4 s, 8 s …
 RETRY_JITTER = 0.5

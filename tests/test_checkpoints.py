@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from massive_activations.checkpoints import (
     CorruptCheckpointError,
     FolderSource,
     HubSource,
+    HubUnreachableError,
     TransientSourceError,
     load_checkpoint,
     load_from_dir,
+    unreachable_reason,
 )
 from massive_activations.store import Store
 
@@ -75,6 +78,28 @@ def test_hub_gives_up_after_its_retries(fake_hub, micro_root, tmp_path, no_sleep
     ours = [s for s in no_sleep if s < 0.5]  # huggingface_hub's own waits are whole seconds
     assert len(ours) == 2  # exponential from 0.01 s, jittered by a factor in [0.5, 1.5)
     assert 0.005 <= ours[0] < 0.015 and 0.01 <= ours[1] < 0.03
+
+
+def test_offline_mode_fails_at_once_without_a_request(fake_hub, micro_root, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    _serve(fake_hub, micro_root)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    started = time.monotonic()
+    with pytest.raises(HubUnreachableError, match="offline mode is on"):
+        _hub(fake_hub, tmp_path).fetch("pythia-14m", 0)
+    assert time.monotonic() - started < 2 and not fake_hub.log  # not retried, nothing sent
+
+
+def test_an_unresolvable_host_is_final_and_a_503_is_not():
+    try:
+        try:
+            raise socket.gaierror(-2, "Name or service not known")
+        except socket.gaierror as dns:
+            raise ConnectionError("connect failed") from dns
+    except ConnectionError as err:
+        assert "host name does not resolve" in unreachable_reason(err)
+    assert unreachable_reason(ConnectionError("connection reset by peer")) == ""
 
 
 def test_hub_fails_fast_on_a_missing_revision(fake_hub, micro_root, tmp_path):

@@ -65,6 +65,23 @@ def test_flaky_hub_with_a_truncated_body_gives_the_clean_runs_data(prefect_serve
     assert content_hashes(flaky, ("stats", "ratios")) == content_hashes(clean, ("stats", "ratios"))
 
 
+def test_offline_mode_fails_the_capture_once_without_retries(prefect_server, fake_hub, micro_root, tmp_path,
+                                                             monkeypatch):
+    """HF_HUB_OFFLINE with an empty cache is final: nothing retried (Prefect's backoff alone would take
+    14 s, the source's own loop more), the reason in the error."""
+    import huggingface_hub.constants
+
+    prompts = serve_micro_as_pythia(fake_hub, micro_root, tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    started = time.monotonic()
+    state = capture(models=["pythia-14m"], steps="0", store=str(tmp_path / "s"), prompts=prompts,
+                    source=SourceParams(kind="hub", endpoint=fake_hub.url, cache_dir=str(tmp_path / "cache")),
+                    settings=CaptureParams(samples_per_layer=0), device="cpu", return_state=True)
+    assert state.is_failed() and "offline mode is on" in str(state.message)
+    assert time.monotonic() - started < 10 and not fake_hub.log
+    assert all(r.run_count <= 1 for r in task_runs_of(state.state_details.flow_run_id))
+
+
 def test_s3_server_stopped_mid_run_then_restarted(prefect_server, micro_root, tmp_path, monkeypatch):
     from moto.server import ThreadedMotoServer
 

@@ -73,3 +73,35 @@ def test_predict_rejects_bad_architectures_before_work(fitted):
         predict(ArchitectureParams(n_layers=4, d_model=64, n_heads=3), store=fitted.url)
     with pytest.raises(CatalogError, match="cannot read architecture 'gpt-7'"):
         predict("gpt-7", store=fitted.url)
+
+
+def test_predictions_are_named_from_what_they_predict(fitted, micro_root):
+    """Two configs in folders both called step48 get two predictions; a name taken by another
+    architecture is refused, not overwritten."""
+    regress(store=fitted.url, regressors=("ridge", "random_forest"))  # skipped if another test trained them
+    a = predict(str(micro_root / "nx-l2-d32-h2" / "step48" / "config.json"), store=fitted.url)
+    b = predict(str(micro_root / "nx-l3-d32-h4" / "step48" / "config.json"), store=fitted.url)
+    assert a["architecture"].startswith("config-l2-d32-h2-") and b["architecture"].startswith("config-l3-d32-h4-")
+    assert len(fitted.read_dataset("predictions", where={"arch": [a["architecture"], b["architecture"]]})) == 2 + 3
+    predict(ArchitectureParams(n_layers=4, d_model=32, n_heads=2, name="taken"), store=fitted.url)
+    predict(ArchitectureParams(n_layers=4, d_model=32, n_heads=2, name="taken"), store=fitted.url)  # same: fine
+    with pytest.raises(ValueError, match="already holds a different architecture"):
+        predict(ArchitectureParams(n_layers=6, d_model=32, n_heads=2, name="taken"), store=fitted.url)
+    assert len(fitted.read_dataset("predictions", where={"arch": "taken"})) == 4  # the first one, intact
+
+
+def test_a_monitored_run_on_the_store_changes_nothing_regress_learns(fitted, tmp_path):
+    """A run's fits without a known architecture (what `monitor` writes) are left out, not an error,
+    and the regressors trained before it arrived stay current."""
+    import shutil
+
+    store = Store(tmp_path / "store")
+    shutil.copytree(fitted.root, store.root)
+    before = regress(store=store.url, regressors=("ridge", "random_forest"))
+    scores_key = store.partition_key("regression_scores", {"series": "ratio"})
+    written = store.fs.info(store.path(scores_key))["mtime"]
+    run = store.read_partition("fits", {"model": "nx-l2-d32-h2"})
+    store.write_partition("fits", {"model": "my-run"}, run, inputs={"monitored": True})
+    after = regress(store=store.url, regressors=("ridge", "random_forest"))
+    assert after["left_out"] == ["my-run"] and after["chosen"] == before["chosen"]
+    assert store.fs.info(store.path(scores_key))["mtime"] == written  # same known fits: nothing retrained

@@ -4,7 +4,10 @@ user input cannot escape the store, and servers bind to loopback by default."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +101,13 @@ def test_nothing_the_project_runs_or_tells_you_to_run_exposes_the_server():
     assert starts and not [line for line in starts if "--host" in line or "API_HOST" in line]
     for path in ("Makefile", ".ci/run", "deployments/serve.py", "deployments/prefect.yaml"):
         assert "PREFECT_SERVER_API_HOST" not in (ROOT / path).read_text(), path
+
+
+def test_the_flows_turn_server_analytics_off_unless_told_otherwise():
+    code = ("import flows.capture; from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as s; "
+            "print(s.value())")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
+    run = lambda extra: subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, **extra},  # noqa: E731
+                                       capture_output=True, text=True, timeout=120).stdout.strip()
+    assert run({}) == "False"
+    assert run({"PREFECT_SERVER_ANALYTICS_ENABLED": "true"}) == "True"  # an explicit choice is kept

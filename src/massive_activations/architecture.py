@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from massive_activations.catalog import PYTHIA, Architecture, CatalogError, pythia_model
+from massive_activations.provenance import stable_hash
 
 FEATURES = ("rel_depth", "rel_depth2", "rel_depth3", "rel_depth_sqrt", "heads_per_dim", "mlp_ratio",
             "d_per_layer", "heads_per_layer", "log_d", "layer_x_layers",
@@ -70,8 +72,10 @@ def resolve_architecture(spec: str | dict[str, Any] | Architecture) -> Architect
             raise CatalogError(f"no config.json at {path}")
         from transformers import GPTNeoXConfig
 
-        config = GPTNeoXConfig(**json.loads(path.read_text()))
-        return Architecture.from_config(path.parent.name or "config", config)
+        arch = Architecture.from_config("config", GPTNeoXConfig(**json.loads(path.read_text())))
+        # named from what it is, never from its folder (checkpoints of different models share "step<N>")
+        fields = {k: v for k, v in arch.as_dict().items() if k != "name"}
+        return replace(arch, name=f"config-l{arch.n_layers}-d{arch.d_model}-h{arch.n_heads}-{stable_hash(fields)[:6]}")
     if spec.removeprefix("EleutherAI/").removeprefix("pythia-") in {k.removeprefix("pythia-") for k in PYTHIA}:
         return pythia_model(spec)
     raise CatalogError(f"cannot read architecture {spec!r}: give a Pythia name (e.g. pythia-410m), a path to a "

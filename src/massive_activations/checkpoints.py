@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -112,6 +113,24 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+class HubUnreachableError(Exception):
+    """Offline mode is on, or the endpoint's host name does not resolve: retrying cannot help."""
+
+
+def unreachable_reason(err: BaseException) -> str:
+    """Why the Hub cannot be reached at all ("" when it may be a passing fault), from the error's causes."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OfflineModeIsEnabled):
+            return "offline mode is on (HF_HUB_OFFLINE=1) and the file is not in the cache"
+        if isinstance(seen, socket.gaierror):
+            return f"the endpoint's host name does not resolve ({seen})"
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
 def _is_transient(err: BaseException) -> bool:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -161,6 +180,8 @@ class HubSource:
             except RepositoryNotFoundError as err:
                 raise CheckpointNotFoundError(f"no repository {repo!r} on {self.describe()['endpoint']}") from err
             except Exception as err:  # noqa: BLE001 - classified just below
+                if reason := unreachable_reason(err):
+                    raise HubUnreachableError(f"{repo}@{revision}/{filename}: {reason}") from err
                 if not _is_transient(err):
                     raise
                 if attempt == self.retries:

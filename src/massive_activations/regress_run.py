@@ -54,6 +54,9 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
     the project configuration's leave-one-model-out scores), importances and figures; skipped when
     the store holds them for the same fits and settings (``force``: anyway).
 
+    Only models whose architecture is known (Pythia, or a suite manifest on the store) are learnt
+    from; the others (a monitored run, say) are returned as ``left_out``.
+
     ``regressors`` narrows the project configuration; the paper configuration keeps its own five."""
     unknown = [r for r in regressors if r not in R.REGRESSORS]
     if unknown or not regressors:
@@ -63,7 +66,14 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
     rows = fits.filter(pc.equal(fits.column("series"), series)).to_pylist()
     if not rows:
         raise ValueError(f"no fits of series {series!r} on {store.url}; run the fit flow first")
-    models = sorted({r["model"] for r in rows})
+    known, left_out = {}, []
+    for model in sorted({r["model"] for r in rows}):
+        try:
+            known[model] = architecture_of(store, model)
+        except ValueError:
+            left_out.append(model)  # e.g. a monitored training run: its fits do not change what is learnt
+    rows = [r for r in rows if r["model"] in known]
+    models = sorted(known)
     inputs = {"series": series, "seed": seed, "regressors": list(regressors),
               "fits_hash": store.partitions_hash(FITS, {"model": models}), "models": models}
     part = {"series": series}
@@ -72,8 +82,8 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
         meta = store.read_json(f"{prefix}/metadata.json")
         return {"series": series, "status": "skipped", "chosen": meta["chosen"], "scores": meta["scores"],
                 "classes": meta["classes"], "figures": meta["figures"], "model_key": f"{prefix}/model.skops",
-                "n_rows": meta["training_rows"]}
-    data = R.build_dataset(rows, {m: architecture_of(store, m) for m in models})
+                "n_rows": meta["training_rows"], "left_out": left_out}
+    data = R.build_dataset(rows, known)
     paper, lomo = [], []
     for config in (project, R.CONFIGS["paper"]):
         paper += R.paper_protocol(data, config, seed)
@@ -110,7 +120,8 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
     store.write_partition("regression_scores", part, pa.Table.from_pylist(paper + lomo), inputs=inputs,
                           code_modules=CODE_MODULES, overwrite=True)
     return {"series": series, "status": "trained", "chosen": best, "scores": paper + lomo, "classes": classes,
-            "figures": figures, "model_key": f"{prefix}/model.skops", "n_rows": len(data.groups)}
+            "figures": figures, "model_key": f"{prefix}/model.skops", "n_rows": len(data.groups),
+            "left_out": left_out}
 
 
 def _importance(bundle: dict[str, dict[str, Any]], data: R.Dataset, seed: int) -> list[dict[str, Any]]:
@@ -159,6 +170,10 @@ def predict(store: Store, arch: Architecture, total_steps: int | None = None, se
     inputs = {"architecture": arch.as_dict(), "series": series, "total_steps": total,
               "regressors": metadata["inputs"]}
     part = {"arch": arch.name}
+    stored = (store.partition_metadata("predictions", part) or {}).get("inputs", {}).get("architecture")
+    if stored is not None and stored != arch.as_dict():
+        raise ValueError(f"predictions/arch={arch.name} already holds a different architecture ({stored}); "
+                         "give this one another name")
     written = store.write_partition("predictions", part, table, inputs=inputs, code_modules=CODE_MODULES,
                                     overwrite=True)
     key = f"plots/predictions/{arch.name}-{series}.png"
