@@ -15,7 +15,8 @@ from deployments.settings import monitor_environment  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    command = [sys.executable, "-m", "prefect", "deploy", "--prefect-file", str(HERE / "prefect.yaml"), "--all", *argv]
+    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(HERE / "prefect.yaml"),
+               "--all", *argv]
     return subprocess.run(command, cwd=HERE.parent, env={**os.environ, **monitor_environment()}).returncode
 
 

@@ -22,6 +22,8 @@ from flows.params import DEFAULT_STORE, CaptureParams, EvalParams, FitParams, Pr
 from flows.predict import ArchitectureParams, predict
 from flows.regress import regress
 from flows.runner import RunnerParams, task_runner
+from massive_activations.emergence import PEAK_CLASSES
+from massive_activations.fit_run import SHAPES
 from massive_activations.store import Store
 
 Stage = Literal["suite", "capture", "fit", "regress", "evaluate"]
@@ -117,6 +119,25 @@ def _report(out: dict) -> str:
     return "\n".join(lines)
 
 
+def _fit_lines(store: Store) -> list[str]:
+    """Peak classes, identification and the shapes' AIC wins over every fitted layer of the ratio."""
+    fits = [r for r in store.read_dataset("fits").to_pylist() if r["series"] == "ratio"]
+    classes = ", ".join(f"{c} {sum(r['peak_class'] == c for r in fits)}" for c in PEAK_CLASSES)
+    wins = {shape: sum(r["best_by_aic"] == shape for r in fits) for shape in SHAPES}
+    return [f"Peak classes (ratio, {len(fits)} layers): {classes}; raw parameters identified in "
+            f"{sum(r['identified'] for r in fits)}",
+            "Best shape by AIC (layers won): " + ", ".join(f"{k} {v}" for k, v in
+                                                            sorted(wins.items(), key=lambda kv: -kv[1]))]
+
+
+def _table3_line(store: Store) -> str:
+    """The paper configuration's 80/20 test R² for XGBoost, beside the paper's Table 3."""
+    rows = [r for r in store.read_dataset("regression_scores").to_pylist()
+            if (r["config"], r["protocol"], r["regressor"]) == ("paper", "random_80_20", "xgboost")]
+    return ("Paper configuration, XGBoost test R² (paper's Table 3): "
+            + ", ".join(f"{r['target']} {r['r2']:.2f} ({r['paper_r2']:.3f})" for r in rows))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="default", choices=["default", "micro"], help="offline suite")
@@ -145,7 +166,11 @@ def main(argv: list[str] | None = None) -> None:
           f"failed {len(cap['failed'])}")
     if "fit" in result:
         print(f"Mean R² of the emergence fit (ratio, all layers): {result['fit']['mean_r2']:.3f} (paper: 0.984)")
+    if "fit" in result:
+        for line in _fit_lines(Store(args.store)):
+            print(line)
     if "regress" in result:
+        print(_table3_line(Store(args.store)))
         lomo = ", ".join(f"{k} {v:.2f}" for k, v in result["regress"]["best_lomo_r2"].items() if math.isfinite(v))
         print(f"Architecture → emergence, best leave-one-model-out R² per target (untrained ones left out): {lomo}")
         print(f"Prediction for an unseen architecture: {result['predict']['figure']}")
