@@ -1,10 +1,39 @@
-"""How flows show figures in Prefect artifacts."""
+"""How flows show figures in Prefect artifacts: small thumbnails linked to the full figures on the store.
+
+Prefect refuses to publish an event above 1.5 MB, and a markdown artifact with full-size PNGs inline
+passes that with a few figures. Thumbnails are inlined up to a budget; figures beyond it are links.
+"""
 
 from __future__ import annotations
 
 import base64
+import io
+
+from PIL import Image
+
+THUMBNAIL_WIDTH = 360  # px
+BUDGET = 1_000_000  # bytes of inlined images per artifact, under Prefect's 1.5 MB event limit
 
 
-def figure_markdown(title: str, png: bytes) -> str:
-    """A PNG inline in a markdown artifact (the artifact then holds the figure itself, not a link)."""
-    return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
+def thumbnail(png: bytes, width: int = THUMBNAIL_WIDTH) -> bytes:
+    """The figure scaled to ``width`` pixels, as a 64-colour PNG (figures are mostly flat colour)."""
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    if image.width > width:
+        image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
+    out = io.BytesIO()
+    image.quantize(colors=64).save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def figures_markdown(figures: list[tuple[str, bytes, str]], budget: int = BUDGET) -> str:
+    """Markdown for (title, PNG, URL of the full figure): a linked thumbnail each while the inlined
+    bytes stay within ``budget``, a plain link after that."""
+    parts, used = [], 0
+    for title, png, url in figures:
+        inline = base64.b64encode(thumbnail(png)).decode()
+        if used + len(inline) <= budget:
+            parts.append(f"### {title}\n[![{title}](data:image/png;base64,{inline})]({url})")
+            used += len(inline)
+        else:
+            parts.append(f"### {title}\n[{title} (full figure)]({url})")
+    return "\n\n".join(parts)

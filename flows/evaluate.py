@@ -13,7 +13,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from flows.artifacts import figure_markdown
+from flows.artifacts import figures_markdown
 from flows.params import DEFAULT_STORE, EvalParams
 from massive_activations.capture_run import STATS
 from massive_activations.catalog import select_steps
@@ -117,10 +117,10 @@ def _artifacts(target: Store, summary: dict, reports: dict) -> None:
     lines = ["| evaluation | evaluated | skipped | failed |", "|---|---|---|---|"]
     lines += [f"| {k} | {s['evaluated']} | {s['skipped']} | {len(s['failed'])} |"
               for k, s in summary.items()]
-    images = [f"### {model} — {kind}\n" + figure_markdown(f"{model} {kind}", target.read_bytes(key))
-              for model, report in reports.items() for kind, key in report["figures"].items()]
+    images = figures_markdown([(f"{model} — {kind}", target.read_bytes(key), target.url_for(key))
+                               for model, report in reports.items() for kind, key in report["figures"].items()])
     create_markdown_artifact("# Evaluations across training\n\n" + "\n".join(lines)
-                             + f"\n\nData: `{target.url_for('evals')}`\n\n" + "\n\n".join(images),
+                             + f"\n\nData: `{target.url_for('evals')}`\n\n" + images,
                              key="evaluate-summary")
 
 

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.artifacts import figure_markdown
+from flows.artifacts import figures_markdown
 from flows.params import DEFAULT_STORE, FitParams
 from massive_activations.emergence import PEAK_CLASSES, FitSettings
 from massive_activations.fit_run import COMPARISON, FITS, check_series_names
@@ -68,15 +68,12 @@ def fit(models: list[str] | None = None, series: tuple[str, ...] = ("ratio", "to
     create_table_artifact(table, key="fit-parameters", description="Emergence parameters per layer (ratio)")
     create_table_artifact(comparison.to_pylist(), key="fit-alternatives",
                           description="Emergence vs alternative shapes: mean R², mean AIC, wins (paper Table 5)")
-    images = []
-    for model, keys in figures.items():
-        png = target.read_bytes(keys["ratio-layers"]) if "ratio-layers" in keys else None
-        if png:
-            images.append(f"### {model}\n" + figure_markdown(model, png))
+    images = figures_markdown([(model, target.read_bytes(keys["ratio-layers"]), target.url_for(keys["ratio-layers"]))
+                               for model, keys in figures.items() if "ratio-layers" in keys])
     overall = float(np.mean(fits.filter(pc.equal(fits.column("series"), "ratio")).column("r2").to_numpy()))
     create_markdown_artifact(
         f"# Fit quality\n\nMean R² of the ratio over all layers: **{overall:.3f}** (paper: {PAPER_MEAN_R2})\n\n"
-        + _summary(fits) + f"\n\nFigures on the store under `{target.url_for('plots/fits')}`\n\n" + "\n\n".join(images),
+        + _summary(fits) + f"\n\nFigures on the store under `{target.url_for('plots/fits')}`\n\n" + images,
         key="fit-summary")
     logger.info("fit: %s; mean R² (ratio) %.3f", {m: r["status"] for m, r in results.items()}, overall)
     return {"results": results, "figures": figures, "mean_r2": overall}

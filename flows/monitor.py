@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.artifacts import figure_markdown
+from flows.artifacts import figures_markdown
 from flows.capture import capture
 from flows.fit import fit
 from flows.params import DEFAULT_STORE, CaptureParams, PromptParams, SourceParams
@@ -56,9 +56,10 @@ def monitor(checkpoints: str, store: str = DEFAULT_STORE, prompts: PromptParams 
     result = forecast_task(Store(store).url, model, steps[-1], str(config))
     create_table_artifact(result["rows"], key="monitor-forecast",
                           description=f"{model} after step {steps[-1]}: fitted K, t_peak and the architecture prior")
-    png = Store(store).read_bytes(result["figure"])
+    target = Store(store)
     create_markdown_artifact(f"# {model}: forecast after step {steps[-1]} ({len(steps)} checkpoints)\n\n"
-                             + figure_markdown("history", png),
+                             + figures_markdown([("history", target.read_bytes(result["figure"]),
+                                                  target.url_for(result["figure"]))]),
                              key="monitor-summary")
     return {"model": model, "status": "forecast", "checkpoints": len(steps), "latest_step": steps[-1],
             "capture": captured, "forecast": result["rows"], "figure": result["figure"]}

@@ -6,7 +6,7 @@ import numpy as np
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.artifacts import figure_markdown
+from flows.artifacts import figures_markdown
 from flows.params import DEFAULT_STORE
 from massive_activations.regress_run import PAPER_TABLE3
 from massive_activations.regression import CONFIGS, RAW_TARGETS, REGRESSORS, TARGETS
@@ -59,9 +59,7 @@ def regress(store: str = DEFAULT_STORE, series: str = "ratio", seed: int = 0,
                         f"{c['majority_share']:.2f}), confusion "
                         f"(rows true {c['labels']}, columns predicted) {c['confusion']} {c['note']}"
                         for c in result["classes"])
-    figures = "\n\n".join(
-        figure_markdown(t, target.read_bytes(k))
-        for t, k in result["figures"].items())
+    figures = figures_markdown([(t, target.read_bytes(k), target.url_for(k)) for t, k in result["figures"].items()])
     create_markdown_artifact(
         f"# Architecture → emergence ({series}, {result['n_rows']} layers of {len(models)} models)\n\n"
         "## Paper configuration, paper protocol (random 80/20; test R², the paper's Table 3 in brackets)\n\n"
