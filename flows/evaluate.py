@@ -63,10 +63,12 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
     task = on_store(evaluate_checkpoint, target)
     total = sum(map(len, plan.values())) * len(kinds)
     progress = create_progress_artifact(0.0, key="evaluate-progress", description="checkpoint evaluations done")
-    # Every checkpoint's capture inputs and samples first: one without samples fails before any work.
+    # Every checkpoint's samples and capture inputs first: one without samples fails before any work.
+    for model, model_steps in plan.items():
+        for step in model_steps:
+            samples_hash(target, model, step)  # raises, naming the checkpoint, when it has no samples
     jobs = {model: [(step, (target.partition_metadata(STATS, {"model": model, "step": step}) or {})["inputs"])
-                    for step in model_steps if samples_hash(target, model, step)]
-            for model, model_steps in plan.items()}
+                    for step in model_steps] for model, model_steps in plan.items()}
     futures, done = [], 0
     for model, model_jobs in jobs.items():
         for step, captured in model_jobs:

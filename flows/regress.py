@@ -60,8 +60,9 @@ def regress(store: str = DEFAULT_STORE, series: str = "ratio", seed: int = 0,
                         f"(rows true {c['labels']}, columns predicted) {c['confusion']} {c['note']}"
                         for c in result["classes"])
     figures = figures_markdown([(t, target.read_bytes(k), target.url_for(k)) for t, k in result["figures"].items()])
+    learnt = len(models) - len(result["left_out"])
     create_markdown_artifact(
-        f"# Architecture → emergence ({series}, {result['n_rows']} layers of {len(models)} models)\n\n"
+        f"# Architecture → emergence ({series}, {result['n_rows']} layers of {learnt} models)\n\n"
         "## Paper configuration, paper protocol (random 80/20; test R², the paper's Table 3 in brackets)\n\n"
         + _table3(scores, "paper", "random_80_20", CONFIGS["paper"].targets)
         + "\n\n## Paper configuration, leave one model out\n\n"
