@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.futures import wait
 
 from flows.params import DEFAULT_STORE, CaptureParams, PromptParams, SourceParams
@@ -15,6 +15,7 @@ from massive_activations.prompts import build_prompt_set, save_prompt_set, texts
 from massive_activations.store import Store
 from tasks.capture import capture_checkpoint, plot_ratios
 from tasks.policy import on_store, tally
+from tasks.progress import Progress
 
 
 def resolve_source(source: SourceParams, store: Store, suite: str) -> dict:
@@ -86,7 +87,7 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     texts = prompt_texts(prompts, suite, source.kind)
     task = on_store(capture_checkpoint, target)
     futures, total, done = [], sum(map(len, plan.values())), 0
-    progress = create_progress_artifact(0.0, key="capture-progress", description="checkpoints captured")
+    progress = Progress(total, "checkpoints captured", "capture-progress", logger)
     for model, model_steps in plan.items():
         prompt_set = prepare_prompts(target, src, model, model_steps[0], prompts, texts)
         logger.info("%s: %d checkpoints with prompt set %s", model, len(model_steps), prompt_set)
@@ -96,8 +97,7 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
         for future in futures[done:]:
             future.wait()  # one model in memory at a time: finish this model before loading the next
             done += 1
-            logger.info("progress: %d of %d checkpoints", done, total)
-        update_progress_artifact(progress, 100.0 * done / total)
+            progress.update(done)
     wait(futures)
     counts, failed, _ = tally(futures, ("captured", "skipped"))
     summary = {**counts, "failed": failed}

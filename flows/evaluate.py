@@ -6,12 +6,7 @@ import math
 from typing import Literal
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.artifacts import figures_markdown
 from flows.params import DEFAULT_STORE, EvalParams
@@ -21,6 +16,7 @@ from massive_activations.eval_run import samples_hash
 from massive_activations.store import Store
 from tasks.evaluate import evaluate_checkpoint, evaluation_report, itda_similarity
 from tasks.policy import on_store, tally
+from tasks.progress import Progress
 
 Kind = Literal["sae", "itda", "quant"]
 
@@ -62,7 +58,7 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
     plan = plan_evaluations(target, models, steps)
     task = on_store(evaluate_checkpoint, target)
     total = sum(map(len, plan.values())) * len(kinds)
-    progress = create_progress_artifact(0.0, key="evaluate-progress", description="checkpoint evaluations done")
+    progress = Progress(total, "checkpoint evaluations done", "evaluate-progress", logger)
     # Every checkpoint's samples and capture inputs first: one without samples fails before any work.
     for model, model_steps in plan.items():
         for step in model_steps:
@@ -78,8 +74,7 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
         for _, future in futures[done:]:
             future.wait()
             done += 1
-        update_progress_artifact(progress, 100.0 * done / total)
-        logger.info("progress: %d of %d evaluations (%s done)", done, total, model)
+            progress.update(done, model)
     summary: dict[str, dict] = {}
     hashes: dict[tuple[str, str], list[str]] = {}
     for kind in kinds:

@@ -12,9 +12,9 @@ from tasks.policy import task_options
 
 @task(name="train-regressors", task_run_name="regress-{series}", **task_options(retries=1))
 def train_regressors(store: str, series: str, seed: int, regressors: list[str], force: bool = False) -> dict:
-    result = train(Store(store), series, seed, tuple(regressors), force=force)
-    get_run_logger().info("regressors for %s %s: %s (%d rows)", series, result["status"], result["chosen"],
-                          result["n_rows"])
+    logger = get_run_logger()
+    result = train(Store(store), series, seed, tuple(regressors), force=force, report=logger.info)
+    logger.info("regressors for %s %s: %s (%d rows)", series, result["status"], result["chosen"], result["n_rows"])
     return result
 
 

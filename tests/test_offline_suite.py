@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from massive_activations.checkpoints import FolderSource, load_checkpoint
-from massive_activations.offline_suite import SUITES, SuiteModel, SuiteSpec, built_models, get_suite, lr_at
+from massive_activations.offline_suite import SUITES, SuiteModel, SuiteSpec, build_suite, built_models, get_suite, lr_at
+from massive_activations.store import Store
 
 
 def test_schedule_is_pythia_shaped():
@@ -77,3 +80,31 @@ def test_every_sequence_starts_with_the_fixed_first_token():
     spec = SUITES["micro"]
     batch = sample_batch(np.arange(1, 1000), spec, np.random.default_rng(0))
     assert batch.shape == (spec.batch_size, spec.seq_len) and (batch[:, 0] == 0).all()
+
+
+def test_training_reports_progress_every_tenth_of_its_steps(tmp_path):
+    """In this process (workers=1) and from training processes through the store (workers=2)."""
+    spec = get_suite("micro")  # 48 steps: a report every 4
+    seen: list[dict] = []
+    build_suite(replace(spec, models=spec.models[:1]), Store(tmp_path / "one"), workers=1, on_progress=seen.append)
+    assert [r["step"] for r in seen] == list(range(4, 49, 4))
+    assert all(np.isfinite(r["loss"]) and r["ratio"] >= 1 for r in seen)
+    assert seen[-1]["eta_s"] == 0 and seen[0]["eta_s"] > 0
+    pooled: list[dict] = []
+    build_suite(spec, Store(tmp_path / "two"), workers=2, on_progress=pooled.append, poll_s=0.2)
+    assert {r["model"] for r in pooled} == {m.name for m in spec.models}
+    assert set({r["model"]: r["step"] for r in pooled}.values()) == {48}  # each seen to the end
+
+
+def test_a_progress_line_at_most_every_five_percent(prefect_server, caplog):
+    import logging
+
+    from tasks.progress import Progress
+
+    logger = logging.getLogger("progress-test")
+    with caplog.at_level(logging.INFO, logger="progress-test"):
+        progress = Progress(222, "checkpoints captured", "test-progress", logger)
+        for done in range(1, 223):
+            progress.update(done)
+    lines = [r.getMessage() for r in caplog.records if r.name == "progress-test"]
+    assert 18 <= len(lines) <= 21 and lines[-1] == "progress: 222 of 222 checkpoints captured (100%)"

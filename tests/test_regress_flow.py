@@ -9,7 +9,7 @@ from flows.fit import fit
 from flows.predict import ArchitectureParams, predict
 from flows.regress import regress
 from massive_activations.catalog import CatalogError
-from massive_activations.regress_run import PAPER_TABLE3, load_regressors
+from massive_activations.regress_run import PAPER_TABLE3, load_regressors, train
 from massive_activations.regression import CONFIGS, RAW_TARGETS
 from massive_activations.store import Store
 
@@ -105,3 +105,6 @@ def test_a_monitored_run_on_the_store_changes_nothing_regress_learns(fitted, tmp
     after = regress(store=store.url, regressors=("ridge", "random_forest"))
     assert after["left_out"] == ["my-run"] and after["chosen"] == before["chosen"]
     assert store.fs.info(store.path(scores_key))["mtime"] == written  # same known fits: nothing retrained
+    heard: list[str] = []  # minutes of work on a small CPU: each part is reported as it finishes
+    train(store, regressors=("ridge",), force=True, report=heard.append)
+    assert len(heard) == 12 + 5 + 1 and heard[0] == "project configuration, A: both protocols done"

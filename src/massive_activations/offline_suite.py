@@ -16,13 +16,16 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from massive_activations.capture import CaptureSettings, capture, layer_ratios
 from massive_activations.catalog import Architecture
 from massive_activations.corpus import Corpus, stdlib_docstrings
 from massive_activations.provenance import provenance, stable_hash
@@ -185,11 +188,13 @@ def sample_batch(stream: np.ndarray, spec: SuiteSpec, rng: np.random.Generator) 
     return torch.from_numpy(np.concatenate([np.zeros((spec.batch_size, 1), np.int64), body], axis=1))
 
 
-def train_model(spec: SuiteSpec, model_name: str, store: Store) -> dict[str, Any]:
+def train_model(spec: SuiteSpec, model_name: str, store: Store,
+                report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train one suite model from scratch and write its checkpoints and manifest to the store.
 
     The manifest is written last, so its presence (with a matching spec hash) means the model
-    is complete; an interrupted build is simply redone.
+    is complete; an interrupted build is simply redone. ``report`` gets the progress every ~10% of
+    the steps: loss, the largest layer ratio on two training sequences, elapsed time and ETA.
     """
     from transformers import GPTNeoXForCausalLM
     from transformers.utils import logging as hf_logging
@@ -209,6 +214,7 @@ def train_model(spec: SuiteSpec, model_name: str, store: Store) -> dict[str, Any
                                   weight_decay=spec.weight_decay)
     prefix = f"{suite_prefix(spec.name)}/{model_name}"
     save_steps = set(spec.steps)
+    report_every = max(1, spec.total_steps // 10)
     losses: list[tuple[int, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = Path(tmp) / "tokenizer"
@@ -235,6 +241,9 @@ def train_model(spec: SuiteSpec, model_name: str, store: Store) -> dict[str, Any
             optimizer.zero_grad(set_to_none=True)
             if step % 10 == 0 or step == spec.total_steps - 1:
                 losses.append((step + 1, float(loss.detach())))
+            if report and ((step + 1) % report_every == 0 or step + 1 == spec.total_steps):
+                report(_progress(model, model_name, batch, float(loss.detach()), step + 1, spec.total_steps,
+                                 time.perf_counter() - started))
     cfg = gpt_neox_config(arch, spec)
     manifest = {
         "suite": spec.name, "model": model_name, "spec_hash": spec.model_hash(arch),
@@ -245,6 +254,25 @@ def train_model(spec: SuiteSpec, model_name: str, store: Store) -> dict[str, Any
     }
     store.write_json(f"{prefix}/manifest.json", manifest)
     return manifest
+
+
+def _progress(model: Any, name: str, batch: torch.Tensor, loss: float, done: int, total: int,
+              elapsed: float) -> dict[str, Any]:
+    model.eval()
+    stats = capture(model, batch[:2].numpy(), CaptureSettings(include_embedding=False)).stats
+    model.train()
+    return {"model": name, "step": done, "total_steps": total, "loss": loss,
+            "ratio": float(max(layer_ratios(stats).column("ratio").to_pylist())),
+            "elapsed_s": elapsed, "eta_s": elapsed / done * (total - done)}
+
+
+def progress_key(suite: str, model: str) -> str:
+    return f"{suite_prefix(suite)}/{model}/progress.json"
+
+
+def write_progress(store: Store, suite: str, info: dict[str, Any]) -> None:
+    """How a training process tells the one that started it how far it is (the store is shared)."""
+    store.write_json(progress_key(suite, info["model"]), info)
 
 
 def built_models(spec: SuiteSpec, store: Store) -> dict[str, dict[str, Any]]:
@@ -263,25 +291,40 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def build_suite(spec: SuiteSpec, store: Store, workers: int = 1, force: bool = False) -> dict[str, dict[str, Any]]:
+def build_suite(spec: SuiteSpec, store: Store, workers: int = 1, force: bool = False,
+                on_progress: Callable[[dict[str, Any]], None] | None = None,
+                poll_s: float = 15.0) -> dict[str, dict[str, Any]]:
     """Train every model of the suite not already complete on the store (``force``: every model);
-    return all manifests.
+    return all manifests. ``on_progress`` gets each model's progress every ~10% of its steps.
 
     With ``workers > 1`` models train in separate processes (one torch thread each), which uses
-    small CPUs far better than threads: these models are too small for intra-op parallelism.
+    small CPUs far better than threads: these models are too small for intra-op parallelism. They
+    write their progress to the store, which this process reads every ``poll_s`` seconds.
     """
     done = {} if force else built_models(spec, store)
     todo = [m.name for m in spec.models if m.name not in done]
     if workers <= 1 or len(todo) <= 1:
         for name in todo:
-            done[name] = train_model(spec, name, store)
+            done[name] = train_model(spec, name, store, on_progress)
         return done
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, wait
 
+    report = partial(write_progress, store, spec.name) if on_progress else None
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(1,)) as pool:
-        futures = {name: pool.submit(train_model, spec, name, store) for name in todo}
+        futures = {name: pool.submit(train_model, spec, name, store, report) for name in todo}
+        seen: dict[str, dict[str, Any]] = {}
+        while True:
+            _, pending = wait(futures.values(), timeout=poll_s)
+            for name in todo if on_progress else ():
+                key = progress_key(spec.name, name)
+                info = store.read_json(key) if store.exists(key) else None
+                if info and info != seen.get(name):
+                    seen[name] = info
+                    on_progress(info)
+            if not pending:
+                break
         for name, future in futures.items():
             done[name] = future.result()
     return done

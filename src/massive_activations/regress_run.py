@@ -9,6 +9,7 @@ what the model uses, not what generalises), ``regressors/series=<series>/model.s
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,8 @@ def architecture_of(store: Store, model: str) -> Architecture:
 
 
 def train(store: Store, series: str = "ratio", seed: int = 0,
-          regressors: tuple[str, ...] = tuple(R.REGRESSORS), force: bool = False) -> dict[str, Any]:
+          regressors: tuple[str, ...] = tuple(R.REGRESSORS), force: bool = False,
+          report: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Both configurations under both protocols, the peak classifier, the chosen models (saved, from
     the project configuration's leave-one-model-out scores), importances and figures; skipped when
     the store holds them for the same fits and settings (``force``: anyway).
@@ -57,7 +59,8 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
     Only models whose architecture is known (Pythia, or a suite manifest on the store) are learnt
     from; the others (a monitored run, say) are returned as ``left_out``.
 
-    ``regressors`` narrows the project configuration; the paper configuration keeps its own five."""
+    ``regressors`` narrows the project configuration; the paper configuration keeps its own five.
+    ``report`` hears of each finished part (it takes minutes on a small CPU)."""
     unknown = [r for r in regressors if r not in R.REGRESSORS]
     if unknown or not regressors:
         raise ValueError(f"unknown regressors {unknown or regressors}; choose from {', '.join(R.REGRESSORS)}")
@@ -86,8 +89,11 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
     data = R.build_dataset(rows, known)
     paper, lomo = [], []
     for config in (project, R.CONFIGS["paper"]):
-        paper += R.paper_protocol(data, config, seed)
-        lomo += R.leave_one_model_out(data, config, seed)[0]
+        for target in config.targets:  # one target at a time, so that progress can be told
+            one = dataclasses.replace(config, targets=(target,))
+            paper += R.paper_protocol(data, one, seed)
+            lomo += R.leave_one_model_out(data, one, seed)[0]
+            report(f"{config.name} configuration, {target}: both protocols done")
     for row in paper + lomo:
         table3 = PAPER_TABLE3.get(row["target"], {})
         row["paper_r2"] = table3.get(row["regressor"], float("nan")) if row["protocol"] == "random_80_20" \
@@ -95,6 +101,7 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
     classes = R.classify_peaks(data, seed)
     best = R.choose_best([r for r in lomo if r["config"] == "project"])
     bundle = R.fit_final(data, best, lomo, seed, project)
+    report(f"chosen regressors refitted on all {len(data.groups)} rows")
     importance = _importance(bundle, data, seed)
     figures = {}
     for target in best:
