@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlparse
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,12 +18,34 @@ class RunnerParams(BaseModel):
                                                        "empty: start a local cluster")
 
 
+def reporting_api() -> str | None:
+    """The API this process reports to: PREFECT_API_URL, or the ephemeral server of the running flow."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return PREFECT_API_URL.value()
+    context = FlowRunContext.get()
+    return str(context.client.api_url) if context and context.client else None
+
+
 def task_runner(params: RunnerParams) -> TaskRunner:
+    """The runner; Dask workers report to the same API as the flow (without that, each local worker
+    starts a throwaway server of its own and its task logs are lost with it)."""
     if params.kind == "threads":
         return ThreadPoolTaskRunner(max_workers=params.max_workers)
     from prefect_dask import DaskTaskRunner
 
+    api = reporting_api()
     if params.dask_address:
+        if not api or urlparse(api).hostname in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"a Dask cluster at {params.dask_address} cannot reach this machine's Prefect API "
+                             f"({api or 'an ephemeral one'}): start `prefect server start --host <reachable "
+                             "address>` and set PREFECT_API_URL here and on the workers")
         return DaskTaskRunner(address=params.dask_address)
+    if not api:
+        raise ValueError("runner=dask needs a Prefect API its workers can reach: call it from a running flow "
+                         "(the pipeline does), or set PREFECT_API_URL")
     return DaskTaskRunner(cluster_kwargs={"n_workers": params.max_workers, "threads_per_worker": 1,
-                                         "processes": True, "dashboard_address": None})
+                                         "processes": True, "dashboard_address": None,
+                                         "env": {"PREFECT_API_URL": api}})

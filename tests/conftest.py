@@ -177,3 +177,13 @@ def flow_runs_since(name: str, started_after) -> list:
         return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[name])),
                                      flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(
                                          after_=started_after)))
+
+
+def flow_run_logs(flow_run_id) -> list[str]:
+    """The log messages the Prefect API recorded for one flow run (its tasks' included)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
