@@ -179,11 +179,21 @@ def flow_runs_since(name: str, started_after) -> list:
                                          after_=started_after)))
 
 
-def flow_run_logs(flow_run_id) -> list[str]:
-    """The log messages the Prefect API recorded for one flow run (its tasks' included)."""
+def flow_run_logs(flow_run_id, until=lambda lines: True, timeout_s: float = 30.0) -> list[str]:
+    """The log messages the Prefect API recorded for one flow run (its tasks' included). Logs travel in
+    batches: this sends what is queued here, then reads until ``until(lines)`` holds or time is up."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
 
+    APILogHandler().flush()
+    deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
-        return [log.message for log in client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+        while True:
+            lines = [log.message for log in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+            if until(lines) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.5)

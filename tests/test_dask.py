@@ -19,6 +19,10 @@ from tests.conftest import content_hashes, flow_run_logs
 MODEL = "nx-l2-d32-h2"
 
 
+def captured_lines(lines: list[str]) -> int:
+    return sum(": captured" in line for line in lines)
+
+
 def test_dask_runner_matches_the_thread_runner(prefect_server, micro_root, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the workers import tasks/
     stores = {}
@@ -32,7 +36,8 @@ def test_dask_runner_matches_the_thread_runner(prefect_server, micro_root, tmp_p
         result = state.result()
         assert result["captured"] == 3 and not result["failed"]
         # the tasks' own log lines, written on the workers, are in the flow run's API, as with threads
-        assert sum(": captured" in line for line in flow_run_logs(state.state_details.flow_run_id)) == 3, kind
+        lines = flow_run_logs(state.state_details.flow_run_id, until=lambda ls: captured_lines(ls) == 3)
+        assert captured_lines(lines) == 3, kind
         evaluated = evaluate.with_options(task_runner=task_runner(RunnerParams(kind=kind, max_workers=2)))(
             models=[MODEL], steps="24,48", store=store.url, kinds=("quant",),
             device="cpu")
@@ -67,7 +72,8 @@ def parent(root, store):  # as the pipeline does: the runner is made inside the 
 
 if __name__ == "__main__":
     state = parent(sys.argv[1], sys.argv[2])
-    lines = flow_run_logs(state.state_details.flow_run_id)
+    lines = flow_run_logs(state.state_details.flow_run_id,
+                          until=lambda ls: sum(": captured" in line for line in ls) >= 3)
     print("WORKER LOG LINES", sum(": captured" in line for line in lines))
 """
 
