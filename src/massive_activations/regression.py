@@ -257,16 +257,16 @@ def leave_one_model_out(data: Dataset, config: Config = CONFIGS["project"], seed
         if why:
             rows += [_skipped("leave_one_model_out", config, target, n, why) for n in config.regressors]
             continue
-        y, groups = data.y[target][have], data.groups[have]
+        Xh, y, groups = X[have], data.y[target][have], data.groups[have]  # noqa: N806
         transformer, note = target_transformer(config.transforms[target], y)
         outer = GroupKFold(n_splits=len(np.unique(groups)))
         for name in config.regressors:
             pred = np.empty_like(y)
             models = fold_models[(target, name)] = []
-            for train, test in outer.split(X[have], y, groups):
+            for train, test in outer.split(Xh, y, groups):
                 model = make_regressor(name, transformer, _inner_groups_cv(groups[train]), seed)
-                model.fit(X[have][train], y[train], groups=groups[train])
-                pred[test] = model.predict(X[have][test])
+                model.fit(Xh[train], y[train], groups=groups[train])
+                pred[test] = model.predict(Xh[test])
                 models.append(model)
             score = _scores(y, pred)
             score["note"] = "; ".join(n for n in (score["note"], note) if n)
