@@ -1,4 +1,4 @@
-"""How flows show figures in Prefect artifacts: small thumbnails linked to the full figures on the store.
+"""How flows show figures in Prefect artifacts: small thumbnails, each with a link to the full figure on the store.
 
 Prefect refuses to publish an event above 1.5 MB, and a markdown artifact with full-size PNGs inline
 passes that with a few figures. Thumbnails are inlined up to a budget; figures beyond it are links.
@@ -26,13 +26,16 @@ def thumbnail(png: bytes, width: int = THUMBNAIL_WIDTH) -> bytes:
 
 
 def figures_markdown(figures: list[tuple[str, bytes, str]], budget: int = BUDGET) -> str:
-    """Markdown for (title, PNG, URL of the full figure): a linked thumbnail each while the inlined
-    bytes stay within ``budget``, a plain link after that."""
+    """Markdown for (title, PNG, URL of the full figure): a thumbnail and a link each while the inlined
+    bytes stay within ``budget``, the link alone after that.
+
+    The thumbnail is not itself wrapped in the link: Prefect's UI renders an image inside a link as text.
+    """
     parts, used = [], 0
     for title, png, url in figures:
         inline = base64.b64encode(thumbnail(png)).decode()
         if used + len(inline) <= budget:
-            parts.append(f"### {title}\n[![{title}](data:image/png;base64,{inline})]({url})")
+            parts.append(f"### {title}\n![{title}](data:image/png;base64,{inline})\n\n[{title} (full figure)]({url})")
             used += len(inline)
         else:
             parts.append(f"### {title}\n[{title} (full figure)]({url})")

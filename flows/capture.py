@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import wait
 
+from flows import cli
+from flows.artifacts import figures_markdown
 from flows.params import DEFAULT_STORE, CaptureParams, PromptParams, SourceParams
 from massive_activations.catalog import select_steps
 from massive_activations.checkpoints import make_source
@@ -103,51 +107,26 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     summary = {**counts, "failed": failed}
     if summary["captured"] + summary["skipped"]:
         summary["figure"] = plot_ratios(target.url, list(plan))
-    lines = [f"| {k} | {v if not isinstance(v, list) else len(v)} |" for k, v in summary.items() if k != "figure"]
-    create_markdown_artifact("# Capture summary\n\n| outcome | checkpoints |\n|---|---|\n" + "\n".join(lines)
-                             + f"\n\nStore: `{target.url}`", key="capture-summary")
-    logger.info("capture summary: %s",
-                {k: v if not isinstance(v, list) else len(v) for k, v in summary.items() if k != "figure"})
+    counted = {k: v if not isinstance(v, list) else len(v) for k, v in summary.items() if k != "figure"}
+    figure = (figures_markdown([("ratio vs step", target.read_bytes(summary["figure"]),
+                                 target.url_for(summary["figure"]))]) if "figure" in summary else "")
+    create_markdown_artifact("# Capture summary\n\n| outcome | checkpoints |\n|---|---|\n"
+                             + "\n".join(f"| {k} | {v} |" for k, v in counted.items())
+                             + f"\n\nStore: `{target.url}`\n\n{figure}", key="capture-summary")
+    logger.info("capture summary: %s", ", ".join(f"{k} {v}" for k, v in counted.items()))
     if summary["failed"]:
         raise RuntimeError(f"{len(summary['failed'])} of {total} checkpoints failed: {summary['failed'][:3]}")
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Capture per-layer massive-activation statistics.")
-    parser.add_argument("--models", default=None, help="comma-separated, e.g. pythia-70m,pythia-160m "
-                                                       "(default: every model of the folder source)")
-    parser.add_argument("--steps", default="all", help="all, log, a:b:c, every=N, or 0,1000,…")
-    parser.add_argument("--store", default=DEFAULT_STORE, help="a path, file://… or s3://bucket/prefix")
-    parser.add_argument("--suite", default="default", help="offline suite whose folder is the default source")
-    parser.add_argument("--source", choices=["folder", "hub"], default="folder")
-    parser.add_argument("--root", default=None, help="folder source root (default: <store>/suites/<suite>)")
-    parser.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
-    parser.add_argument("--cache-dir", default=None, help="where downloaded checkpoints are kept")
-    parser.add_argument("--n-sequences", type=int, default=10)
-    parser.add_argument("--length", type=int, default=None, help="tokens per sequence (default: context, ≤2048)")
-    parser.add_argument("--text-file", default=None, help="your own texts (.txt, .jsonl, .parquet)")
-    parser.add_argument("--hub-dataset", default=None, help="e.g. togethercomputer/RedPajama-Data-1T-Sample")
-    parser.add_argument("--hub-file", default=None, help="the file of that dataset to read")
-    parser.add_argument("--samples", type=int, default=256, help="activation vectors kept per layer (0: none)")
-    parser.add_argument("--batch-size", type=int, default=10)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--refresh", action="store_true")
-    args = parser.parse_args(argv)
-    summary = capture(
-        models=args.models.split(",") if args.models else None, steps=args.steps, store=args.store,
-        suite=args.suite,
-        source=SourceParams(kind=args.source, root=args.root, endpoint=args.endpoint, cache_dir=args.cache_dir),
-        prompts=PromptParams(n_sequences=args.n_sequences, length=args.length, text_file=args.text_file,
-                             hub_dataset=args.hub_dataset, hub_file=args.hub_file),
-        settings=CaptureParams(samples_per_layer=args.samples, batch_size=args.batch_size),
-        device=args.device, dtype=args.dtype, refresh=args.refresh)
-    print(f"captured {summary['captured']}, skipped {summary['skipped']}, "
-          f"failed {len(summary['failed'])}; data under {Store(args.store).url}")
+def summary(result: dict, params: dict) -> str:
+    store = Store(params["store"])
+    lines = [f"captured {result['captured']}, skipped (already on the store) {result['skipped']}, "
+             f"failed {len(result['failed'])}", f"data: {store.url_for('ratios')}"]
+    if "figure" in result:
+        lines.append(f"figure: {store.url_for(result['figure'])}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(capture, summary))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows import cli
 from flows.artifacts import figures_markdown
 from flows.params import DEFAULT_STORE, EvalParams
 from massive_activations.capture_run import STATS
@@ -121,21 +123,12 @@ def _artifacts(target: Store, summary: dict, reports: dict) -> None:
                              key="evaluate-summary")
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Evaluate SAEs, ITDA and quantization across checkpoints.")
-    parser.add_argument("--models", default=None, help="comma-separated (default: every captured model)")
-    parser.add_argument("--steps", default="every=6", help="step selector over the captured checkpoints")
-    parser.add_argument("--store", default=DEFAULT_STORE)
-    parser.add_argument("--kinds", default="sae,itda,quant")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--refresh", action="store_true")
-    args = parser.parse_args(argv)
-    result = evaluate(models=args.models.split(",") if args.models else None, steps=args.steps, store=args.store,
-                      kinds=tuple(args.kinds.split(",")), device=args.device, refresh=args.refresh)
-    print(f"evaluations under {result['where']}; figures: {result['figures']}")
+def summary(result: dict, params: dict) -> str:
+    rows = [{"evaluation": kind, "computed": s["evaluated"], "skipped": s["skipped"], "failed": len(s["failed"])}
+            for kind, s in result["summary"].items()]
+    store = Store(params["store"])
+    return "\n".join([cli.table(rows), f"data: {result['where']}", f"figures: {store.url_for('plots/evals')}"])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(evaluate, summary))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 
 import numpy as np
@@ -10,6 +11,7 @@ import pyarrow.compute as pc
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows import cli
 from flows.artifacts import figures_markdown
 from flows.params import DEFAULT_STORE, FitParams
 from massive_activations.emergence import PEAK_CLASSES, FitSettings
@@ -79,19 +81,11 @@ def fit(models: list[str] | None = None, series: tuple[str, ...] = ("ratio", "to
     return {"results": results, "figures": figures, "mean_r2": overall}
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Fit the emergence function to captured ratios.")
-    parser.add_argument("--models", default=None, help="comma-separated (default: every captured model)")
-    parser.add_argument("--series", default="ratio,top1,median,ratio_excl0")
-    parser.add_argument("--store", default=DEFAULT_STORE)
-    parser.add_argument("--refresh", action="store_true")
-    args = parser.parse_args(argv)
-    result = fit(models=args.models.split(",") if args.models else None, series=tuple(args.series.split(",")),
-                 store=args.store, refresh=args.refresh)
-    print(f"mean R² (ratio): {result['mean_r2']:.3f}; fits under {Store(args.store).url_for(FITS)}")
+def summary(result: dict, params: dict) -> str:
+    rows = [{"model": m, "status": r["status"]} for m, r in result["results"].items()]
+    return "\n".join([cli.table(rows), f"mean R² (ratio, all layers): {result['mean_r2']:.3f} (paper: {PAPER_MEAN_R2})",
+                      f"fits: {Store(params['store']).url_for(FITS)}"])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(fit, summary))

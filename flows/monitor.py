@@ -6,9 +6,12 @@ Hugging Face layout (config.json, weights, tokenizer). Scheduled hourly by the `
 
 from __future__ import annotations
 
+import sys
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows import cli
 from flows.artifacts import figures_markdown
 from flows.capture import capture
 from flows.fit import fit
@@ -65,7 +68,20 @@ def monitor(checkpoints: str, store: str = DEFAULT_STORE, prompts: PromptParams 
             "capture": captured, "forecast": result["rows"], "figure": result["figure"]}
 
 
-if __name__ == "__main__":
-    import sys
+def summary(result: dict, params: dict) -> str:
+    head = (f"{result['model']}: {result['checkpoints']} checkpoints, {result['capture']['captured']} new "
+            f"(skipped {result['capture']['skipped']})")
+    if result["status"] == "waiting":
+        return head + f"; waiting for {MIN_POINTS} checkpoints before the first forecast"
+    columns = ["layer", "last_ratio", "K", "se_K", "t_peak", "peak_class", "identified", "predicted_K"]
+    lines = [head + f"; forecast after step {result['latest_step']}:", cli.table(result["forecast"], columns)]
+    unidentified = [r["layer"] for r in result["forecast"] if not r["identified"]]
+    if unidentified:
+        lines.append(f"warning: the fit does not identify K and t_peak in layers {unidentified} (the run has not "
+                     "shown enough of the curve yet); read them as extrapolations, not estimates")
+    lines.append(f"figure: {Store(params['store']).url_for(result['figure'])}")
+    return "\n".join(lines)
 
-    print(monitor(checkpoints=sys.argv[1]))
+
+if __name__ == "__main__":
+    sys.exit(cli.run(monitor, summary))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Literal
+
 from prefect import flow, get_run_logger
 
+from flows import cli
 from flows.params import DEFAULT_STORE
 from massive_activations.offline_suite import get_suite, suite_prefix
 from massive_activations.store import Store
@@ -12,9 +16,18 @@ from tasks.suite import build_offline_suite
 
 
 @flow(name="offline-suite", log_prints=True)
-def offline_suite(suite: str = "default", store: str = DEFAULT_STORE, workers: int = 2,
+def offline_suite(suite: Literal["default", "micro"] = "default", store: str = DEFAULT_STORE, workers: int = 2,
                   refresh: bool = False) -> dict:
-    """Returns {model: {steps, spec_hash, train_seconds}} and the folder-source root it wrote."""
+    """Train the offline suite's models (each checkpoint in the Hugging Face layout) or reuse them from the store.
+
+    Returns the folder-source root it wrote and {model: {steps, spec_hash, train_seconds}}.
+
+    Args:
+        suite: The suite: default (6 models, what make run trains) or micro (2 tiny models, for tests).
+        store: Store URL to write the suite under: a path, file://… or s3://bucket/prefix.
+        workers: Processes training models at once.
+        refresh: Retrain and rewrite, whatever the store holds.
+    """
     get_suite(suite)  # unknown names fail here, before anything runs
     target = Store(store)
     target.check_reachable()
@@ -22,3 +35,13 @@ def offline_suite(suite: str = "default", store: str = DEFAULT_STORE, workers: i
     root = target.url_for(suite_prefix(suite))
     get_run_logger().info("offline suite %r: %d models under %s", suite, len(models), root)
     return {"root": root, "models": models}
+
+
+def summary(result: dict, params: dict) -> str:
+    rows = [{"model": m, "checkpoints": len(v["steps"]), "train seconds": v.get("train_seconds")}
+            for m, v in sorted(result["models"].items())]
+    return cli.table(rows) + f"\ncheckpoints: {result['root']}"
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(offline_suite, summary))

@@ -6,14 +6,15 @@ under ./data, the Prefect ephemeral API with SQLite, and the offline suite.
 
 from __future__ import annotations
 
-import argparse
 import math
+import sys
 import time
 from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows import cli
 from flows.capture import capture
 from flows.evaluate import Kind, evaluate
 from flows.fit import fit
@@ -95,12 +96,12 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
     target = Store(store)
     out["where"] = {name: target.url_for(name) for name in OUTPUTS}
     out["timings"] = timings
-    create_markdown_artifact(_report(out), key="pipeline-report")
-    logger.info("results: %s", out["where"])
+    create_markdown_artifact(_report(out, target), key="pipeline-report")
+    logger.info("results on the store:\n%s", "\n".join(f"  {k:22s} {v}" for k, v in out["where"].items()))
     return out
 
 
-def _report(out: dict) -> str:
+def _report(out: dict, target: Store) -> str:
     lines = ["# Pipeline run", "", "| stage | seconds | outcome |", "|---|---|---|"]
     outcome = {
         "suite": lambda r: f"{len(r['models'])} models under `{r['root']}`",
@@ -109,7 +110,7 @@ def _report(out: dict) -> str:
             f"{m} {x['status']}" for m, x in r["results"].items()),
         "regress": lambda r: "best LOMO R² " + ", ".join(f"{k} {v:.2f}" for k, v in r["best_lomo_r2"].items()
                                                          if math.isfinite(v)),
-        "predict": lambda r: f"figure `{r['figure']}`",
+        "predict": lambda r: f"figure `{target.url_for(r['figure'])}`",
         "evaluate": lambda r: "; ".join(f"{k}: computed {s['evaluated']}, skipped {s['skipped']}, "
                                         f"failed {len(s['failed'])}" for k, s in r["summary"].items()),
     }
@@ -138,45 +139,27 @@ def _table3_line(store: Store) -> str:
             + ", ".join(f"{r['target']} {r['r2']:.2f} ({r['paper_r2']:.3f})" for r in rows))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", default="default", choices=["default", "micro"], help="offline suite")
-    parser.add_argument("--store", default=DEFAULT_STORE, help="store URL: a path, file://… or s3://bucket/prefix")
-    parser.add_argument("--steps", default="all", help="step selector: all, log, a:b:c, every=N, 0,8,…")
-    parser.add_argument("--eval-steps", default="every=6", help="step selector of the evaluations")
-    parser.add_argument("--evaluations", default="sae,itda,quant", help="comma-separated; empty: none")
-    parser.add_argument("--workers", type=int, default=2, help="processes training the suite")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--runner", default="threads", choices=["threads", "dask"])
-    parser.add_argument("--dask-address", default=None, help="scheduler of a running Dask cluster")
-    parser.add_argument("--refresh", default="", help="stages to recompute: suite,capture,fit,regress,evaluate")
-    parser.add_argument("--until", default="evaluate", choices=STAGES, help="the last stage to run")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    result = pipeline(suite=args.suite, store=args.store, steps=args.steps, eval_steps=args.eval_steps,
-                      evaluations=tuple(e for e in args.evaluations.split(",") if e), workers=args.workers,
-                      device=args.device, runner=RunnerParams(kind=args.runner, dask_address=args.dask_address),
-                      refresh=[s for s in args.refresh.split(",") if s], until=args.until)
-    print(f"\nDone in {time.perf_counter() - started:.0f} s "
-          f"({', '.join(f'{k} {v:.0f} s' for k, v in result['timings'].items())}). Results on the store:")
-    for name, url in result["where"].items():
-        print(f"  {name:22s} {url}")
+def summary(result: dict, params: dict) -> str:
+    store = Store(params["store"])
+    lines = [f"Done in {sum(result['timings'].values()):.0f} s "
+             f"({', '.join(f'{k} {v:.0f} s' for k, v in result['timings'].items())}). Results on the store:"]
+    lines += [f"  {name:22s} {url}" for name, url in result["where"].items()]
     cap = result["capture"]
-    print(f"Checkpoints captured {cap['captured']}, skipped (already on the store) {cap['skipped']}, "
-          f"failed {len(cap['failed'])}")
+    lines.append(f"Checkpoints captured {cap['captured']}, skipped (already on the store) {cap['skipped']}, "
+                 f"failed {len(cap['failed'])}")
     if "fit" in result:
-        print(f"Mean R² of the emergence fit (ratio, all layers): {result['fit']['mean_r2']:.3f} (paper: 0.984)")
-    if "fit" in result:
-        for line in _fit_lines(Store(args.store)):
-            print(line)
+        lines.append(f"Mean R² of the emergence fit (ratio, all layers): {result['fit']['mean_r2']:.3f} (paper: 0.984)")
+        lines += _fit_lines(store)
     if "regress" in result:
-        print(_table3_line(Store(args.store)))
+        lines.append(_table3_line(store))
         lomo = ", ".join(f"{k} {v:.2f}" for k, v in result["regress"]["best_lomo_r2"].items() if math.isfinite(v))
-        print(f"Architecture → emergence, best leave-one-model-out R² per target (untrained ones left out): {lomo}")
-        print(f"Prediction for an unseen architecture: {result['predict']['figure']}")
+        lines.append(f"Architecture → emergence, best leave-one-model-out R² per target (untrained ones left out): "
+                     f"{lomo}")
+        lines.append(f"Prediction for an unseen architecture: {store.url_for(result['predict']['figure'])}")
     if "evaluate" in result:
-        print(f"Evaluation figures (metric vs step, ratio dashed): {Store(args.store).url_for('plots/evals')}")
+        lines.append(f"Evaluation figures (metric vs step, ratio dashed): {store.url_for('plots/evals')}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(pipeline, summary, description=__doc__.splitlines()[0]))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import math
+import sys
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows import cli
 from flows.params import DEFAULT_STORE
 from massive_activations.architecture import resolve_architecture
 from massive_activations.store import Store
@@ -28,9 +29,13 @@ class ArchitectureParams(BaseModel):
 @flow(name="predict", log_prints=True)
 def predict(architecture: ArchitectureParams | str = ArchitectureParams(), store: str = DEFAULT_STORE,
             series: str = "ratio", total_steps: int | None = None) -> dict:
-    """``architecture``: the form's fields, or a Pythia name, or a path to a config.json.
+    """Predict the emergence parameters and curve of every layer of an architecture, before training it.
 
-    ``total_steps`` defaults to the training horizon of the fits the regressors learned from.
+    Args:
+        architecture: The form's fields, or a Pythia name (pythia-410m), or a path to a config.json.
+        store: Store URL holding the trained regressors: a path, file://… or s3://bucket/prefix.
+        series: The fitted series the regressors learned (ratio).
+        total_steps: Horizon of the predicted curve (default: that of the fits the regressors learned from).
     """
     if isinstance(architecture, ArchitectureParams):
         spec = {k: v for k, v in architecture.model_dump().items() if v is not None}
@@ -44,35 +49,12 @@ def predict(architecture: ArchitectureParams | str = ArchitectureParams(), store
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Predict massive-activation emergence for an architecture.")
-    parser.add_argument("architecture", nargs="?", default=None,
-                        help="a Pythia name (pythia-410m) or a path to a config.json; or use the flags below")
-    parser.add_argument("--layers", type=int)
-    parser.add_argument("--d-model", type=int)
-    parser.add_argument("--heads", type=int)
-    parser.add_argument("--d-ff", type=int)
-    parser.add_argument("--store", default=DEFAULT_STORE)
-    parser.add_argument("--series", default="ratio")
-    parser.add_argument("--total-steps", type=int, default=None,
-                        help="horizon of the predicted curve (default: that of the training fits)")
-    args = parser.parse_args(argv)
-    if args.architecture:
-        spec: ArchitectureParams | str = args.architecture
-    else:
-        if None in (args.layers, args.d_model, args.heads):
-            parser.error("give an architecture name/config, or all of --layers, --d-model and --heads")
-        spec = ArchitectureParams(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads, d_ff=args.d_ff)
-    result = predict(spec, store=args.store, series=args.series, total_steps=args.total_steps)
-    print(f"{'layer':>5s} {'A':>10s} {'lambda':>8s} {'gamma':>10s} {'t0':>7s} {'K':>8s} | {'y_first':>8s} "
-          f"{'y_last':>8s} {'rise':>8s} {'t_half':>8s} {'t_peak':>8s}  class")
-    for r in result["rows"]:
-        print(f"{r['layer']:5d} {r['A']:10.3g} {r['lam']:8.3g} {r['gamma']:10.3g} {r['t0']:7.3g} {r['K']:8.3g} | "
-              + " ".join(f"{r[k]:8.4g}" if math.isfinite(r[k]) else f"{'—':>8s}"
-                         for k in ("y_first", "y_last", "rise", "t_half", "t_peak"))
-              + f"  {r['peak_class']}")
-    print(f"figure: {Store(args.store).url_for(result['figure'])}")
+def summary(result: dict, params: dict) -> str:
+    columns = ["layer", "A", "lam", "gamma", "t0", "K", "y_first", "y_last", "rise", "t_half", "t_peak", "peak_class"]
+    rows = [{c: (None if isinstance(r[c], float) and not math.isfinite(r[c]) else r[c]) for c in columns}
+            for r in result["rows"]]
+    return cli.table(rows, columns) + f"\nfigure: {Store(params['store']).url_for(result['figure'])}"
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(predict, summary))

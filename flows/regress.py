@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows import cli
 from flows.artifacts import figures_markdown
 from flows.params import DEFAULT_STORE
 from massive_activations.regress_run import PAPER_TABLE3
@@ -45,7 +48,17 @@ def best_lomo_r2(scores: list[dict]) -> dict[str, float]:
 @flow(name="regress", log_prints=True)
 def regress(store: str = DEFAULT_STORE, series: str = "ratio", seed: int = 0,
             regressors: tuple[str, ...] = tuple(REGRESSORS), refresh: bool = False) -> dict:
-    """Train and evaluate; re-train only when the fits, series, seed or regressors change."""
+    """Train architecture → emergence regressors on every fitted model and score them under both protocols.
+
+    Re-trains only when the fits, series, seed or regressors change.
+
+    Args:
+        store: Store URL holding the fits: a path, file://… or s3://bucket/prefix.
+        series: The fitted series to learn (ratio, top1, median or ratio_excl0).
+        seed: Seed of the 80/20 split and of the regressors.
+        regressors: Regressors to train and compare.
+        refresh: Re-train and rewrite, whatever the store holds.
+    """
     target = Store(store)
     models = sorted({p["model"] for p in target.partitions("fits")})
     if len(models) < 2:
@@ -83,3 +96,17 @@ def regress(store: str = DEFAULT_STORE, series: str = "ratio", seed: int = 0,
             "left_out": result["left_out"],
             "mean_best_lomo_r2": float(np.mean(raw)) if (raw := [best_lomo[t] for t in RAW_TARGETS
                                                                    if np.isfinite(best_lomo[t])]) else float("nan")}
+
+
+def summary(result: dict, params: dict) -> str:
+    rows = [{"target": t, "best LOMO R²": r2, "chosen": result["chosen"].get(t)}
+            for t, r2 in result["best_lomo_r2"].items()]
+    lines = [cli.table(rows)]
+    if result["left_out"]:
+        lines.append(f"left out (no known architecture): {', '.join(result['left_out'])}")
+    lines.append(f"regressors: {Store(params['store']).url_for(result['model_key'])}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(regress, summary))

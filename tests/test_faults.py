@@ -239,7 +239,7 @@ def test_two_runs_at_once_on_one_store(prefect_server, micro_root, tmp_path):
 
     cmd = [sys.executable, "-m", "flows.capture", "--models", MODEL, "--steps", "0,8,16,24,32", "--store",
            store.url, "--suite", "micro", "--root", str(micro_root), "--n-sequences", "3", "--length", "16",
-           "--samples", "8", "--device", "cpu"]
+           "--samples-per-layer", "8", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_LOGGING_LEVEL": "WARNING",
            "PREFECT_API_URL": PREFECT_API_URL.value()}
     since = datetime.now(timezone.utc)

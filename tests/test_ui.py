@@ -1,7 +1,8 @@
 """End to end through the Prefect UI: `prefect server start`, `deployments/serve.py`, headless Chromium.
 
 Retries a failed deployment run with `prefect flow-run retry`, then fills the capture deployment's
-run form, submits it, and checks the run completes and its output lands in the store. Screenshots
+run form, submits it, checks the run completes and its output lands in the store, and that the
+run's Artifacts tab shows its summary table and figure. Screenshots
 go to test-artifacts/ when it fails.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flows.artifacts import THUMBNAIL_WIDTH
 from massive_activations.store import Store
 from tests.conftest import free_port
 
@@ -108,6 +110,15 @@ def test_run_a_deployment_from_the_ui(micro_suite, tmp_path):
                 assert run["parameters"]["steps"] == "48" and run["parameters"]["suite"] == "micro"
                 page.goto(f"http://127.0.0.1:{port}/runs/flow-run/{run_id}", wait_until="networkidle")
                 page.get_by_text("Completed").first.wait_for(timeout=30_000)
+                # The run's Artifacts tab: the capture summary renders as a table and a figure.
+                page.locator("li.p-tab#artifacts").click()
+                page.get_by_text("capture-summary", exact=True).click()
+                page.locator("table td").first.wait_for(timeout=30_000)
+                cells = page.locator("table td").all_inner_texts()
+                assert cells == ["captured", "0", "skipped", "2", "failed", "0"], cells  # the retried run captured
+                figure = page.locator("img[src^='data:image/png']")
+                figure.first.wait_for(timeout=30_000)
+                assert figure.first.evaluate("i => i.complete && i.naturalWidth") == THUMBNAIL_WIDTH
             except Exception:
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "ui-run-failure.png"), full_page=True)

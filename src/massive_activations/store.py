@@ -41,6 +41,10 @@ class StoreError(Exception):
     """A store operation that cannot succeed as asked (bad URL, bad key, missing data)."""
 
 
+class StoreConfigError(StoreError, ValueError):
+    """A store URL that cannot be used at all: bad input, refused before any work."""
+
+
 class PartitionExistsError(StoreError):
     """Refusing to replace stored data without an explicit ``overwrite=True``."""
 
@@ -91,7 +95,7 @@ class Store:
         parsed = urlparse(url)
         scheme = parsed.scheme or "file"
         if scheme not in SUPPORTED_SCHEMES:
-            raise StoreError(f"unsupported store URL scheme {scheme!r} in {url!r}; "
+            raise StoreConfigError(f"unsupported store URL scheme {scheme!r} in {url!r}; "
                              f"use one of: {', '.join(s + '://' for s in SUPPORTED_SCHEMES)} or a plain path")
         self.scheme = scheme
         self.storage_options = dict(storage_options or {})
@@ -102,7 +106,7 @@ class Store:
             self.url = "file://" + self.root
         else:
             if not parsed.netloc:
-                raise StoreError(f"store URL {url!r} names no bucket; use s3://bucket/prefix")
+                raise StoreConfigError(f"store URL {url!r} names no bucket; use s3://bucket/prefix")
             self.root = (parsed.netloc + parsed.path).rstrip("/")
             self.fs = fsspec.filesystem("s3", **self.storage_options)
             self.url = "s3://" + self.root
@@ -124,7 +128,7 @@ class Store:
             try:
                 self.fs.ls(bucket)
             except FileNotFoundError as err:
-                raise StoreError(f"bucket {bucket!r} of store {self.url} does not exist") from err
+                raise StoreConfigError(f"bucket {bucket!r} of store {self.url} does not exist") from err
         else:
             self.fs.makedirs(self.root, exist_ok=True)
 
