@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import cli
 from flows.artifacts import figures_markdown
-from flows.params import DEFAULT_STORE, EvalParams
+from flows.params import DEFAULT_STORE, EvalParams, SourceParams
 from massive_activations.capture_run import STATS
 from massive_activations.catalog import select_steps
 from massive_activations.eval_run import samples_hash
@@ -38,7 +38,7 @@ def plan_evaluations(target: Store, models: list[str] | None, steps: str) -> dic
 @flow(name="evaluate", log_prints=True)
 def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str = DEFAULT_STORE,
              kinds: tuple[Kind, ...] = ("sae", "itda", "quant"), settings: EvalParams = EvalParams(),
-             device: str = "auto", refresh: bool = False) -> dict:
+             device: str = "auto", source: SourceParams = SourceParams(), refresh: bool = False) -> dict:
     """Evaluate every captured (model, step) in the selection; skip what the store holds with the same inputs.
 
     Args:
@@ -48,6 +48,8 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
         kinds: Evaluations: sae, itda, quant.
         settings: SAE, ITDA and quantization settings.
         device: auto, cpu, cuda or cuda:N.
+        source: Download settings (cache location and cap, retries); where each checkpoint comes from is
+            what its capture recorded.
         refresh: Re-evaluate and rewrite every selected checkpoint, whatever the store holds.
     """
     logger = get_run_logger()
@@ -71,8 +73,9 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
     for model, model_jobs in jobs.items():
         for step, captured in model_jobs:
             for kind in kinds:
-                futures.append((kind, task.submit(target.url, captured["source"], model, step, kind,
-                                                  captured["prompt_set"], values, device, force=refresh)))
+                futures.append((kind, task.submit(target.url, {**captured["source"], **source.downloads()}, model,
+                                                  step, kind, captured["prompt_set"], values, device,
+                                                  force=refresh)))
         for _, future in futures[done:]:
             future.wait()
             done += 1

@@ -24,7 +24,17 @@ class SourceParams(BaseModel):
     root: str | None = Field(None, description="Folder root URL (local path or s3://…); "
                                                "default: {store}/suites/{suite}")
     endpoint: str | None = Field(None, description="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
-    cache_dir: str | None = Field(None, description="Local cache for downloads")
+    cache_dir: str | None = Field(None, description="Local cache for downloads (default: "
+                                                    "~/.cache/massive_activations, or MA_CACHE_DIR)")
+    cache_gb: float = Field(200.0, gt=0, description="Hub cache cap in GiB: above it, the least recently used "
+                                                     "revisions not in use are evicted; at least two checkpoints")
+    download_retries: int = Field(5, ge=0, le=20, description="Hub: further attempts per file (the only retry layer "
+                                                              "for downloads)")
+    download_timeout_s: float = Field(30.0, gt=0, le=600, description="Hub: seconds one request may wait")
+
+    def downloads(self) -> dict:
+        """The download settings alone (cache location and cap, retries), for a source named elsewhere."""
+        return self.model_dump(include={"cache_dir", "cache_gb", "download_retries", "download_timeout_s"})
 
 
 class PromptParams(BaseModel):

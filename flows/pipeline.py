@@ -77,7 +77,7 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
     if source.kind == "folder" and not source.root:
         out["suite"] = timed("suite", offline_suite(suite=suite, store=store, workers=workers,
                                                     refresh="suite" in again))
-        source = SourceParams(kind="folder", root=out["suite"]["root"], cache_dir=source.cache_dir)
+        source = SourceParams(kind="folder", root=out["suite"]["root"], **source.downloads())
         models = models or sorted(out["suite"]["models"])
     out["capture"] = timed("capture", capture.with_options(task_runner=task_runner(runner))(
         models=models, steps=steps, store=store, suite=suite, source=source, prompts=prompts, settings=settings,
@@ -92,7 +92,7 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
     if evaluations and last >= STAGES.index("evaluate"):
         out["evaluate"] = timed("evaluate", evaluate.with_options(task_runner=task_runner(runner))(
             models=captured, steps=eval_steps, store=store, kinds=evaluations, settings=eval_settings,
-            device=device, refresh="evaluate" in again))
+            device=device, source=source, refresh="evaluate" in again))
     target = Store(store)
     out["where"] = {name: target.url_for(name) for name in OUTPUTS}
     out["timings"] = timings

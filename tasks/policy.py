@@ -7,7 +7,9 @@ rewrites anyway. Prefect's task cache takes no part in that decision (no cache p
 stored under its task run's own id): one cache, the store's provenance, which travels with the data
 to any process, machine or orchestrator.
 
-Prefect owns retries (transient errors only; bad input and missing or corrupt data fail fast) and
+Prefect owns retries (transient errors only; bad input and missing or corrupt data fail fast), except
+for Hub downloads: those are retried in one layer, the source (``HubSource``, with a documented worst
+case), so a download the source gave up on is not retried here again. Prefect
 persists each task's small JSON result next to the data (``<store>/cache/prefect/``), so the UI
 shows it and nothing is ever unpickled from shared storage.
 """
@@ -24,14 +26,20 @@ from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 from prefect.tasks import exponential_backoff
 
 from massive_activations.catalog import CatalogError
-from massive_activations.checkpoints import CheckpointNotFoundError, CorruptCheckpointError, HubUnreachableError
+from massive_activations.checkpoints import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    HubUnreachableError,
+    TransientSourceError,
+)
 from massive_activations.provenance import stable_hash
 from massive_activations.store import Store, StoreError
 
 RESULTS_KEY = "cache/prefect"
-# Errors that say the request itself is wrong: retrying cannot help, so these fail fast.
+# Errors that say the request itself is wrong (retrying cannot help), and downloads the source has
+# already retried: these fail fast.
 NEVER_RETRY = (ValueError, TypeError, KeyError, CatalogError, CheckpointNotFoundError,
-               CorruptCheckpointError, HubUnreachableError, StoreError, MemoryError)
+               CorruptCheckpointError, HubUnreachableError, TransientSourceError, StoreError, MemoryError)
 RETRIES = 3
 RETRY_DELAYS = exponential_backoff(backoff_factor=2)  # 2 s, 4 s, 8 s …
 RETRY_JITTER = 0.5

@@ -62,7 +62,10 @@ def any_store(request, tmp_path) -> Store:
 def fake_hub(monkeypatch):
     import huggingface_hub.constants as constants
 
+    from massive_activations import checkpoints
+
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(checkpoints, "_failed_endpoints", {})  # no endpoint remembered as dead from another test
     hub = FakeHub()
     hub.start()
     yield hub

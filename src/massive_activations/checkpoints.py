@@ -22,8 +22,11 @@ import random
 import re
 import shutil
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +34,7 @@ from typing import Any, Protocol
 import torch
 
 from massive_activations.catalog import PYTHIA_STEPS, Architecture, hub_repo, select_steps
+from massive_activations.hub_cache import HubCache
 from massive_activations.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,10 @@ class CheckpointSource(Protocol):
     def steps(self, model: str) -> list[int]: ...
 
     def fetch(self, model: str, step: int) -> Path: ...
+
+    def checkout(self, model: str, step: int) -> AbstractContextManager[Path]:
+        """The checkpoint's folder, kept (not evicted from a cache) until the block ends."""
+        ...
 
 
 def resolve_device(device: str) -> torch.device:
@@ -145,16 +153,33 @@ def _is_transient(err: BaseException) -> bool:
     return False
 
 
+# Endpoints whose downloads exhausted their retries, and when: later downloads from them fail at once
+# for BREAKER_S, so a dead endpoint fails a whole run within one file's worst case, not one per checkpoint.
+BREAKER_S = 300.0
+_failed_endpoints: dict[str, float] = {}
+_failed_lock = threading.Lock()
+
+
 class HubSource:
-    """Pythia checkpoints from the Hugging Face Hub (or any server speaking its file protocol)."""
+    """Pythia checkpoints from the Hugging Face Hub (or any server speaking its file protocol).
+
+    Downloads are retried in exactly one layer, this class: each attempt is one metadata request
+    without huggingface_hub's own retries (``timeout_s``), then the download; ``retries`` more
+    attempts follow with jittered exponential backoff. Worst case before a file fails:
+    ``worst_case_s()``. Prefect does not retry a download again.
+    """
 
     kind = "hub"
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None, max_cache_gb: float = 200.0,
                  endpoint: str | None = None, retries: int = 5, backoff_s: float = 1.0,
                  max_backoff_s: float = 60.0, timeout_s: float = 30.0, seed: int | None = None):
+        if max_cache_gb <= 0 or retries < 0 or timeout_s <= 0:
+            raise ValueError(f"need max_cache_gb > 0, retries >= 0, timeout_s > 0; got {max_cache_gb}, {retries}, "
+                             f"{timeout_s}")
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE / "hub")
         self.max_cache_bytes = int(max_cache_gb * 2**30)
+        self.cache = HubCache(self.cache_dir, self.max_cache_bytes)
         self.endpoint = endpoint or os.environ.get("HF_ENDPOINT")
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self.timeout_s = timeout_s
@@ -167,14 +192,44 @@ class HubSource:
         hub_repo(model)  # validates the name
         return list(PYTHIA_STEPS)
 
-    def _download(self, repo: str, filename: str, revision: str) -> Path:
-        from huggingface_hub import hf_hub_download
+    def worst_case_s(self) -> float:
+        """Seconds before a file on an endpoint that never answers fails: every attempt's metadata
+        request times out, with the longest backoffs between them."""
+        backoffs = sum(min(self.max_backoff_s, self.backoff_s * 2**a) * 1.5 for a in range(self.retries))
+        return (self.retries + 1) * self.timeout_s + backoffs
+
+    def _endpoint_failed(self) -> str:
+        key = self.describe()["endpoint"]
+        with _failed_lock:
+            when = _failed_endpoints.get(key)
+            if when is not None and time.monotonic() - when < BREAKER_S:
+                return f"{key} failed every attempt {time.monotonic() - when:.0f} s ago; not tried again for now"
+            _failed_endpoints.pop(key, None)
+        return ""
+
+    def _attempt(self, repo: str, filename: str, revision: str, before: Callable[[int], None] | None) -> Path:
+        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+        if not constants.HF_HUB_OFFLINE:  # offline, the cache answers or OfflineModeIsEnabled says why
+            meta = get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision, endpoint=self.endpoint),
+                                        timeout=self.timeout_s, retry_on_errors=False)
+            if before is not None and meta.size is not None:
+                before(meta.size)
+        path = Path(hf_hub_download(repo, filename, revision=revision, cache_dir=self.cache_dir,
+                                    endpoint=self.endpoint, etag_timeout=self.timeout_s))
+        if not path.exists():  # e.g. removed from under us by a process that does not pin
+            raise TransientSourceError(f"{repo}@{revision}/{filename}: missing after its download")
+        return path
+
+    def _download(self, repo: str, filename: str, revision: str,
+                  before: Callable[[int], None] | None = None) -> Path:
         from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
         for attempt in range(self.retries + 1):
+            if reason := self._endpoint_failed():
+                raise TransientSourceError(f"{repo}@{revision}/{filename}: {reason}")
             try:
-                return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=self.cache_dir,
-                                            endpoint=self.endpoint, etag_timeout=self.timeout_s))
+                return self._attempt(repo, filename, revision, before)
             except RevisionNotFoundError as err:
                 raise CheckpointNotFoundError(f"{repo} has no revision {revision!r}") from err
             except RepositoryNotFoundError as err:
@@ -182,9 +237,11 @@ class HubSource:
             except Exception as err:  # noqa: BLE001 - classified just below
                 if reason := unreachable_reason(err):
                     raise HubUnreachableError(f"{repo}@{revision}/{filename}: {reason}") from err
-                if not _is_transient(err):
+                if not (isinstance(err, TransientSourceError) or _is_transient(err)):
                     raise
                 if attempt == self.retries:
+                    with _failed_lock:
+                        _failed_endpoints[self.describe()["endpoint"]] = time.monotonic()
                     raise TransientSourceError(f"{repo}@{revision}/{filename}: still failing after "
                                                f"{self.retries + 1} attempts: {err}") from err
                 delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + self._jitter.random())
@@ -193,53 +250,54 @@ class HubSource:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _optional(self, repo: str, filename: str, revision: str) -> Path | None:
+    def _optional(self, repo: str, filename: str, revision: str,
+                  before: Callable[[int], None] | None = None) -> Path | None:
         from huggingface_hub.errors import RemoteEntryNotFoundError
 
         try:
-            return self._download(repo, filename, revision)
+            return self._download(repo, filename, revision, before)
         except RemoteEntryNotFoundError:
             return None
 
-    def fetch(self, model: str, step: int) -> Path:
+    @contextmanager
+    def checkout(self, model: str, step: int) -> Iterator[Path]:
         repo = hub_repo(model)
         select_steps(step, PYTHIA_STEPS)
         revision = f"step{step}"
-        config = self._download(repo, "config.json", revision)
+        with self.cache.pinned(repo, revision):
+            yield self._fetch(repo, revision)
+
+    def fetch(self, model: str, step: int) -> Path:
+        with self.checkout(model, step) as path:
+            return path
+
+    def _fetch(self, repo: str, revision: str) -> Path:
+        total = 0
+
+        def fits(size: int) -> None:  # refuse a cap below one checkpoint before downloading its weights
+            nonlocal total
+            total += size
+            self.cache.check_fits(repo, revision, total)
+
+        config = self._download(repo, "config.json", revision, fits)
         weights = None
         for name in WEIGHT_CANDIDATES:
-            weights = self._optional(repo, name, revision)
+            weights = self._optional(repo, name, revision, fits)
             if weights is None:
                 continue
             if name.endswith(".index.json"):
                 for shard in sorted(set(json.loads(weights.read_text())["weight_map"].values())):
-                    self._download(repo, shard, revision)
+                    self._download(repo, shard, revision, fits)
             break
         if weights is None:
             raise CheckpointNotFoundError(f"{repo}@{revision} has none of {', '.join(WEIGHT_CANDIDATES)}")
         for name in TOKENIZER_FILES:
             self._optional(repo, name, revision)
-        self.prune_cache(keep=config.parent)
+        self.cache.evict()  # this revision is pinned: only others go
+        missing = [name for name in ("config.json", weights.name) if not (config.parent / name).exists()]
+        if missing:
+            raise TransientSourceError(f"{repo}@{revision}: {missing} missing after the download")
         return config.parent
-
-    def prune_cache(self, keep: Path) -> None:
-        """Evict least recently used revisions until the cache is under its cap."""
-        from huggingface_hub import scan_cache_dir
-
-        info = scan_cache_dir(self.cache_dir)
-        if info.size_on_disk <= self.max_cache_bytes:
-            return
-        revisions = sorted((r for repo in info.repos for r in repo.revisions if r.snapshot_path != keep),
-                           key=lambda r: r.last_modified)
-        excess, doomed = info.size_on_disk - self.max_cache_bytes, []
-        for rev in revisions:
-            if excess <= 0:
-                break
-            doomed.append(rev.commit_hash)
-            excess -= rev.size_on_disk
-        if doomed:
-            log.info("hub cache over %.1f GiB: evicting %d revisions", self.max_cache_bytes / 2**30, len(doomed))
-            info.delete_revisions(*doomed).execute()
 
 
 # --- a folder (local or on the store) ---------------------------------------------------------
@@ -270,6 +328,10 @@ class FolderSource:
         if not found:
             raise CheckpointNotFoundError(f"no checkpoints of {model!r} under {self.store.url}")
         return found
+
+    @contextmanager
+    def checkout(self, model: str, step: int) -> Iterator[Path]:
+        yield self.fetch(model, step)
 
     def fetch(self, model: str, step: int) -> Path:
         prefix = f"{model}/step{step}"
@@ -344,15 +406,18 @@ def load_from_dir(path: Path, model_name: str, step: int, device: str = "auto", 
 
 def load_checkpoint(source: CheckpointSource, model: str, step: int, device: str = "auto",
                     dtype: str = "float32") -> LoadedCheckpoint:
-    path = source.fetch(model, step)
-    return load_from_dir(path, model, step, device=device, dtype=dtype, source=json.dumps(source.describe()))
+    with source.checkout(model, step) as path:  # pinned in the cache until the weights are in memory
+        return load_from_dir(path, model, step, device=device, dtype=dtype, source=json.dumps(source.describe()))
 
 
 def make_source(kind: str, root: str | None = None, endpoint: str | None = None,
-                cache_dir: str | None = None, storage_options: dict[str, Any] | None = None) -> CheckpointSource:
+                cache_dir: str | None = None, storage_options: dict[str, Any] | None = None,
+                cache_gb: float = 200.0, download_retries: int = 5,
+                download_timeout_s: float = 30.0) -> CheckpointSource:
     """A source from plain values (as flow parameters carry them)."""
     if kind == "hub":
-        return HubSource(cache_dir=cache_dir, endpoint=endpoint)
+        return HubSource(cache_dir=cache_dir, endpoint=endpoint, max_cache_gb=cache_gb, retries=download_retries,
+                         timeout_s=download_timeout_s)
     if kind == "folder":
         if not root:
             raise ValueError("a folder source needs a root URL (a local folder or s3://bucket/prefix)")

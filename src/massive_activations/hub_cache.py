@@ -1,0 +1,138 @@
+"""The Hub download cache, shared safely by threads, processes and Dask workers on one machine.
+
+A revision in use is *pinned*: one file per user under ``<cache>/.pins/`` while it downloads, loads
+or waits for the next piece of work. Eviction (least recently used first, among unpinned revisions)
+and pinning both take an exclusive ``flock`` on ``<cache>/.lock``, so a pin is either seen by an
+eviction or made after it (the revision is then downloaded again); no revision is deleted under a
+reader. A pin left by a dead process on this host is ignored and removed; a pin from another host
+(a cache on a shared file system) is always respected.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+_HOST = socket.gethostname().replace(".", "_")
+
+
+class CacheTooSmallError(ValueError):
+    """The cache cap cannot hold even the checkpoint being fetched."""
+
+
+def _slug(repo: str, revision: str) -> str:
+    return f"{repo.replace('/', '--')}@{revision}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class HubCache:
+    """Pins, last use and least-recently-used eviction over a huggingface_hub cache folder."""
+
+    def __init__(self, cache_dir: str | os.PathLike[str], max_bytes: int):
+        self.dir = Path(cache_dir)
+        self.max_bytes = max_bytes
+        self._pins = self.dir / ".pins"
+        self._used = self.dir / ".used"
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @contextmanager
+    def pinned(self, repo: str, revision: str) -> Iterator[None]:
+        """Keep ``repo@revision`` from eviction for the duration (download, load, pending work)."""
+        slug = _slug(repo, revision)
+        pin = self._pins / slug / f"{_HOST}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}"
+        with self._locked():
+            pin.parent.mkdir(parents=True, exist_ok=True)
+            pin.touch()
+        try:
+            yield
+        finally:
+            self.touch(repo, revision)
+            pin.unlink(missing_ok=True)
+
+    def touch(self, repo: str, revision: str) -> None:
+        """Record a use of the revision: eviction goes by this, least recent first."""
+        self._used.mkdir(parents=True, exist_ok=True)
+        mark = self._used / _slug(repo, revision)
+        mark.touch()
+        os.utime(mark)
+
+    def pinned_revisions(self) -> set[str]:
+        """Slugs (``repo@revision``) with a live pin; stale pins of dead local processes are removed."""
+        live = set()
+        for folder in self._pins.glob("*") if self._pins.exists() else ():
+            for pin in folder.iterdir():
+                host, pid = pin.name.split(".")[:2]
+                if host == _HOST and not _alive(int(pid)):
+                    pin.unlink(missing_ok=True)
+                    continue
+                live.add(folder.name)
+        return live
+
+    def last_used(self, slug: str) -> float:
+        mark = self._used / slug
+        return mark.stat().st_mtime if mark.exists() else 0.0
+
+    def evict(self) -> list[str]:
+        """Delete least recently used unpinned revisions until the cache is within its cap; the evicted slugs."""
+        from huggingface_hub import scan_cache_dir
+
+        with self._locked():
+            info = scan_cache_dir(self.dir)
+            if info.size_on_disk <= self.max_bytes:
+                return []
+            pinned = self.pinned_revisions()
+            candidates = []
+            for repo in info.repos:
+                for rev in repo.revisions:
+                    slugs = {_slug(repo.repo_id, ref) for ref in rev.refs} or {_slug(repo.repo_id, rev.commit_hash)}
+                    if not slugs & pinned:
+                        candidates.append((max(self.last_used(s) for s in slugs), rev, slugs))
+            candidates.sort(key=lambda c: c[0])
+            excess, doomed, names = info.size_on_disk - self.max_bytes, [], []
+            for _, rev, slugs in candidates:
+                if excess <= 0:
+                    break
+                doomed.append(rev.commit_hash)
+                names += sorted(slugs)
+                excess -= rev.size_on_disk
+            if doomed:
+                log.info("hub cache over %.2f GiB: evicting %s", self.max_bytes / 2**30, ", ".join(names))
+                info.delete_revisions(*doomed).execute()
+                for slug in names:
+                    (self._used / slug).unlink(missing_ok=True)
+            return names
+
+    def check_fits(self, repo: str, revision: str, size: int) -> None:
+        """Refuse a cap smaller than one checkpoint, naming both sizes."""
+        if size > self.max_bytes:
+            raise CacheTooSmallError(
+                f"the Hub cache cap ({self.max_bytes / 2**30:.3g} GiB) is smaller than one checkpoint of {repo} "
+                f"({size / 2**30:.3g} GiB at {revision}); raise cache_gb to at least {size / 2**30 * 2:.3g} "
+                "(two checkpoints: the one in use and the next)")
+
