@@ -78,9 +78,7 @@ class HubCache:
     def touch(self, repo: str, revision: str) -> None:
         """Record a use of the revision: eviction goes by this, least recent first."""
         self._used.mkdir(parents=True, exist_ok=True)
-        mark = self._used / _slug(repo, revision)
-        mark.touch()
-        os.utime(mark)
+        (self._used / _slug(repo, revision)).touch()
 
     def pinned_revisions(self) -> set[str]:
         """Slugs (``repo@revision``) with a live pin; stale pins of dead local processes are removed."""
