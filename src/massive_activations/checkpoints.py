@@ -215,8 +215,9 @@ class HubSource:
                                         timeout=self.timeout_s, retry_on_errors=False)
             if before is not None and meta.size is not None:
                 before(meta.size)
-        path = Path(hf_hub_download(repo, filename, revision=revision, cache_dir=self.cache_dir,
-                                    endpoint=self.endpoint, etag_timeout=self.timeout_s))
+        with self.cache.downloading():
+            path = Path(hf_hub_download(repo, filename, revision=revision, cache_dir=self.cache_dir,
+                                        endpoint=self.endpoint, etag_timeout=self.timeout_s))
         if not path.exists():  # e.g. removed from under us by a process that does not pin
             raise TransientSourceError(f"{repo}@{revision}/{filename}: missing after its download")
         return path

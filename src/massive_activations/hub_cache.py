@@ -2,9 +2,12 @@
 
 A revision in use is *pinned*: one file per user under ``<cache>/.pins/`` while it downloads, loads
 or waits for the next piece of work. Eviction (least recently used first, among unpinned revisions)
-and pinning both take an exclusive ``flock`` on ``<cache>/.lock``, so a pin is either seen by an
-eviction or made after it (the revision is then downloaded again); no revision is deleted under a
-reader. A pin left by a dead process on this host is ignored and removed; a pin from another host
+holds an exclusive ``flock`` on ``<cache>/.lock``; pinning and every file download hold it shared.
+So a pin is either seen by an eviction or made after it (the revision is then downloaded again),
+and no eviction runs while a file is being linked into a snapshot: revisions share blobs (the same
+config or tokenizer at every step), and a blob an unpinned revision is evicted with could otherwise
+be linked by a download in that moment and left dangling. No revision is deleted under a reader.
+A pin left by a dead process on this host is ignored and removed; a pin from another host
 (a cache on a shared file system) is always respected.
 """
 
@@ -17,7 +20,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -52,10 +55,10 @@ class HubCache:
         self._used = self.dir / ".used"
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, exclusive: bool = True) -> Iterator[None]:
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / ".lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:
                 yield
             finally:
@@ -66,7 +69,7 @@ class HubCache:
         """Keep ``repo@revision`` from eviction for the duration (download, load, pending work)."""
         slug = _slug(repo, revision)
         pin = self._pins / slug / f"{_HOST}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}"
-        with self._locked():
+        with self._locked(exclusive=False):
             pin.parent.mkdir(parents=True, exist_ok=True)
             pin.touch()
         try:
@@ -74,6 +77,10 @@ class HubCache:
         finally:
             self.touch(repo, revision)
             pin.unlink(missing_ok=True)
+
+    def downloading(self) -> AbstractContextManager[None]:
+        """Hold while a file downloads and is linked into its snapshot: no eviction runs meanwhile."""
+        return self._locked(exclusive=False)
 
     def touch(self, repo: str, revision: str) -> None:
         """Record a use of the revision: eviction goes by this, least recent first."""
