@@ -84,7 +84,10 @@ def _leaf(name: tuple[str, ...], schema: dict, definitions: dict, required: bool
 
 def options(flow: Flow) -> list[Option]:
     """Every option of a flow, in the form's order: the flattened parameter schema."""
-    schema = flow.parameters.model_dump()
+    return _options(flow.parameters.model_dump())
+
+
+def _options(schema: dict) -> list[Option]:
     definitions = schema.get("definitions", {})
     required = set(schema.get("required", ()))
     props = sorted(schema["properties"].items(), key=lambda kv: kv[1].get("position", 0))
@@ -98,11 +101,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser(flow: Flow, description: str) -> tuple[argparse.ArgumentParser, list[Option]]:
+def build_parser(flow: Flow, description: str, opts: list[Option]) -> argparse.ArgumentParser:
     module = Path(sys.modules[flow.fn.__module__].__file__ or flow.name).stem
-    parser = _Parser(prog=f"python -m flows.{module}", allow_abbrev=False,
-                                     description=description)
-    opts = options(flow)
+    parser = _Parser(prog=f"python -m flows.{module}", allow_abbrev=False, description=description)
     field_names = [o.path[-1] for o in opts if len(o.path) > 1]
     top = {o.path[0] for o in opts}
     for opt in opts:
@@ -123,18 +124,18 @@ def build_parser(flow: Flow, description: str) -> tuple[argparse.ArgumentParser,
         parser.add_argument(*flags, **kwargs)
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser, opts
+    return parser
 
 
-def parameters(flow: Flow, opts: list[Option], args: argparse.Namespace) -> dict:
-    """The flow's parameters from parsed arguments: a group starts from the flow's own default for it."""
-    defaults = flow.parameters.model_dump()["properties"]
+def parameters(defaults: dict, opts: list[Option], args: argparse.Namespace) -> dict:
+    """The flow's parameters from parsed arguments; ``defaults``: the schema's properties, so that a group
+    starts from the flow's own default for it."""
     params: dict[str, Any] = {}
     given = [opt for opt in opts if hasattr(args, opt.dest)]
     whole = {o.path[0] for o in given if len(o.path) == 1}
-    if clash := sorted({o.flag for o in given if len(o.path) > 1 and o.path[0] in whole}):
-        raise ValueError(f"give either --{next(iter(whole)).replace('_', '-')} or its fields {', '.join(clash)}, "
-                         "not both")
+    if clash := sorted((o.path[0], o.flag) for o in given if len(o.path) > 1 and o.path[0] in whole):
+        raise ValueError(f"give either --{clash[0][0].replace('_', '-')} or its fields "
+                         f"{', '.join(flag for _, flag in clash)}, not both")
     for opt in given:
         raw = getattr(args, opt.dest)
         value = raw if isinstance(raw, bool) else opt.parse(raw)
@@ -207,16 +208,17 @@ def _quiet_tracebacks() -> Iterator[None]:
 
 def run(flow: Flow, summary: Summary, argv: list[str] | None = None, description: str | None = None) -> int:
     """Parse, validate, run, print; the exit code (argparse itself exits with 2 on a malformed command)."""
-    parser, opts = build_parser(flow, description or (flow.fn.__doc__ or flow.name).strip().splitlines()[0])
+    schema = flow.parameters.model_dump()
+    opts = _options(schema)
+    parser = build_parser(flow, description or (flow.fn.__doc__ or flow.name).strip().splitlines()[0], opts)
     args = parser.parse_args(argv)
     try:
-        params = parameters(flow, opts, args)
+        params = parameters(schema["properties"], opts, args)
         validate(flow, params)  # bad values fail here, before any server or work starts
     except ValueError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    schema = flow.parameters.model_dump()["properties"]
-    resolved = {name: prop["default"] for name, prop in schema.items() if "default" in prop} | params
+    resolved = {name: prop["default"] for name, prop in schema["properties"].items() if "default" in prop} | params
     try:
         if args.debug:
             result = flow(**params)
