@@ -6,24 +6,26 @@ import sys
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.futures import wait
 
 from flows import cli
 from flows.artifacts import figures_markdown
-from flows.params import DEFAULT_STORE, CaptureParams, PromptParams, SourceParams
+from flows.checkpoint_pass import Job, run_pass, tally
+from flows.params import DEFAULT_STORE, CaptureParams, EvalParams, Kind, PromptParams, SourceParams
+from massive_activations.capture import CaptureSettings
+from massive_activations.capture_run import capture_is_current
 from massive_activations.catalog import select_steps
-from massive_activations.checkpoints import make_source
+from massive_activations.checkpoints import make_source, resolve_dtype
 from massive_activations.corpus import stdlib_docstrings
+from massive_activations.eval_run import EvalSettings, evaluation_is_current
 from massive_activations.offline_suite import SUITES, split_documents, suite_prefix
 from massive_activations.prompts import build_prompt_set, save_prompt_set, texts_from_file, texts_from_hub_dataset
 from massive_activations.store import Store
-from tasks.capture import capture_checkpoint, plot_ratios
-from tasks.policy import on_store, tally
+from tasks.capture import plot_ratios
 from tasks.progress import Progress
 
 
 def resolve_source(source: SourceParams, store: Store, suite: str) -> dict:
-    values = source.model_dump()
+    values = source.checkout()
     if source.kind == "folder" and not source.root:
         values["root"] = store.url_for(suite_prefix(suite))
     return values
@@ -47,13 +49,14 @@ def prepare_prompts(store: Store, source, model: str, first_step: int, prompts: 
     """The model's prompt set, built with its tokenizer and stored under its content hash."""
     from transformers import AutoConfig, AutoTokenizer
 
-    path = source.fetch(model, first_step)
-    context = AutoConfig.from_pretrained(path).max_position_embeddings
+    with source.checkout(model, first_step, weights=False) as path:  # config and tokenizer only
+        context = AutoConfig.from_pretrained(path).max_position_embeddings
+        tokenizer = AutoTokenizer.from_pretrained(path)
     length = prompts.length or min(context, 2048)
     if length > context:
         raise ValueError(f"prompt length {length} exceeds {model}'s context of {context} tokens")
-    built = build_prompt_set(f"{model}-n{prompts.n_sequences}-len{length}", texts,
-                             AutoTokenizer.from_pretrained(path), prompts.n_sequences, length, prompts.seed)
+    built = build_prompt_set(f"{model}-n{prompts.n_sequences}-len{length}", texts, tokenizer,
+                             prompts.n_sequences, length, prompts.seed)
     return save_prompt_set(store, built)
 
 
@@ -61,24 +64,37 @@ def prepare_prompts(store: Store, source, model: str, first_step: int, prompts: 
 def capture(models: list[str] | None = None, steps: str = "all", store: str = DEFAULT_STORE,
             suite: str = "default", source: SourceParams = SourceParams(),
             prompts: PromptParams = PromptParams(), settings: CaptureParams = CaptureParams(),
-            device: str = "auto", dtype: str = "float32", refresh: bool = False) -> dict:
-    """Capture every (model, step); skip what the store already holds with the same inputs.
+            device: str = "auto", dtype: str = "float32", refresh: bool = False,
+            evaluations: tuple[Kind, ...] = (), eval_steps: str = "every=6",
+            eval_settings: EvalParams = EvalParams(), eval_refresh: bool = False) -> dict:
+    """Capture every (model, step), and evaluate some while each is loaded; skip what the store
+    already holds with the same inputs.
 
     Args:
         models: Models to capture, e.g. pythia-70m (default: every model of the folder source).
         steps: Checkpoints: all, log, start:stop:stride, every=N or step numbers, comma-separated.
         store: Store URL: a path, file://… or s3://bucket/prefix.
         suite: Offline suite whose folder is the default source.
-        source: Where checkpoints come from.
+        source: Where checkpoints come from, the download cache and how far to download ahead.
         prompts: The prompt set.
         settings: What to measure and sample.
         device: auto, cpu, cuda or cuda:N.
-        dtype: float32, float16 or bfloat16.
+        dtype: float32, float16 or bfloat16 (evaluations done in the same pass use it too).
         refresh: Recapture and rewrite every selected checkpoint, whatever the store holds.
+        evaluations: Evaluations to run on the checkpoint while it is loaded for capture (sae, itda,
+            quant); their report across checkpoints is the evaluate flow's.
+        eval_steps: Checkpoints to evaluate, a step selector over the captured ones.
+        eval_settings: SAE, ITDA and quantization settings.
+        eval_refresh: Re-evaluate and rewrite, whatever the store holds.
     """
     logger = get_run_logger()
     target = Store(store)
     target.check_reachable()
+    resolve_dtype(dtype)
+    kinds = tuple(dict.fromkeys(evaluations))
+    if kinds and settings.samples_per_layer == 0:
+        raise ValueError("evaluations read the capture's activation samples: set samples_per_layer > 0")
+    eval_values = eval_settings.to_settings() if kinds else None
     source_values = resolve_source(source, target, suite)
     src = make_source(**source_values)
     if models is None:
@@ -88,34 +104,51 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     if not models:
         raise ValueError(f"no models to capture under {source_values.get('root')}")
     plan = {m: select_steps(steps, src.steps(m)) for m in models}  # validates before any heavy work
+    evaluated = {m: set(select_steps(eval_steps, s)) if kinds else set() for m, s in plan.items()}
     texts = prompt_texts(prompts, suite, source.kind)
-    task = on_store(capture_checkpoint, target)
-    futures, total, done = [], sum(map(len, plan.values())), 0
-    progress = Progress(total, "checkpoints captured", "capture-progress", logger)
+    capture_settings = CaptureSettings(**settings.model_dump())
+    eval_config = EvalSettings.from_dict(eval_values) if kinds else None
+    jobs = []
     for model, model_steps in plan.items():
         prompt_set = prepare_prompts(target, src, model, model_steps[0], prompts, texts)
-        logger.info("%s: %d checkpoints with prompt set %s", model, len(model_steps), prompt_set)
+        logger.info("%s: %d checkpoints with prompt set %s%s", model, len(model_steps), prompt_set,
+                    f"; {len(evaluated[model])} also evaluated ({', '.join(kinds)})" if kinds else "")
         for step in model_steps:
-            futures.append(task.submit(target.url, source_values, model, step, prompt_set,
-                                       settings.model_dump(), device, dtype, force=refresh))
-        for future in futures[done:]:
-            future.wait()  # one model in memory at a time: finish this model before loading the next
-            done += 1
-            progress.update(done)
-    wait(futures)
-    counts, failed, _ = tally(futures, ("captured", "skipped"))
-    summary = {**counts, "failed": failed}
+            pending = refresh or not capture_is_current(target, src, model, step, prompt_set, capture_settings)
+            job_kinds = kinds if step in evaluated[model] else ()
+            pending = pending or (job_kinds and (eval_refresh or not all(
+                evaluation_is_current(target, src, model, step, kind, prompt_set, eval_config, dtype)
+                for kind in job_kinds)))
+            jobs.append(Job(model, step, source_values,
+                            {"prompt_set": prompt_set, "settings": settings.model_dump(), "force": refresh},
+                            {"kinds": list(job_kinds), "prompt_set": prompt_set, "settings": eval_values,
+                             "force": eval_refresh} if job_kinds else None, bool(pending)))
+    progress = Progress(len(jobs), "checkpoints done", "capture-progress", logger)
+    results = run_pass(target, jobs, device, dtype, source.prefetch, progress)
+    summary: dict = tally(results, "capture", ("captured", "skipped"))
+    if kinds:
+        summary["evaluations"] = {kind: tally(results, kind, ("evaluated", "skipped")) for kind in kinds}
     if summary["captured"] + summary["skipped"]:
         summary["figure"] = plot_ratios(target.url, list(plan))
-    counted = {k: v if not isinstance(v, list) else len(v) for k, v in summary.items() if k != "figure"}
-    figure = (figures_markdown([("ratio vs step", target.read_bytes(summary["figure"]),
-                                 target.url_for(summary["figure"]))]) if "figure" in summary else "")
+    counted = {k: v if not isinstance(v, list) else len(v) for k, v in summary.items()
+               if k not in ("figure", "evaluations")}
+    figure = (figures_markdown([("Ratio of top-1 |h| to median |h| per layer vs step",
+                                 target.read_bytes(summary["figure"]), target.url_for(summary["figure"]))])
+              if "figure" in summary else "")
+    evals = "".join(f"\n| {kind} evaluations | {s['evaluated']} done, {s['skipped']} skipped, "
+                    f"{len(s['failed'])} failed |" for kind, s in summary.get("evaluations", {}).items())
     create_markdown_artifact("# Capture summary\n\n| outcome | checkpoints |\n|---|---|\n"
-                             + "\n".join(f"| {k} | {v} |" for k, v in counted.items())
+                             + "\n".join(f"| {k} | {v} |" for k, v in counted.items()) + evals
                              + f"\n\nStore: `{target.url}`\n\n{figure}", key="capture-summary")
     logger.info("capture summary: %s", ", ".join(f"{k} {v}" for k, v in counted.items()))
+    problems = []
     if summary["failed"]:
-        raise RuntimeError(f"{len(summary['failed'])} of {total} checkpoints failed: {summary['failed'][:3]}")
+        problems.append(f"{len(summary['failed'])} of {len(jobs)} checkpoints failed: {summary['failed'][:3]}")
+    failed_evals = [m for s in summary.get("evaluations", {}).values() for m in s["failed"]]
+    if failed_evals:
+        problems.append(f"{len(failed_evals)} evaluations failed: {failed_evals[:3]}")
+    if problems:
+        raise RuntimeError("; ".join(problems))
     return summary
 
 
@@ -123,6 +156,8 @@ def summary(result: dict, params: dict) -> str:
     store = Store(params["store"])
     lines = [f"captured {result['captured']}, skipped (already on the store) {result['skipped']}, "
              f"failed {len(result['failed'])}", f"data: {store.url_for('ratios')}"]
+    for kind, s in result.get("evaluations", {}).items():
+        lines.append(f"{kind}: evaluated {s['evaluated']}, skipped {s['skipped']}, failed {len(s['failed'])}")
     if "figure" in result:
         lines.append(f"figure: {store.url_for(result['figure'])}")
     return "\n".join(lines)

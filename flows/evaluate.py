@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import cli
 from flows.artifacts import figures_markdown
-from flows.params import DEFAULT_STORE, EvalParams, SourceParams
+from flows.checkpoint_pass import Job, run_pass, tally
+from flows.params import DEFAULT_STORE, EvalParams, Kind, SourceParams
 from massive_activations.capture_run import STATS
 from massive_activations.catalog import select_steps
-from massive_activations.eval_run import samples_hash
+from massive_activations.checkpoints import make_source, resolve_dtype
+from massive_activations.eval_run import EvalSettings, evaluation_is_current, samples_hash
 from massive_activations.store import Store
-from tasks.evaluate import evaluate_checkpoint, evaluation_report, itda_similarity
-from tasks.policy import on_store, tally
+from tasks.evaluate import evaluation_report, itda_similarity
+from tasks.policy import on_store
 from tasks.progress import Progress
-
-Kind = Literal["sae", "itda", "quant"]
 
 
 def plan_evaluations(target: Store, models: list[str] | None, steps: str) -> dict[str, list[int]]:
@@ -38,8 +37,10 @@ def plan_evaluations(target: Store, models: list[str] | None, steps: str) -> dic
 @flow(name="evaluate", log_prints=True)
 def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str = DEFAULT_STORE,
              kinds: tuple[Kind, ...] = ("sae", "itda", "quant"), settings: EvalParams = EvalParams(),
-             device: str = "auto", source: SourceParams = SourceParams(), refresh: bool = False) -> dict:
-    """Evaluate every captured (model, step) in the selection; skip what the store holds with the same inputs.
+             device: str = "auto", dtype: str = "float32", source: SourceParams = SourceParams(),
+             refresh: bool = False) -> dict:
+    """Evaluate every captured (model, step) in the selection, every kind while the checkpoint is
+    loaded once; skip what the store holds with the same inputs; then report across checkpoints.
 
     Args:
         models: Captured models to evaluate (default: all).
@@ -48,45 +49,44 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
         kinds: Evaluations: sae, itda, quant.
         settings: SAE, ITDA and quantization settings.
         device: auto, cpu, cuda or cuda:N.
-        source: Download settings (cache location and cap, retries); where each checkpoint comes from is
-            what its capture recorded.
+        dtype: float32, float16 or bfloat16: the dtype the checkpoint is evaluated in.
+        source: Download settings (cache location and cap, retries, prefetch); where each checkpoint
+            comes from is what its capture recorded.
         refresh: Re-evaluate and rewrite every selected checkpoint, whatever the store holds.
     """
     logger = get_run_logger()
     kinds = tuple(dict.fromkeys(kinds))
     if not kinds:
         raise ValueError("choose at least one evaluation: sae, itda, quant")
+    resolve_dtype(dtype)
     values = settings.to_settings()
+    config = EvalSettings.from_dict(values)
     target = Store(store)
     target.check_reachable()
     plan = plan_evaluations(target, models, steps)
-    task = on_store(evaluate_checkpoint, target)
-    total = sum(map(len, plan.values())) * len(kinds)
-    progress = Progress(total, "checkpoint evaluations done", "evaluate-progress", logger)
     # Every checkpoint's samples and capture inputs first: one without samples fails before any work.
     for model, model_steps in plan.items():
         for step in model_steps:
             samples_hash(target, model, step)  # raises, naming the checkpoint, when it has no samples
-    jobs = {model: [(step, (target.partition_metadata(STATS, {"model": model, "step": step}) or {})["inputs"])
-                    for step in model_steps] for model, model_steps in plan.items()}
-    futures, done = [], 0
-    for model, model_jobs in jobs.items():
-        for step, captured in model_jobs:
-            for kind in kinds:
-                futures.append((kind, task.submit(target.url, {**captured["source"], **source.downloads()}, model,
-                                                  step, kind, captured["prompt_set"], values, device,
-                                                  force=refresh)))
-        for _, future in futures[done:]:
-            future.wait()
-            done += 1
-            progress.update(done, model)
-    summary: dict[str, dict] = {}
+    jobs = []
+    for model, model_steps in plan.items():
+        for step in model_steps:
+            captured = (target.partition_metadata(STATS, {"model": model, "step": step}) or {})["inputs"]
+            checkout = {**captured["source"], **source.downloads()}
+            src = make_source(**checkout)
+            pending = refresh or not all(evaluation_is_current(target, src, model, step, kind,
+                                                               captured["prompt_set"], config, dtype)
+                                         for kind in kinds)
+            jobs.append(Job(model, step, checkout, None, {"kinds": list(kinds), "prompt_set": captured["prompt_set"],
+                                                          "settings": values, "force": refresh}, pending))
+    progress = Progress(len(jobs), "checkpoints evaluated", "evaluate-progress", logger)
+    results = run_pass(target, jobs, device, dtype, source.prefetch, progress)
+    summary = {kind: tally(results, kind, ("evaluated", "skipped")) for kind in kinds}
     hashes: dict[tuple[str, str], list[str]] = {}
-    for kind in kinds:
-        counts, failed, results = tally((f for k, f in futures if k == kind), ("evaluated", "skipped"))
-        summary[kind] = {**counts, "failed": failed}
-        for result in results:
-            hashes.setdefault((result["model"], kind), []).append(result["hash"])
+    for result in results:
+        for kind, outcome in result["evaluations"].items():
+            if outcome["status"] != "failed":
+                hashes.setdefault((result["model"], kind), []).append(outcome["hash"])
     reports = {}
     for model in plan:
         if ("itda" in kinds) and hashes.get((model, "itda")):
@@ -101,7 +101,7 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
     logger.info("evaluate summary: %s", {k: {o: v if not isinstance(v, list) else len(v) for o, v in s.items()}
                                           for k, s in summary.items()})
     if failed:
-        raise RuntimeError(f"{len(failed)} of {total} evaluations failed: {failed[:3]}")
+        raise RuntimeError(f"{len(failed)} of {len(jobs) * len(kinds)} evaluations failed: {failed[:3]}")
     return {"summary": summary, "figures": {m: r["figures"] for m, r in reports.items()},
             "where": target.url_for("evals")}
 

@@ -15,6 +15,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = os.environ.get("MA_STORE", str(PROJECT_ROOT / "data"))
 
 
+Kind = Literal["sae", "itda", "quant"]
+
+
 class SourceParams(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -31,10 +34,16 @@ class SourceParams(BaseModel):
     download_retries: int = Field(5, ge=0, le=20, description="Hub: further attempts per file (the only retry layer "
                                                               "for downloads)")
     download_timeout_s: float = Field(30.0, gt=0, le=600, description="Hub: seconds one request may wait")
+    prefetch: int = Field(1, ge=0, le=16, description="Checkpoints downloaded ahead of the one being processed "
+                                                       "(0: download each when its turn comes)")
 
     def downloads(self) -> dict:
         """The download settings alone (cache location and cap, retries), for a source named elsewhere."""
         return self.model_dump(include={"cache_dir", "cache_gb", "download_retries", "download_timeout_s"})
+
+    def checkout(self) -> dict:
+        """The values ``make_source`` takes (all but the scheduling setting ``prefetch``)."""
+        return self.model_dump(exclude={"prefetch"})
 
 
 class PromptParams(BaseModel):

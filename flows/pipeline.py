@@ -16,10 +16,10 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows import cli
 from flows.capture import capture
-from flows.evaluate import Kind, evaluate
+from flows.evaluate import evaluate
 from flows.fit import fit
 from flows.offline_suite import offline_suite
-from flows.params import DEFAULT_STORE, CaptureParams, EvalParams, FitParams, PromptParams, SourceParams
+from flows.params import DEFAULT_STORE, CaptureParams, EvalParams, FitParams, Kind, PromptParams, SourceParams
 from flows.predict import ArchitectureParams, predict
 from flows.regress import regress
 from flows.runner import RunnerParams, task_runner
@@ -77,22 +77,26 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
     if source.kind == "folder" and not source.root:
         out["suite"] = timed("suite", offline_suite(suite=suite, store=store, workers=workers,
                                                     refresh="suite" in again))
-        source = SourceParams(kind="folder", root=out["suite"]["root"], **source.downloads())
+        source = SourceParams(kind="folder", root=out["suite"]["root"], prefetch=source.prefetch,
+                              **source.downloads())
         models = models or sorted(out["suite"]["models"])
+    last = STAGES.index(until)
+    evaluating = bool(evaluations) and last >= STAGES.index("evaluate")
+    # One pass per checkpoint: captured, and evaluated where eval_steps selects it, while loaded once.
     out["capture"] = timed("capture", capture.with_options(task_runner=task_runner(runner))(
         models=models, steps=steps, store=store, suite=suite, source=source, prompts=prompts, settings=settings,
-        device=device, refresh="capture" in again))
+        device=device, refresh="capture" in again, evaluations=evaluations if evaluating else (),
+        eval_steps=eval_steps, eval_settings=eval_settings, eval_refresh="evaluate" in again))
     captured = models or None
-    last = STAGES.index(until)
     if last >= STAGES.index("fit"):
         out["fit"] = timed("fit", fit(models=captured, store=store, settings=fit_settings, refresh="fit" in again))
     if last >= STAGES.index("regress"):
         out["regress"] = timed("regress", regress(store=store, refresh="regress" in again))
         out["predict"] = timed("predict", predict(architecture=unseen, store=store))
-    if evaluations and last >= STAGES.index("evaluate"):
+    if evaluating:  # the evaluations are on the store now: this reports them across checkpoints
         out["evaluate"] = timed("evaluate", evaluate.with_options(task_runner=task_runner(runner))(
             models=captured, steps=eval_steps, store=store, kinds=evaluations, settings=eval_settings,
-            device=device, source=source, refresh="evaluate" in again))
+            device=device, source=source))
     target = Store(store)
     out["where"] = {name: target.url_for(name) for name in OUTPUTS}
     out["timings"] = timings
@@ -105,14 +109,14 @@ def _report(out: dict, target: Store) -> str:
     lines = ["# Pipeline run", "", "| stage | seconds | outcome |", "|---|---|---|"]
     outcome = {
         "suite": lambda r: f"{len(r['models'])} models under `{r['root']}`",
-        "capture": lambda r: f"captured {r['captured']}, skipped {r['skipped']}, failed {len(r['failed'])}",
+        "capture": lambda r: f"captured {r['captured']}, skipped {r['skipped']}, failed {len(r['failed'])}" + "".join(
+            f"; {k} evaluated {s['evaluated']}, skipped {s['skipped']}" for k, s in r.get("evaluations", {}).items()),
         "fit": lambda r: f"mean R² {r['mean_r2']:.3f}; " + ", ".join(
             f"{m} {x['status']}" for m, x in r["results"].items()),
         "regress": lambda r: "best LOMO R² " + ", ".join(f"{k} {v:.2f}" for k, v in r["best_lomo_r2"].items()
                                                          if math.isfinite(v)),
         "predict": lambda r: f"figure `{target.url_for(r['figure'])}`",
-        "evaluate": lambda r: "; ".join(f"{k}: computed {s['evaluated']}, skipped {s['skipped']}, "
-                                        f"failed {len(s['failed'])}" for k, s in r["summary"].items()),
+        "evaluate": lambda r: f"reports of {len(r['figures'])} models",
     }
     for stage, seconds in out["timings"].items():
         lines.append(f"| {stage} | {seconds:.1f} | {outcome[stage](out[stage])} |")

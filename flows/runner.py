@@ -49,3 +49,15 @@ def task_runner(params: RunnerParams) -> TaskRunner:
     return DaskTaskRunner(cluster_kwargs={"n_workers": params.max_workers, "threads_per_worker": 1,
                                          "processes": True, "dashboard_address": None,
                                          "env": {"PREFECT_API_URL": api}})
+
+
+def runner_width(default: int = 2) -> int:
+    """How many tasks the running flow's task runner runs at once: its threads, or its local Dask
+    workers; ``default`` for an unbounded thread pool, and no limit of ours on a remote cluster."""
+    from prefect.context import FlowRunContext
+
+    runner = FlowRunContext.get().task_runner
+    if getattr(runner, "address", None):
+        return 1024  # the cluster's scheduler decides
+    width = getattr(runner, "_max_workers", None) or (getattr(runner, "cluster_kwargs", None) or {}).get("n_workers")
+    return width if width and width < 1024 else default

@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 
 from massive_activations.capture import CaptureSettings
 from massive_activations.capture_run import capture_to_store
-from massive_activations.checkpoints import make_source
+from massive_activations.checkpoints import CheckpointHandle, make_source
 from massive_activations.plots import plot_ratio_curves
 from massive_activations.prompts import load_prompt_set
 from massive_activations.store import Store
@@ -16,11 +16,13 @@ from tasks.policy import task_options
 
 @task(name="capture-checkpoint", task_run_name="capture-{model}-step{step}", **task_options())
 def capture_checkpoint(store: str, source: dict, model: str, step: int, prompt_set: str, settings: dict,
-                       device: str = "auto", dtype: str = "float32", force: bool = False) -> dict:
+                       device: str = "auto", dtype: str = "float32", force: bool = False,
+                       checkpoint: CheckpointHandle | None = None) -> dict:
+    """``checkpoint``: the loaded checkpoint shared with the other work on it (see tasks.checkpoint)."""
     target = Store(store)
     result = capture_to_store(target, make_source(**source), model, step, prompt_set,
                               load_prompt_set(target, prompt_set).tokens, CaptureSettings(**settings),
-                              device=device, dtype=dtype, force=force)
+                              device=device, dtype=dtype, force=force, checkpoint=checkpoint)
     get_run_logger().info("%s step %d: %s", model, step, result["status"])
     return result
 

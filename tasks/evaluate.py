@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from massive_activations.checkpoints import make_source
+from massive_activations.checkpoints import CheckpointHandle, make_source
 from massive_activations.eval_report import report_to_store
 from massive_activations.eval_run import EvalSettings, evaluate_to_store, similarity_to_store
 from massive_activations.prompts import load_prompt_set
@@ -16,11 +16,13 @@ from tasks.policy import task_options
 
 @task(name="evaluate-checkpoint", task_run_name="{kind}-{model}-step{step}", **task_options())
 def evaluate_checkpoint(store: str, source: dict, model: str, step: int, kind: str, prompt_set: str,
-                        settings: dict, device: str = "auto", force: bool = False) -> dict:
+                        settings: dict, device: str = "auto", dtype: str = "float32", force: bool = False,
+                        checkpoint: CheckpointHandle | None = None) -> dict:
+    """``checkpoint``: the loaded checkpoint shared with the other work on it (see tasks.checkpoint)."""
     target = Store(store)
     result = evaluate_to_store(target, make_source(**source), model, step, kind, prompt_set,
                                load_prompt_set(target, prompt_set).tokens, EvalSettings.from_dict(settings),
-                               device=device, force=force)
+                               device=device, dtype=dtype, force=force, checkpoint=checkpoint)
     get_run_logger().info("%s %s step %d: %s", kind, model, step, result["status"])
     return result
 

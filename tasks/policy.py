@@ -16,7 +16,6 @@ shows it and nothing is ever unpickled from shared storage.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -78,18 +77,3 @@ def task_options(retries: int = RETRIES, persist: bool = True) -> dict:
         {"cache_policy": NO_CACHE, "persist_result": False}
     return {**storage, "retries": retries, "retry_delay_seconds": RETRY_DELAYS(retries) if retries else 0,
             "retry_jitter_factor": RETRY_JITTER if retries else None, "retry_condition_fn": retry_transient}
-
-
-def tally(futures: Iterable[Any], outcomes: tuple[str, ...]) -> tuple[dict[str, int], list[str], list[dict]]:
-    """Counts of each result's ``status`` (one of ``outcomes``), the failed tasks' messages, and the
-    completed results."""
-    counts, failed, results = dict.fromkeys(outcomes, 0), [], []
-    for future in futures:
-        state = future.state
-        if state.is_completed():
-            result = future.result()
-            counts[result["status"]] += 1
-            results.append(result)
-        else:
-            failed.append(str(state.message))
-    return counts, failed, results

@@ -3,7 +3,8 @@
 ``GET/HEAD /{repo}/resolve/{revision}/{file}`` (and ``/datasets/{repo}/…``) with the headers
 huggingface_hub reads (ETag, X-Repo-Commit, Content-Length) and its error codes (RepoNotFound,
 RevisionNotFound, EntryNotFound). The real huggingface_hub client code runs against it; faults can
-be planted: the next N requests fail with 503, or the next download is cut short.
+be planted: the next N requests fail with 503, or the next download is cut short; ``bandwidth``
+(bytes/s) throttles every body to one shared link, as a real network would.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
@@ -24,8 +26,10 @@ class FakeHub:
         self.truncate_next = 0
         self.fail_share = 0.0  # a seeded share of all requests fails, alternately with 503 and 504 (gateway timeout)
         self._rng = random.Random(0)
+        self.bandwidth: float | None = None
         self.log: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
+        self._link = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
     def add(self, repo: str, revision: str, files: dict[str, bytes], repo_type: str = "model") -> None:
@@ -116,6 +120,16 @@ class FakeHub:
         req.send_header("Content-Type", "application/octet-stream")
         req.end_headers()
         if body:
-            req.wfile.write(data[: len(data) // 2] if truncate else data)
+            self._send(req, data[: len(data) // 2] if truncate else data)
             if truncate:
                 req.close_connection = True
+
+    def _send(self, req: BaseHTTPRequestHandler, payload: bytes, chunk: int = 1 << 16) -> None:
+        if not self.bandwidth:
+            req.wfile.write(payload)
+            return
+        for start in range(0, len(payload), chunk):
+            piece = payload[start:start + chunk]
+            with self._link:  # one link: concurrent downloads share the bandwidth
+                time.sleep(len(piece) / self.bandwidth)
+            req.wfile.write(piece)

@@ -7,16 +7,14 @@ interrupted capture is redone and a finished one is never redone.
 
 from __future__ import annotations
 
-import gc
 import logging
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-import torch
 
 from massive_activations.capture import CODE_MODULES, CaptureSettings, capture, layer_ratios
-from massive_activations.checkpoints import CheckpointSource, load_checkpoint
+from massive_activations.checkpoints import CheckpointHandle, CheckpointSource
 from massive_activations.store import Store
 
 log = logging.getLogger(__name__)
@@ -30,23 +28,30 @@ def capture_inputs(model: str, step: int, source: CheckpointSource, prompt_set: 
             "settings": asdict(settings)}
 
 
+def capture_is_current(store: Store, source: CheckpointSource, model: str, step: int, prompt_set: str,
+                       settings: CaptureSettings) -> bool:
+    """Whether the store holds (model, step) captured from the same inputs by the same code."""
+    inputs = capture_inputs(model, step, source, prompt_set, settings)
+    return bool(store.current(STATS, {"model": model, "step": step}, inputs, CODE_MODULES))
+
+
 def capture_to_store(store: Store, source: CheckpointSource, model: str, step: int, prompt_set: str,
                      tokens: np.ndarray, settings: CaptureSettings, device: str = "auto",
-                     dtype: str = "float32", force: bool = False) -> dict[str, Any]:
+                     dtype: str = "float32", force: bool = False,
+                     checkpoint: CheckpointHandle | None = None) -> dict[str, Any]:
     """Capture (model, step) unless already on the store with the same inputs (``force``: anyway);
-    say which happened."""
+    say which happened. ``checkpoint``: a handle shared with other work on the same checkpoint
+    (its device and dtype win); without one, the checkpoint is loaded here and released after."""
     inputs = capture_inputs(model, step, source, prompt_set, settings)
     part = {"model": model, "step": step}
     if not force and (meta := store.current(STATS, part, inputs, CODE_MODULES)):
         return {"model": model, "step": step, "status": "skipped", "stats_hash": meta.get("content_hash")}
-    ckpt = load_checkpoint(source, model, step, device=device, dtype=dtype)
+    handle = checkpoint or CheckpointHandle(source, model, step, device=device, dtype=dtype)
     try:
-        result = capture(ckpt.model, tokens, settings)
+        result = capture(handle.get().model, tokens, settings)
     finally:
-        del ckpt
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if checkpoint is None:
+            handle.release()
     for layer, table in result.samples.items():
         store.write_partition(ACTIVATIONS, {**part, "layer": layer}, table, inputs=inputs,
                               code_modules=CODE_MODULES, overwrite=True)

@@ -13,6 +13,7 @@ naming the file rather than a crash deep in torch.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib
 import json
@@ -22,6 +23,7 @@ import random
 import re
 import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -36,6 +38,7 @@ import torch
 from massive_activations.catalog import PYTHIA_STEPS, Architecture, hub_repo, select_steps
 from massive_activations.hub_cache import HubCache
 from massive_activations.store import Store, StoreError
+from massive_activations.weights import converted_copy, float_dtypes
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +85,21 @@ class CheckpointSource(Protocol):
 
     def fetch(self, model: str, step: int) -> Path: ...
 
-    def checkout(self, model: str, step: int) -> AbstractContextManager[Path]:
-        """The checkpoint's folder, kept (not evicted from a cache) until the block ends."""
+    def checkout(self, model: str, step: int, weights: bool = True) -> AbstractContextManager[Path]:
+        """The checkpoint's folder, kept (not evicted from a cache) until the block ends; without
+        ``weights``, the config and tokenizer files may be all it holds."""
         ...
+
+    @property
+    def remote(self) -> bool:
+        """Whether a checkpoint is downloaded before use (so fetching ahead of use pays)."""
+        ...
+
+    def prefetch(self, model: str, step: int) -> str | None:
+        """Download the checkpoint and keep it until :meth:`release` of the returned token."""
+        ...
+
+    def release(self, token: str | None) -> None: ...
 
 
 def resolve_device(device: str) -> torch.device:
@@ -170,6 +185,7 @@ class HubSource:
     """
 
     kind = "hub"
+    remote = True
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None, max_cache_gb: float = 200.0,
                  endpoint: str | None = None, retries: int = 5, backoff_s: float = 1.0,
@@ -261,18 +277,33 @@ class HubSource:
             return None
 
     @contextmanager
-    def checkout(self, model: str, step: int) -> Iterator[Path]:
+    def checkout(self, model: str, step: int, weights: bool = True) -> Iterator[Path]:
         repo = hub_repo(model)
         select_steps(step, PYTHIA_STEPS)
         revision = f"step{step}"
         with self.cache.pinned(repo, revision):
-            yield self._fetch(repo, revision)
+            yield self._fetch(repo, revision, weights)
 
     def fetch(self, model: str, step: int) -> Path:
         with self.checkout(model, step) as path:
             return path
 
-    def _fetch(self, repo: str, revision: str) -> Path:
+    def prefetch(self, model: str, step: int) -> str | None:
+        repo, revision = hub_repo(model), f"step{step}"
+        select_steps(step, PYTHIA_STEPS)
+        token = self.cache.lease(repo, revision)
+        try:
+            self._fetch(repo, revision)
+        except BaseException:
+            self.cache.release(token)
+            raise
+        return token
+
+    def release(self, token: str | None) -> None:
+        if token is not None:
+            self.cache.release(token)
+
+    def _fetch(self, repo: str, revision: str, weights: bool = True) -> Path:
         total = 0
 
         def fits(size: int) -> None:  # refuse a cap below one checkpoint before downloading its weights
@@ -281,7 +312,18 @@ class HubSource:
             self.cache.check_fits(repo, revision, total)
 
         config = self._download(repo, "config.json", revision, fits)
-        weights = None
+        needed = ["config.json"]
+        if weights:
+            needed.append(self._fetch_weights(repo, revision, fits).name)
+        for name in TOKENIZER_FILES:
+            self._optional(repo, name, revision)
+        self.cache.evict()  # this revision is pinned: only others go
+        missing = [name for name in needed if not (config.parent / name).exists()]
+        if missing:
+            raise TransientSourceError(f"{repo}@{revision}: {missing} missing after the download")
+        return config.parent
+
+    def _fetch_weights(self, repo: str, revision: str, fits: Callable[[int], None]) -> Path:
         for name in WEIGHT_CANDIDATES:
             weights = self._optional(repo, name, revision, fits)
             if weights is None:
@@ -289,16 +331,8 @@ class HubSource:
             if name.endswith(".index.json"):
                 for shard in sorted(set(json.loads(weights.read_text())["weight_map"].values())):
                     self._download(repo, shard, revision, fits)
-            break
-        if weights is None:
-            raise CheckpointNotFoundError(f"{repo}@{revision} has none of {', '.join(WEIGHT_CANDIDATES)}")
-        for name in TOKENIZER_FILES:
-            self._optional(repo, name, revision)
-        self.cache.evict()  # this revision is pinned: only others go
-        missing = [name for name in ("config.json", weights.name) if not (config.parent / name).exists()]
-        if missing:
-            raise TransientSourceError(f"{repo}@{revision}: {missing} missing after the download")
-        return config.parent
+            return weights
+        raise CheckpointNotFoundError(f"{repo}@{revision} has none of {', '.join(WEIGHT_CANDIDATES)}")
 
 
 # --- a folder (local or on the store) ---------------------------------------------------------
@@ -331,8 +365,19 @@ class FolderSource:
         return found
 
     @contextmanager
-    def checkout(self, model: str, step: int) -> Iterator[Path]:
+    def checkout(self, model: str, step: int, weights: bool = True) -> Iterator[Path]:
         yield self.fetch(model, step)
+
+    @property
+    def remote(self) -> bool:
+        return self.store.scheme != "file"
+
+    def prefetch(self, model: str, step: int) -> str | None:
+        self.fetch(model, step)  # the folder cache has no cap: nothing to keep
+        return None
+
+    def release(self, token: str | None) -> None:
+        pass
 
     def fetch(self, model: str, step: int) -> Path:
         prefix = f"{model}/step{step}"
@@ -378,6 +423,13 @@ def check_weights(path: Path) -> list[Path]:
     return files
 
 
+def _scratch() -> Path:
+    """Where weights converted to another dtype are written just before loading (removed after)."""
+    folder = DEFAULT_CACHE / "converted"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def load_from_dir(path: Path, model_name: str, step: int, device: str = "auto", dtype: str = "float32",
                   source: str = "folder") -> LoadedCheckpoint:
     from transformers import AutoConfig, AutoTokenizer, GPTNeoXForCausalLM
@@ -392,11 +444,15 @@ def load_from_dir(path: Path, model_name: str, step: int, device: str = "auto", 
     if config.model_type != "gpt_neox":
         raise CorruptCheckpointError(f"{path / 'config.json'}: model_type {config.model_type!r}, expected gpt_neox")
     files = check_weights(path)
-    try:
-        model, info = GPTNeoXForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype,
-                                                         output_loading_info=True)
-    except Exception as err:  # noqa: BLE001
-        raise CorruptCheckpointError(f"{files[0]}: weights do not fit {path / 'config.json'} ({err})") from err
+    with tempfile.TemporaryDirectory(prefix="convert-", dir=_scratch()) as scratch:
+        folder = path
+        if files[0].suffix == ".safetensors" and float_dtypes(files) - {torch_dtype}:
+            folder = converted_copy(path, files, torch_dtype, Path(scratch) / "checkpoint")  # no second copy in RAM
+        try:
+            model, info = GPTNeoXForCausalLM.from_pretrained(folder, config=config, dtype=torch_dtype,
+                                                             output_loading_info=True)
+        except Exception as err:  # noqa: BLE001
+            raise CorruptCheckpointError(f"{files[0]}: weights do not fit {path / 'config.json'} ({err})") from err
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
     if problems:
         raise CorruptCheckpointError(f"{files[0]}: weights do not fit the config: {problems}")
@@ -409,6 +465,34 @@ def load_checkpoint(source: CheckpointSource, model: str, step: int, device: str
                     dtype: str = "float32") -> LoadedCheckpoint:
     with source.checkout(model, step) as path:  # pinned in the cache until the weights are in memory
         return load_from_dir(path, model, step, device=device, dtype=dtype, source=json.dumps(source.describe()))
+
+
+class CheckpointHandle:
+    """One checkpoint, loaded at most once for every piece of work done on it, then released.
+
+    Loading is lazy: work the store already holds never loads (nor downloads) anything. A failed
+    load is not remembered, so a retried piece of work tries again.
+    """
+
+    def __init__(self, source: CheckpointSource, model: str, step: int, device: str = "auto",
+                 dtype: str = "float32"):
+        resolve_dtype(dtype)
+        self.source, self.model, self.step, self.device, self.dtype = source, model, step, device, dtype
+        self._loaded: LoadedCheckpoint | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> LoadedCheckpoint:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = load_checkpoint(self.source, self.model, self.step, self.device, self.dtype)
+            return self._loaded
+
+    def release(self) -> None:
+        with self._lock:
+            self._loaded = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def make_source(kind: str, root: str | None = None, endpoint: str | None = None,

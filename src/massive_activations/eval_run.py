@@ -11,7 +11,6 @@ version is not recomputed.
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,7 @@ import pyarrow as pa
 import torch
 
 from massive_activations.capture_run import ACTIVATIONS
-from massive_activations.checkpoints import CheckpointSource, load_checkpoint
+from massive_activations.checkpoints import CheckpointHandle, CheckpointSource
 from massive_activations.itda import ITDADictionary, ITDASettings, itda, jaccard, layer_matching_score, matching_pursuit
 from massive_activations.quantization import activation_quantization, outlier_dims, w8a8
 from massive_activations.sae import SAESettings, massive_threshold, reconstruction_metrics, token_mask, train_sae
@@ -128,11 +127,20 @@ def samples_hash(store: Store, model: str, step: int) -> str:
 
 
 def eval_inputs(model: str, step: int, kind: str, source: CheckpointSource, prompt_set: str, activations: str,
-                settings: EvalSettings) -> dict[str, Any]:
+                settings: EvalSettings, dtype: str = "float32") -> dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"unknown evaluation {kind!r}; choose from {', '.join(KINDS)}")
     return {"model": model, "step": step, "kind": kind, "source": source.describe(), "prompt_set": prompt_set,
-            "activations_hash": activations, "settings": asdict(settings)}
+            "activations_hash": activations, "settings": asdict(settings), "dtype": dtype}
+
+
+def evaluation_is_current(store: Store, source: CheckpointSource, model: str, step: int, kind: str,
+                          prompt_set: str, settings: EvalSettings, dtype: str = "float32") -> bool:
+    """Whether the store holds this evaluation of (model, step) from the same inputs by the same code."""
+    found = store.partitions_hash(ACTIVATIONS, {"model": model, "step": step})
+    inputs = eval_inputs(model, step, kind, source, prompt_set, found or "", settings, dtype)
+    return found is not None and bool(store.current(f"{EVALS}/{kind}", {"model": model, "step": step}, inputs,
+                                                    CODE_MODULES))
 
 
 class Splicer:
@@ -261,31 +269,35 @@ def rows_table(rows: list[dict]) -> pa.Table:
 
 
 def evaluate_to_store(store: Store, source: CheckpointSource, model: str, step: int, kind: str, prompt_set: str,
-                      tokens: np.ndarray, settings: EvalSettings, device: str = "auto",
-                      force: bool = False) -> dict[str, Any]:
+                      tokens: np.ndarray, settings: EvalSettings, device: str = "auto", dtype: str = "float32",
+                      force: bool = False, checkpoint: CheckpointHandle | None = None) -> dict[str, Any]:
     """Evaluate (model, step) with one kind unless the store holds it with the same inputs (``force``:
-    anyway); say which happened."""
-    inputs = eval_inputs(model, step, kind, source, prompt_set, samples_hash(store, model, step), settings)
+    anyway); say which happened. ``checkpoint``: a handle shared with other work on the same
+    checkpoint, of this ``dtype``; without one, the checkpoint is loaded here and released after."""
+    if checkpoint is not None and checkpoint.dtype != dtype:
+        raise ValueError(f"the shared checkpoint is loaded in {checkpoint.dtype}, the evaluation asks for {dtype}")
+    inputs = eval_inputs(model, step, kind, source, prompt_set, samples_hash(store, model, step), settings, dtype)
     dataset, part = f"{EVALS}/{kind}", {"model": model, "step": step}
     if not force and (meta := store.current(dataset, part, inputs, CODE_MODULES)):
         return {"model": model, "step": step, "kind": kind, "status": "skipped", "hash": meta.get("content_hash")}
     train_seqs, held_seqs = split_sequences(len(tokens), settings.heldout_fraction, settings.seed)
     layers = [layer for layer in sampled_layers(store, model, step) if layer >= 0 or kind == "quant"]
     samples = {layer: read_samples(store, model, step, layer) for layer in layers}
-    ckpt = load_checkpoint(source, model, step, device=device)
+    handle = checkpoint or CheckpointHandle(source, model, step, device=device, dtype=dtype)
     torch.manual_seed(settings.seed)
     try:
+        lm = handle.get().model
         held_tokens = np.asarray(tokens)[held_seqs]
         if kind == "quant":
-            rows, model_row = quant_rows(samples, ckpt.model, held_tokens, settings)
+            rows, model_row = quant_rows(samples, lm, held_tokens, settings)
             store.write_partition(QUANT_MODEL, part, rows_table([model_row]), inputs=inputs,
                                   code_modules=CODE_MODULES, overwrite=True)
         else:
-            splicer = Splicer(ckpt.model, held_tokens, settings.batch_size)
+            splicer = Splicer(lm, held_tokens, settings.batch_size)
             rows = (sae_rows if kind == "sae" else itda_rows)(samples, splicer, train_seqs, settings)
     finally:
-        del ckpt
-        gc.collect()
+        if checkpoint is None:
+            handle.release()
     written = store.write_partition(dataset, part, rows_table(rows), inputs=inputs,
                                     code_modules=CODE_MODULES, overwrite=True)
     return {"model": model, "step": step, "kind": kind, "status": "evaluated", "hash": written.content_hash,

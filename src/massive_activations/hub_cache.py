@@ -2,7 +2,8 @@
 
 A revision in use is *pinned*: one file per user under ``<cache>/.pins/`` while it downloads, loads
 or waits for the next piece of work. Eviction (least recently used first, among unpinned revisions)
-holds an exclusive ``flock`` on ``<cache>/.lock``; pinning and every file download hold it shared.
+holds an exclusive ``flock`` on ``<cache>/.lock``; pinning and every file download hold it shared,
+and an eviction that finds a download in progress leaves the work to that download's own eviction.
 So a pin is either seen by an eviction or made after it (the revision is then downloaded again),
 and no eviction runs while a file is being linked into a snapshot: revisions share blobs (the same
 config or tokenizer at every step), and a blob an unpinned revision is evicted with could otherwise
@@ -55,37 +56,55 @@ class HubCache:
         self._used = self.dir / ".used"
 
     @contextmanager
-    def _locked(self, exclusive: bool = True) -> Iterator[None]:
+    def _locked(self, exclusive: bool = True, wait: bool = True) -> Iterator[bool]:
+        """Hold the cache lock; yields False (holding nothing) when ``wait`` is off and it is taken."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / ".lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:
-                yield
+                fcntl.flock(fh, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def lease(self, repo: str, revision: str) -> str:
+        """Pin ``repo@revision`` until :meth:`release` (or this process ends): for a checkpoint fetched
+        ahead of its use, possibly released by another thread or process on this host. The token is
+        the pin file's path."""
+        owner = f"{_HOST}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}"
+        pin = self._pins / _slug(repo, revision) / owner
+        with self._locked(exclusive=False):
+            pin.parent.mkdir(parents=True, exist_ok=True)
+            pin.touch()
+        return str(pin)
+
+    def release(self, token: str) -> None:
+        pin = Path(token)
+        if pin.parent.parent != self._pins:
+            raise ValueError(f"{token!r} is not a pin of the cache {self.dir}")
+        self._mark(pin.parent.name)
+        pin.unlink(missing_ok=True)
 
     @contextmanager
     def pinned(self, repo: str, revision: str) -> Iterator[None]:
         """Keep ``repo@revision`` from eviction for the duration (download, load, pending work)."""
-        slug = _slug(repo, revision)
-        pin = self._pins / slug / f"{_HOST}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}"
-        with self._locked(exclusive=False):
-            pin.parent.mkdir(parents=True, exist_ok=True)
-            pin.touch()
+        token = self.lease(repo, revision)
         try:
             yield
         finally:
-            self.touch(repo, revision)
-            pin.unlink(missing_ok=True)
+            self.release(token)
 
-    def downloading(self) -> AbstractContextManager[None]:
+    def downloading(self) -> AbstractContextManager[bool]:
         """Hold while a file downloads and is linked into its snapshot: no eviction runs meanwhile."""
         return self._locked(exclusive=False)
 
-    def touch(self, repo: str, revision: str) -> None:
+    def _mark(self, slug: str) -> None:
         """Record a use of the revision: eviction goes by this, least recent first."""
         self._used.mkdir(parents=True, exist_ok=True)
-        (self._used / _slug(repo, revision)).touch()
+        (self._used / slug).touch()
 
     def pinned_revisions(self) -> set[str]:
         """Slugs (``repo@revision``) with a live pin; stale pins of dead local processes are removed."""
@@ -104,10 +123,17 @@ class HubCache:
         return mark.stat().st_mtime if mark.exists() else 0.0
 
     def evict(self) -> list[str]:
-        """Delete least recently used unpinned revisions until the cache is within its cap; the evicted slugs."""
+        """Delete least recently used unpinned revisions until the cache is within its cap; the evicted slugs.
+
+        Skipped (nothing evicted) while any file is downloading: waiting would stall the caller until
+        another checkpoint's download ends (a prefetch, say); every download ends with an eviction of
+        its own, so the last one to finish brings the cache back within its cap."""
         from huggingface_hub import scan_cache_dir
 
-        with self._locked():
+        with self._locked(wait=False) as held:
+            if not held:
+                log.debug("hub cache: a download is in progress; eviction left to it")
+                return []
             info = scan_cache_dir(self.dir)
             if info.size_on_disk <= self.max_bytes:
                 return []

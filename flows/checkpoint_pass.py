@@ -1,0 +1,86 @@
+"""Checkpoint-major execution, shared by the capture and evaluate flows.
+
+Each (model, step) is one ``process_checkpoint`` task: fetched once, loaded once, and every piece of
+work on it (capture, each evaluation kind) done while it is in memory. At most ``slots`` checkpoints
+are processed at once (the task runner's width). Checkpoints a remote source must download are
+fetched ahead by one download lane in the flow's process, at most ``prefetch`` beyond the one being
+started, so downloads overlap compute; on disk there are then at most ``slots + prefetch`` pinned
+checkpoints of this run. Checkpoints with nothing missing on the store are neither fetched nor loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.runner import runner_width
+from massive_activations.checkpoints import make_source
+from massive_activations.store import Store
+from tasks.checkpoint import fetch_checkpoint, process_checkpoint
+from tasks.policy import on_store
+from tasks.progress import Progress
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str
+    step: int
+    source: dict
+    capture: dict | None = None  # {prompt_set, settings, force}
+    evaluations: dict | None = None  # {kinds, prompt_set, settings, force}
+    pending: bool = True  # some piece is missing on the store: worth fetching ahead
+
+
+def run_pass(store: Store, jobs: list[Job], device: str, dtype: str, prefetch: int,
+             progress: Progress) -> list[dict]:
+    """Every job's result, in order (see ``process_checkpoint``)."""
+    slots = runner_width()
+    task = on_store(process_checkpoint, store)
+    ahead = [i for i, job in enumerate(jobs) if prefetch and job.pending and make_source(**job.source).remote]
+    fetches: dict[int, Any] = {}
+    futures: list[Any] = []
+    in_flight: list[Any] = []
+    with ThreadPoolTaskRunner(max_workers=1) as lane:
+        for i, job in enumerate(jobs):
+            while len(in_flight) >= slots:
+                in_flight.pop(0).wait()
+                progress.update(sum(f.state.is_final() for f in futures))
+            started = sum(1 for a in ahead if a <= i)
+            for a in ahead[:started + prefetch]:
+                if a not in fetches:
+                    fetches[a] = lane.submit(fetch_checkpoint, {"source": jobs[a].source, "model": jobs[a].model,
+                                                                "step": jobs[a].step})
+            lease = fetches[i].result()["lease"] if i in fetches else None
+            future = task.submit(store.url, job.source, job.model, job.step, device, dtype, job.capture,
+                                 job.evaluations, lease)
+            futures.append(future)
+            in_flight.append(future)
+        for future in in_flight:
+            future.wait()
+            progress.update(sum(f.state.is_final() for f in futures))
+    return [_result(job, future) for job, future in zip(jobs, futures, strict=True)]
+
+
+def _result(job: Job, future: Any) -> dict:
+    if future.state.is_completed():
+        return future.result()
+    failed = {"status": "failed", "message": str(future.state.message)}
+    return {"model": job.model, "step": job.step, **({"capture": failed} if job.capture else {}),
+            "evaluations": {kind: failed for kind in (job.evaluations or {}).get("kinds", ())}}
+
+
+def tally(results: list[dict], piece: str, outcomes: tuple[str, ...]) -> dict[str, Any]:
+    """Counts of one piece's outcomes (``capture`` or an evaluation kind), with the failures' messages."""
+    counts: dict[str, Any] = dict.fromkeys(outcomes, 0)
+    counts["failed"] = []
+    for result in results:
+        outcome = result.get("capture") if piece == "capture" else result["evaluations"].get(piece)
+        if outcome is None:
+            continue
+        if outcome["status"] == "failed":
+            counts["failed"].append(f"{result['model']} step {result['step']}: {outcome['message']}")
+        else:
+            counts[outcome["status"]] += 1
+    return counts
