@@ -11,12 +11,9 @@ from flows import cli
 from flows.artifacts import figures_markdown
 from flows.checkpoint_pass import Job, run_pass, tally
 from flows.params import DEFAULT_STORE, CaptureParams, EvalParams, Kind, PromptParams, SourceParams
-from massive_activations.capture import CaptureSettings
-from massive_activations.capture_run import capture_is_current
 from massive_activations.catalog import select_steps
 from massive_activations.checkpoints import make_source, resolve_dtype
 from massive_activations.corpus import stdlib_docstrings
-from massive_activations.eval_run import EvalSettings, evaluation_is_current
 from massive_activations.offline_suite import SUITES, split_documents, suite_prefix
 from massive_activations.prompts import build_prompt_set, save_prompt_set, texts_from_file, texts_from_hub_dataset
 from massive_activations.store import Store
@@ -106,23 +103,17 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     plan = {m: select_steps(steps, src.steps(m)) for m in models}  # validates before any heavy work
     evaluated = {m: set(select_steps(eval_steps, s)) if kinds else set() for m, s in plan.items()}
     texts = prompt_texts(prompts, suite, source.kind)
-    capture_settings = CaptureSettings(**settings.model_dump())
-    eval_config = EvalSettings.from_dict(eval_values) if kinds else None
     jobs = []
     for model, model_steps in plan.items():
         prompt_set = prepare_prompts(target, src, model, model_steps[0], prompts, texts)
         logger.info("%s: %d checkpoints with prompt set %s%s", model, len(model_steps), prompt_set,
                     f"; {len(evaluated[model])} also evaluated ({', '.join(kinds)})" if kinds else "")
         for step in model_steps:
-            pending = refresh or not capture_is_current(target, src, model, step, prompt_set, capture_settings)
             job_kinds = kinds if step in evaluated[model] else ()
-            pending = pending or (job_kinds and (eval_refresh or not all(
-                evaluation_is_current(target, src, model, step, kind, prompt_set, eval_config, dtype)
-                for kind in job_kinds)))
             jobs.append(Job(model, step, source_values,
                             {"prompt_set": prompt_set, "settings": settings.model_dump(), "force": refresh},
                             {"kinds": list(job_kinds), "prompt_set": prompt_set, "settings": eval_values,
-                             "force": eval_refresh} if job_kinds else None, bool(pending)))
+                             "force": eval_refresh} if job_kinds else None))
     progress = Progress(len(jobs), "checkpoints done", "capture-progress", logger)
     results = run_pass(target, jobs, device, dtype, source.prefetch, progress)
     summary: dict = tally(results, "capture", ("captured", "skipped"))

@@ -18,7 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.runner import runner_width
 from massive_activations.checkpoints import make_source
 from massive_activations.store import Store
-from tasks.checkpoint import fetch_checkpoint, process_checkpoint
+from tasks.checkpoint import fetch_checkpoint, process_checkpoint, stored_outcome
 from tasks.policy import on_store
 from tasks.progress import Progress
 
@@ -30,7 +30,6 @@ class Job:
     source: dict
     capture: dict | None = None  # {prompt_set, settings, force}
     evaluations: dict | None = None  # {kinds, prompt_set, settings, force}
-    pending: bool = True  # some piece is missing on the store: worth fetching ahead
 
 
 def run_pass(store: Store, jobs: list[Job], device: str, dtype: str, prefetch: int,
@@ -38,29 +37,37 @@ def run_pass(store: Store, jobs: list[Job], device: str, dtype: str, prefetch: i
     """Every job's result, in order (see ``process_checkpoint``)."""
     slots = runner_width()
     task = on_store(process_checkpoint, store)
-    ahead = [i for i, job in enumerate(jobs) if prefetch and job.pending and make_source(**job.source).remote]
+    done = [stored_outcome(store, job.source, job.model, job.step, dtype, job.capture, job.evaluations)
+            for job in jobs]
+    todo = [i for i, result in enumerate(done) if result is None]
+    ahead = [i for i in todo if prefetch and make_source(**jobs[i].source).remote]
     fetches: dict[int, Any] = {}
-    futures: list[Any] = []
+    futures: dict[int, Any] = {}
     in_flight: list[Any] = []
+
+    def report() -> None:
+        progress.update(len(jobs) - len(todo) + sum(f.state.is_final() for f in futures.values()))
+
+    report()
     with ThreadPoolTaskRunner(max_workers=1) as lane:
-        for i, job in enumerate(jobs):
+        for i in todo:
+            job = jobs[i]
             while len(in_flight) >= slots:
                 in_flight.pop(0).wait()
-                progress.update(sum(f.state.is_final() for f in futures))
+                report()
             started = sum(1 for a in ahead if a <= i)
             for a in ahead[:started + prefetch]:
                 if a not in fetches:
                     fetches[a] = lane.submit(fetch_checkpoint, {"source": jobs[a].source, "model": jobs[a].model,
                                                                 "step": jobs[a].step})
             lease = fetches[i].result()["lease"] if i in fetches else None
-            future = task.submit(store.url, job.source, job.model, job.step, device, dtype, job.capture,
-                                 job.evaluations, lease)
-            futures.append(future)
-            in_flight.append(future)
+            futures[i] = task.submit(store.url, job.source, job.model, job.step, device, dtype, job.capture,
+                                     job.evaluations, lease)
+            in_flight.append(futures[i])
         for future in in_flight:
             future.wait()
-            progress.update(sum(f.state.is_final() for f in futures))
-    return [_result(job, future) for job, future in zip(jobs, futures, strict=True)]
+            report()
+    return [done[i] if done[i] is not None else _result(job, futures[i]) for i, job in enumerate(jobs)]
 
 
 def _result(job: Job, future: Any) -> dict:

@@ -14,8 +14,8 @@ from flows.checkpoint_pass import Job, run_pass, tally
 from flows.params import DEFAULT_STORE, EvalParams, Kind, SourceParams
 from massive_activations.capture_run import STATS
 from massive_activations.catalog import select_steps
-from massive_activations.checkpoints import make_source, resolve_dtype
-from massive_activations.eval_run import EvalSettings, evaluation_is_current, samples_hash
+from massive_activations.checkpoints import resolve_dtype
+from massive_activations.eval_run import samples_hash
 from massive_activations.store import Store
 from tasks.evaluate import evaluation_report, itda_similarity
 from tasks.policy import on_store
@@ -60,7 +60,6 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
         raise ValueError("choose at least one evaluation: sae, itda, quant")
     resolve_dtype(dtype)
     values = settings.to_settings()
-    config = EvalSettings.from_dict(values)
     target = Store(store)
     target.check_reachable()
     plan = plan_evaluations(target, models, steps)
@@ -72,13 +71,9 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
     for model, model_steps in plan.items():
         for step in model_steps:
             captured = (target.partition_metadata(STATS, {"model": model, "step": step}) or {})["inputs"]
-            checkout = {**captured["source"], **source.downloads()}
-            src = make_source(**checkout)
-            pending = refresh or not all(evaluation_is_current(target, src, model, step, kind,
-                                                               captured["prompt_set"], config, dtype)
-                                         for kind in kinds)
-            jobs.append(Job(model, step, checkout, None, {"kinds": list(kinds), "prompt_set": captured["prompt_set"],
-                                                          "settings": values, "force": refresh}, pending))
+            jobs.append(Job(model, step, {**captured["source"], **source.downloads()}, None,
+                            {"kinds": list(kinds), "prompt_set": captured["prompt_set"], "settings": values,
+                             "force": refresh}))
     progress = Progress(len(jobs), "checkpoints evaluated", "evaluate-progress", logger)
     results = run_pass(target, jobs, device, dtype, source.prefetch, progress)
     summary = {kind: tally(results, kind, ("evaluated", "skipped")) for kind in kinds}
@@ -111,11 +106,14 @@ def _artifacts(target: Store, summary: dict, reports: dict) -> None:
     for model, report in reports.items():
         for row in report["correlations"]:
             if not math.isnan(row["spearman_rho"]):
-                strongest.append({"model": model, **{k: row[k] for k in ("layer", "kind", "variant", "metric",
-                                                                          "spearman_rho", "p_value", "n_checkpoints")}})
-    strongest.sort(key=lambda r: -abs(r["spearman_rho"]))
+                strongest.append({"model": model, **{k: row[k] for k in (
+                    "layer", "kind", "variant", "metric", "spearman_rho", "rho_step", "partial_rho",
+                    "partial_rho_low", "partial_rho_high", "n_checkpoints")}})
+    strongest.sort(key=lambda r: -abs(r["partial_rho"]) if not math.isnan(r["partial_rho"]) else 0.0)
     create_table_artifact(strongest, key="evaluate-correlations",
-                          description="Spearman ρ of each metric with the massive-activation ratio across checkpoints")
+                          description="Across checkpoints: Spearman ρ of each metric with the massive-activation "
+                                      "ratio, with the step, and the partial ρ with the ratio given the step (95% "
+                                      "bootstrap interval); strongest partial ρ first")
     lines = ["| evaluation | evaluated | skipped | failed |", "|---|---|---|---|"]
     lines += [f"| {k} | {s['evaluated']} | {s['skipped']} | {len(s['failed'])} |"
               for k, s in summary.items()]

@@ -13,7 +13,10 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from massive_activations.capture import CaptureSettings
+from massive_activations.capture_run import stored_capture
 from massive_activations.checkpoints import CheckpointHandle, make_source
+from massive_activations.eval_run import EvalSettings, stored_evaluation
 from massive_activations.store import Store
 from tasks.capture import capture_checkpoint
 from tasks.evaluate import evaluate_checkpoint
@@ -31,6 +34,26 @@ def fetch_checkpoint(source: dict, model: str, step: int) -> dict:
                                  model, step, type(err).__name__, err)
         return {"status": "failed", "lease": None, "message": f"{type(err).__name__}: {err}"}
     return {"status": "fetched", "lease": lease}
+
+
+def stored_outcome(store: Store, source: dict, model: str, step: int, dtype: str, capture: dict | None,
+                   evaluations: dict | None) -> dict | None:
+    """What ``process_checkpoint`` would return when every piece is on the store already (the store's
+    own skip decision, nothing forced), or None: then the checkpoint needs its task."""
+    checkout = make_source(**source)
+    out: dict[str, Any] = {"model": model, "step": step, "evaluations": {}}
+    if capture is not None:
+        if capture["force"] or not (found := stored_capture(store, checkout, model, step, capture["prompt_set"],
+                                                            CaptureSettings(**capture["settings"]))):
+            return None
+        out["capture"] = found
+    for kind in (evaluations or {}).get("kinds", ()):
+        if evaluations["force"] or not (found := stored_evaluation(
+                store, checkout, model, step, kind, evaluations["prompt_set"],
+                EvalSettings.from_dict(evaluations["settings"]), dtype)):
+            return None
+        out["evaluations"][kind] = found
+    return out
 
 
 def _outcome(state: Any) -> dict:

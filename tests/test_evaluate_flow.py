@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
 from flows.evaluate import evaluate
 from flows.params import EvalParams
@@ -12,7 +14,7 @@ from massive_activations.eval_run import EvalSettings, split_sequences
 from massive_activations.store import Store
 
 MODEL = "nx-l2-d32-h2"
-STEPS = [0, 24, 48]
+STEPS = [0, 8, 24, 40, 48]
 FAST = EvalParams(sae_steps=40, itda_target_size=16)
 
 
@@ -25,7 +27,7 @@ def eval_store(captured_micro, tmp_path) -> Store:
 def test_evaluate_writes_every_kind_and_reuses_it(prefect_server, eval_store):
     run = dict(models=[MODEL], steps=",".join(map(str, STEPS)), store=eval_store.url, settings=FAST, device="cpu")
     first = evaluate(**run)
-    assert {k: s["evaluated"] for k, s in first["summary"].items()} == {"sae": 3, "itda": 3, "quant": 3}
+    assert {k: s["evaluated"] for k, s in first["summary"].items()} == {"sae": 5, "itda": 5, "quant": 5}
     sae = eval_store.read_dataset("evals/sae", where={"model": MODEL})
     variants = {"topk-unmasked", "topk-masked", "relu-unmasked", "relu-masked"}
     assert set(zip(sae.column("step").to_pylist(), sae.column("layer").to_pylist(),
@@ -36,31 +38,45 @@ def test_evaluate_writes_every_kind_and_reuses_it(prefect_server, eval_store):
         assert row["ce_zero"] > row["ce_original"] or row["step"] == 0  # at init, deleting a layer costs nothing
         assert row["l0"] <= 8 or row["sae_kind"] == "relu"
     itda = eval_store.read_dataset("evals/itda", where={"model": MODEL})
-    assert itda.num_rows == 6 and all(len(r["atom_seq"]) == r["size"] for r in itda.to_pylist())
+    assert itda.num_rows == 10 and all(len(r["atom_seq"]) == r["size"] for r in itda.to_pylist())
     quant = eval_store.read_dataset("evals/quant", where={"model": MODEL})
-    assert quant.num_rows == 3 * 3 * 2 * 3  # steps × layers (incl. embedding) × bits × granularities
+    assert quant.num_rows == 5 * 3 * 2 * 3  # steps × layers (incl. embedding) × bits × granularities
     w8a8 = eval_store.read_dataset("evals/quant_model", where={"model": MODEL}).to_pylist()
-    assert len(w8a8) == 3 and all(abs(r["ce_delta_token"]) < 0.1 for r in w8a8)
+    assert len(w8a8) == 5 and all(abs(r["ce_delta_token"]) < 0.1 for r in w8a8)
     # Jaccard with the final dictionary, recomputed here from the stored atom labels
     labels = {(r["step"], r["layer"]): set(zip(r["atom_seq"], r["atom_pos"], strict=True)) for r in itda.to_pylist()}
     similarity = eval_store.read_dataset("evals/itda_similarity", where={"model": MODEL}).to_pylist()
-    assert {(r["step"], r["layer"]) for r in similarity} == set(labels)
+    assert {(r["step"], r["layer"]) for r in similarity} == {k for k in labels if k[0] != 48}  # final: 1 by design
     for r in similarity:
         mine, final = labels[(r["step"], r["layer"])], labels[(48, r["layer"])]
         assert r["jaccard_final"] == pytest.approx(len(mine & final) / len(mine | final))
     joined = eval_store.read_dataset("evals/joined", where={"model": MODEL})
     assert joined.num_rows > 0 and None not in joined.column("ratio").to_pylist()
     corr = eval_store.read_dataset("evals/correlations", where={"model": MODEL})
-    assert corr.num_rows > 0 and set(corr.column("n_checkpoints").to_pylist()) == {3}
+    assert corr.num_rows > 0 and set(corr.column("n_checkpoints").to_pylist()) <= {4, 5}
+    varying = [r for r in corr.to_pylist() if r["metric"] in ("explained_variance", "sqnr_db", "mse")]
+    ratio_trend = {}  # per layer: ρ of the ratio with the step; ±1 leaves no ratio beyond the step
+    for layer in (-1, 0, 1):
+        pts = sorted((r["step"], r["ratio"]) for r in eval_store.read_dataset("ratios", where={"model": MODEL})
+                     .to_pylist() if r["layer"] == layer and r["step"] in STEPS)
+        ratio_trend[layer] = spearmanr(*zip(*pts, strict=True)).statistic
+    varying = [r for r in corr.to_pylist() if r["metric"] in ("explained_variance", "sqnr_db", "mse")]
+    assert varying and all(np.isfinite(r[s]) and r[f"{s}_low"] <= r[f"{s}_high"]
+                           for r in varying for s in ("spearman_rho", "rho_step"))
+    for r in varying:  # the partial ρ is undefined exactly when the metric or the ratio is a pure time trend
+        defined = abs(r["rho_step"]) < 1 - 1e-9 and abs(ratio_trend[r["layer"]]) < 1 - 1e-9
+        assert np.isfinite(r["partial_rho"]) == defined == np.isfinite(r["partial_rho_low"]), r
+    layers = eval_store.read_dataset("evals/layer_correlations", where={"model": MODEL}).to_pylist()
+    assert {r["step"] for r in layers} == set(STEPS) and all(r["n_layers"] == 2 for r in layers if r["kind"] == "sae")
     assert eval_store.exists(f"plots/evals/{MODEL}-sae.png")
 
     mtimes = {k: eval_store.fs.info(eval_store.path(k))["mtime"] for k in eval_store.list("evals/sae")}
     again = evaluate(**run)
-    assert {k: s["skipped"] for k, s in again["summary"].items()} == {"sae": 3, "itda": 3, "quant": 3}
+    assert {k: s["skipped"] for k, s in again["summary"].items()} == {"sae": 5, "itda": 5, "quant": 5}
     assert mtimes == {k: eval_store.fs.info(eval_store.path(k))["mtime"] for k in eval_store.list("evals/sae")}
     quant_before = {k: eval_store.fs.info(eval_store.path(k))["mtime"] for k in eval_store.list("evals/quant")}
     refreshed = evaluate(**{**run, "kinds": ("quant",), "refresh": True})
-    assert refreshed["summary"]["quant"]["evaluated"] == 3  # refresh recomputes and rewrites
+    assert refreshed["summary"]["quant"]["evaluated"] == 5  # refresh recomputes and rewrites
     assert all(eval_store.fs.info(eval_store.path(k))["mtime"] != t for k, t in quant_before.items())
 
 

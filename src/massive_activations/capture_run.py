@@ -28,11 +28,12 @@ def capture_inputs(model: str, step: int, source: CheckpointSource, prompt_set: 
             "settings": asdict(settings)}
 
 
-def capture_is_current(store: Store, source: CheckpointSource, model: str, step: int, prompt_set: str,
-                       settings: CaptureSettings) -> bool:
-    """Whether the store holds (model, step) captured from the same inputs by the same code."""
+def stored_capture(store: Store, source: CheckpointSource, model: str, step: int, prompt_set: str,
+                   settings: CaptureSettings) -> dict[str, Any] | None:
+    """The result ``capture_to_store`` would return as "skipped", or None when it would capture."""
     inputs = capture_inputs(model, step, source, prompt_set, settings)
-    return bool(store.current(STATS, {"model": model, "step": step}, inputs, CODE_MODULES))
+    meta = store.current(STATS, {"model": model, "step": step}, inputs, CODE_MODULES)
+    return {"model": model, "step": step, "status": "skipped", "stats_hash": meta.get("content_hash")} if meta else None
 
 
 def capture_to_store(store: Store, source: CheckpointSource, model: str, step: int, prompt_set: str,
@@ -44,8 +45,8 @@ def capture_to_store(store: Store, source: CheckpointSource, model: str, step: i
     (its device and dtype win); without one, the checkpoint is loaded here and released after."""
     inputs = capture_inputs(model, step, source, prompt_set, settings)
     part = {"model": model, "step": step}
-    if not force and (meta := store.current(STATS, part, inputs, CODE_MODULES)):
-        return {"model": model, "step": step, "status": "skipped", "stats_hash": meta.get("content_hash")}
+    if not force and (stored := stored_capture(store, source, model, step, prompt_set, settings)):
+        return stored
     handle = checkpoint or CheckpointHandle(source, model, step, device=device, dtype=dtype)
     try:
         result = capture(handle.get().model, tokens, settings)

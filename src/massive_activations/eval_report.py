@@ -2,8 +2,10 @@
 
 The joined view is long: one row per (model, step, layer, kind, variant, metric) with the metric's
 value and that checkpoint-layer's ratio (from ``ratios/``). Checkpoint-level metrics (W8A8, outlier
-dims) get the checkpoint's largest layer ratio and layer = -2. The correlation is Spearman's ρ
-between a metric and the ratio across checkpoints, per (model, layer, kind, variant, metric).
+dims) get the checkpoint's largest layer ratio and layer = -2. Across checkpoints, per (model,
+layer, kind, variant, metric): Spearman's ρ of the metric with the ratio, with the step, and the
+partial ρ with the ratio given the step, with bootstrap intervals; within each checkpoint, ρ across
+layers.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from scipy.stats import spearmanr
 from massive_activations.eval_run import CODE_MODULES as EVAL_MODULES
 from massive_activations.eval_run import EVALS, ITDA_SIMILARITY, QUANT_MODEL
 from massive_activations.plots import plot_eval_metrics
+from massive_activations.rank_stats import STATS, correlations_with_ci
 from massive_activations.store import Store, StoreError
 
-CODE_MODULES = EVAL_MODULES + ("massive_activations.eval_report", "massive_activations.plots")
+CODE_MODULES = EVAL_MODULES + ("massive_activations.eval_report", "massive_activations.plots",
+                               "massive_activations.rank_stats")
 # The figure of each evaluation: (kind, variant, metric) panels
 PANELS = {
     "sae": [("sae", "topk-unmasked", "explained_variance"), ("sae", "topk-masked", "explained_variance"),
@@ -71,23 +75,49 @@ def joined_view(store: Store, models: list[str]) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def correlations(joined: pa.Table, min_points: int = 4) -> pa.Table:
-    """Spearman ρ (and p) of each metric against the ratio across checkpoints."""
-    groups: dict[tuple, list[tuple[float, float]]] = {}
+def correlations(joined: pa.Table, min_points: int = 4, n_boot: int = 1000, seed: int = 0) -> pa.Table:
+    """Per (model, layer, kind, variant, metric), across checkpoints: Spearman ρ (and p) of the metric
+    with the ratio, ρ with the step, and the partial ρ with the ratio given the step, each with a
+    95% bootstrap interval over checkpoints (see rank_stats)."""
+    groups: dict[tuple, list[tuple[float, float, float]]] = {}
     for r in joined.to_pylist():
         if r["ratio"] is not None and np.isfinite(r["value"]):
             groups.setdefault((r["model"], r["layer"], r["kind"], r["variant"], r["metric"]), []).append(
-                (r["value"], r["ratio"]))
+                (r["value"], r["ratio"], r["step"]))
     rows = []
     for (model, layer, kind, variant, metric), pts in sorted(groups.items()):
-        values, ratio = np.array(pts).T
+        values, ratio, step = np.array(pts).T
+        nan = float("nan")
         if len(pts) < min_points or np.ptp(values) == 0 or np.ptp(ratio) == 0:
-            rho, p = float("nan"), float("nan")
+            stats = dict.fromkeys(["spearman_rho", "p_value", *(f"{s}{e}" for s in ("spearman_rho", *STATS[1:])
+                                                                 for e in ("_low", "_high"))], nan)
+            stats.update(rho_step=nan, partial_rho=nan)
         else:
             res = spearmanr(values, ratio)
-            rho, p = float(res.statistic), float(res.pvalue)
+            ci = correlations_with_ci(values, ratio, step, n_boot=n_boot, seed=seed)
+            stats = {"spearman_rho": float(res.statistic), "p_value": float(res.pvalue),
+                     "spearman_rho_low": ci["rho_ratio_low"], "spearman_rho_high": ci["rho_ratio_high"],
+                     **{k: v for k, v in ci.items() if not k.startswith("rho_ratio")}}
         rows.append({"model": model, "layer": layer, "kind": kind, "variant": variant, "metric": metric,
-                     "spearman_rho": rho, "p_value": p, "n_checkpoints": len(pts)})
+                     **stats, "n_checkpoints": len(pts)})
+    return pa.Table.from_pylist(rows)
+
+
+def layer_correlations(joined: pa.Table, min_layers: int = 3) -> pa.Table:
+    """The within-checkpoint view: at each step, Spearman ρ of a metric with the ratio across the
+    model's decoder layers (does a layer with a higher ratio have a worse metric at the same time?)."""
+    groups: dict[tuple, list[tuple[float, float]]] = {}
+    for r in joined.to_pylist():
+        if r["layer"] >= 0 and r["ratio"] is not None and np.isfinite(r["value"]):
+            groups.setdefault((r["model"], r["step"], r["kind"], r["variant"], r["metric"]), []).append(
+                (r["value"], r["ratio"]))
+    rows = []
+    for (model, step, kind, variant, metric), pts in sorted(groups.items()):
+        values, ratio = np.array(pts).T
+        defined = len(pts) >= min_layers and np.ptp(values) > 0 and np.ptp(ratio) > 0
+        rows.append({"model": model, "step": step, "kind": kind, "variant": variant, "metric": metric,
+                     "rho_across_layers": float(spearmanr(values, ratio).statistic) if defined else float("nan"),
+                     "n_layers": len(pts)})
     return pa.Table.from_pylist(rows)
 
 
@@ -105,7 +135,9 @@ def report_to_store(store: Store, model: str, kinds: list[str], eval_hashes: lis
     corr = correlations(joined)
     for kind, key in figures.items():
         store.write_bytes(key, plot_eval_metrics(joined, model, PANELS[kind]))
-    for name, table in (("joined", joined), ("correlations", corr)):  # correlations last: it marks the report done
+    # correlations last: it marks the report done
+    for name, table in (("joined", joined), ("layer_correlations", layer_correlations(joined)),
+                        ("correlations", corr)):
         store.write_partition(f"{EVALS}/{name}", part, table.drop_columns(["model"]), inputs=inputs,
                               code_modules=CODE_MODULES, overwrite=True)
     return {"model": model, "status": "computed", "figures": figures, "correlations": corr.to_pylist()}

@@ -134,13 +134,16 @@ def eval_inputs(model: str, step: int, kind: str, source: CheckpointSource, prom
             "activations_hash": activations, "settings": asdict(settings), "dtype": dtype}
 
 
-def evaluation_is_current(store: Store, source: CheckpointSource, model: str, step: int, kind: str,
-                          prompt_set: str, settings: EvalSettings, dtype: str = "float32") -> bool:
-    """Whether the store holds this evaluation of (model, step) from the same inputs by the same code."""
+def stored_evaluation(store: Store, source: CheckpointSource, model: str, step: int, kind: str,
+                      prompt_set: str, settings: EvalSettings, dtype: str = "float32") -> dict[str, Any] | None:
+    """The result ``evaluate_to_store`` would return as "skipped", or None when it would evaluate."""
     found = store.partitions_hash(ACTIVATIONS, {"model": model, "step": step})
-    inputs = eval_inputs(model, step, kind, source, prompt_set, found or "", settings, dtype)
-    return found is not None and bool(store.current(f"{EVALS}/{kind}", {"model": model, "step": step}, inputs,
-                                                    CODE_MODULES))
+    if found is None:
+        return None
+    inputs = eval_inputs(model, step, kind, source, prompt_set, found, settings, dtype)
+    meta = store.current(f"{EVALS}/{kind}", {"model": model, "step": step}, inputs, CODE_MODULES)
+    return ({"model": model, "step": step, "kind": kind, "status": "skipped", "hash": meta.get("content_hash")}
+            if meta else None)
 
 
 class Splicer:
@@ -278,8 +281,8 @@ def evaluate_to_store(store: Store, source: CheckpointSource, model: str, step: 
         raise ValueError(f"the shared checkpoint is loaded in {checkpoint.dtype}, the evaluation asks for {dtype}")
     inputs = eval_inputs(model, step, kind, source, prompt_set, samples_hash(store, model, step), settings, dtype)
     dataset, part = f"{EVALS}/{kind}", {"model": model, "step": step}
-    if not force and (meta := store.current(dataset, part, inputs, CODE_MODULES)):
-        return {"model": model, "step": step, "kind": kind, "status": "skipped", "hash": meta.get("content_hash")}
+    if not force and (stored := stored_evaluation(store, source, model, step, kind, prompt_set, settings, dtype)):
+        return stored
     train_seqs, held_seqs = split_sequences(len(tokens), settings.heldout_fraction, settings.seed)
     layers = [layer for layer in sampled_layers(store, model, step) if layer >= 0 or kind == "quant"]
     samples = {layer: read_samples(store, model, step, layer) for layer in layers}
@@ -315,6 +318,8 @@ def itda_similarity(store: Store, model: str) -> pa.Table:
     final = max(by_step)
     rows = []
     for step, layers in sorted(by_step.items()):
+        if step == final:
+            continue  # 1.0 by construction: it would inflate every trend towards the final checkpoint
         matching = layer_matching_score(layers, by_step[final])
         for layer, labels in sorted(layers.items()):
             rows.append({"step": step, "layer": layer, "final_step": final,
