@@ -38,3 +38,22 @@ def test_too_few_checkpoints_or_a_constant_metric_give_no_rho():
     """Fewer than 4 checkpoints, or nothing varying, is reported as NaN rather than a number."""
     assert math.isnan(correlations(joined([0.1, 0.2, 0.3], [1.0, 2.0, 3.0])).to_pylist()[0]["spearman_rho"])
     assert math.isnan(correlations(joined([0.5] * 5, [1.0, 2.0, 3.0, 4.0, 5.0])).to_pylist()[0]["spearman_rho"])
+
+
+def test_the_partial_rho_reaches_the_table_and_the_figure_title():
+    """A metric that falls with the step, while the ratio wobbles around its own trend: ρ with the step
+    is −1, so nothing of the metric is left beyond the step and the partial ρ is undefined (NaN)."""
+    from massive_activations.eval_report import layer_correlations
+    from massive_activations.plots import _correlation_line
+
+    ratio = [5.0, 9.0, 7.0, 13.0, 11.0, 15.0]
+    table = joined([0.99, 0.97, 0.95, 0.93, 0.91, 0.89], ratio)
+    row = correlations(table).to_pylist()[0]
+    assert row["rho_step"] == pytest.approx(-1.0) and math.isnan(row["partial_rho"])
+    assert row["spearman_rho"] == pytest.approx(-1 + 6 * 4 / (6 * 35))  # ranks 1,3,2,5,4,6 against 6..1
+    assert row["spearman_rho_low"] <= row["spearman_rho_high"]
+    key = ("sae", "topk-unmasked", "explained_variance")
+    across = layer_correlations(table).to_pylist()  # one layer: no ρ across layers
+    assert all(math.isnan(r["rho_across_layers"]) and r["n_layers"] == 1 for r in across)
+    line = _correlation_line(key, [row], across)
+    assert f"ρ ratio {row['spearman_rho']:+.2f} · step -1.00 · partial n/a · across layers n/a" in line

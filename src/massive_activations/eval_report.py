@@ -132,12 +132,11 @@ def report_to_store(store: Store, model: str, kinds: list[str], eval_hashes: lis
         return {"model": model, "status": "skipped", "figures": figures,
                 "correlations": [{"model": model, **r} for r in corr.to_pylist()]}
     joined = joined_view(store, [model])
-    corr = correlations(joined)
+    corr, across = correlations(joined), layer_correlations(joined)
     for kind, key in figures.items():
-        store.write_bytes(key, plot_eval_metrics(joined, model, PANELS[kind]))
+        store.write_bytes(key, plot_eval_metrics(joined, model, PANELS[kind], corr, across))
     # correlations last: it marks the report done
-    for name, table in (("joined", joined), ("layer_correlations", layer_correlations(joined)),
-                        ("correlations", corr)):
+    for name, table in (("joined", joined), ("layer_correlations", across), ("correlations", corr)):
         store.write_partition(f"{EVALS}/{name}", part, table.drop_columns(["model"]), inputs=inputs,
                               code_modules=CODE_MODULES, overwrite=True)
     return {"model": model, "status": "computed", "figures": figures, "correlations": corr.to_pylist()}

@@ -130,10 +130,33 @@ def plot_predicted_curves(rows: list[dict], arch: str, series: str) -> bytes:
     return _png(fig)
 
 
-def plot_eval_metrics(joined: pa.Table, model: str, panels: list[tuple[str, str, str]]) -> bytes:
+def _median(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.median(finite)) if finite else float("nan")
+
+
+def _correlation_line(key: tuple[str, str, str], corr: list[dict], across: list[dict]) -> str:
+    """Medians over layers of ρ with the ratio, ρ with the step and the partial ρ, and over checkpoints
+    of ρ across layers: what the panel's curves say, in numbers that separate the ratio from time."""
+    mine = [r for r in corr if (r["kind"], r["variant"], r["metric"]) == key]
+    if not mine:
+        return ""
+    layers = [r["rho_across_layers"] for r in across if (r["kind"], r["variant"], r["metric"]) == key]
+    def show(values: list[float]) -> str:
+        value = _median(values)
+        return f"{value:+.2f}" if math.isfinite(value) else "n/a"
+
+    return (f"\nρ ratio {show([r['spearman_rho'] for r in mine])} · step {show([r['rho_step'] for r in mine])}"
+            f" · partial {show([r['partial_rho'] for r in mine])} · across layers {show(layers)}")
+
+
+def plot_eval_metrics(joined: pa.Table, model: str, panels: list[tuple[str, str, str]],
+                      corr: pa.Table | None = None, across: pa.Table | None = None) -> bytes:
     """One panel per (kind, variant, metric): the metric per layer vs step, the layer's ratio dashed on a
-    second axis."""
+    second axis; with ``corr`` and ``across`` (the report's correlation tables), their medians in the title."""
     rows = joined.filter(pc.equal(joined.column("model"), model)).to_pylist()
+    corr_rows = corr.to_pylist() if corr is not None else []
+    across_rows = across.to_pylist() if across is not None else []
     cols = min(3, len(panels))
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.1 * nrows + 0.5), squeeze=False,
@@ -152,7 +175,8 @@ def plot_eval_metrics(joined: pa.Table, model: str, panels: list[tuple[str, str,
             ax.plot(steps, values, "-o", ms=2, lw=1.2, color=color, label=label)
             twin.plot(steps, ratio, "--", lw=0.8, color=color, alpha=0.6)
         ax.set_xscale("symlog", linthresh=1)
-        ax.set_title(f"{kind} {variant}: {metric}", fontsize=9)
+        ax.set_title(f"{kind} {variant}: {metric}"
+                     + _correlation_line((kind, variant, metric), corr_rows, across_rows), fontsize=8)
         ax.tick_params(labelsize=7)
         twin.tick_params(labelsize=7)
         twin.set_ylabel("ratio (dashed)", fontsize=7)
