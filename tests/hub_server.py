@@ -10,6 +10,7 @@ be planted: the next N requests fail with 503, or the next download is cut short
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import threading
 import time
@@ -94,6 +95,8 @@ class FakeHub:
             truncate = body and self.truncate_next > 0
             if truncate:
                 self.truncate_next -= 1
+        if path.startswith("api/models/") and path.endswith("/refs"):
+            return self._refs(req, path[len("api/models/"):-len("/refs")])
         if len(parts) < 5 or parts[2] != "resolve":
             self.log.append((req.command, path, 404))
             return self._error(req, 404, "RepoNotFound")
@@ -123,6 +126,23 @@ class FakeHub:
             self._send(req, data[: len(data) // 2] if truncate else data)
             if truncate:
                 req.close_connection = True
+
+    def _refs(self, req: BaseHTTPRequestHandler, repo: str) -> None:
+        """``GET /api/models/{repo}/refs``: every revision as a branch (and main), as the Hub lists them."""
+        revisions = self.repos.get(("model", repo))
+        if revisions is None:
+            self.log.append((req.command, f"api/models/{repo}/refs", 401))
+            return self._error(req, 401, "RepoNotFound")
+        names = sorted(set(revisions) | {"main"})
+        body = json.dumps({"branches": [{"name": n, "ref": f"refs/heads/{n}",
+                                         "targetCommit": hashlib.sha1(f"{repo}@{n}".encode()).hexdigest()}
+                                        for n in names], "converts": [], "tags": []}).encode()
+        self.log.append((req.command, f"api/models/{repo}/refs", 200))
+        req.send_response(200)
+        req.send_header("Content-Type", "application/json")
+        req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        req.wfile.write(body)
 
     def _send(self, req: BaseHTTPRequestHandler, payload: bytes, chunk: int = 1 << 16) -> None:
         if not self.bandwidth:

@@ -1,0 +1,68 @@
+"""Revision names of each built-in family parse to the right place in training; bad names say why."""
+
+from __future__ import annotations
+
+import pytest
+
+from massive_activations.catalog import select_steps
+from massive_activations.families import FAMILIES, Family, family
+
+
+@pytest.mark.parametrize(("name", "shuffled", "order", "tokens"), [
+    ("pythia", ["step143000", "main", "step0", "step512", "step1"], [0, 1, 512, 143000], None),
+    ("olmo", ["step738020-tokens3095B", "main", "step1000-tokens4B", "step20000-tokens84B"],
+     [1000, 20000, 738020], [4e9, 84e9, 3095e9]),
+    # stage 2 (annealing) after stage 1 whatever its step; ingredients in order within it; irregular steps
+    ("olmo2", ["stage2-ingredient2-step1000-tokens5B", "stage1-step1907359-tokens4001B", "stage1-step150-tokens1B",
+               "stage2-ingredient1-step2000-tokens9B", "stage2-ingredient1-step1000-tokens5B", "main",
+               "stage1-step10000-tokens21B"],
+     [150, 10000, 1907359, 1000, 2000, 1000], [1e9, 21e9, 4001e9, 5e9, 9e9, 5e9]),
+    ("amber", ["ckpt_358", "ckpt_000", "ckpt_100", "main"], [0, 100, 358], None),
+    ("fineweb-ablation", ["step-024000-50BT", "step-001000-2BT", "main"], [1000, 24000], [2e9, 50e9]),
+])
+def test_each_family_orders_its_real_revision_names(name, shuffled, order, tokens):
+    revisions = family(name).checkpoints(shuffled)
+    assert [r.step for r in revisions] == order
+    assert [r.tokens for r in revisions] == (tokens or [None] * len(order))
+    assert "main" not in [r.name for r in revisions]
+    assert select_steps("every=2", [r.step for r in revisions if r.stage <= 1])  # selectors work on any step list
+
+
+def test_olmo2_keeps_stage_and_ingredient():
+    [first, second] = family("olmo2").checkpoints(["stage2-ingredient3-step1000-tokens5B", "stage1-step150-tokens1B"])
+    assert (first.stage, first.ingredient, second.stage, second.ingredient) == (1, 0, 2, 3)
+
+
+def test_an_unparseable_name_is_an_error_listing_examples():
+    with pytest.raises(ValueError, match=r"revision 'step-1000' does not fit family 'pythia' .* look like "
+                                         r"step0, step512, step143000"):
+        FAMILIES["pythia"].parse("step-1000")
+
+
+def test_a_user_family_is_data():
+    mine = Family.from_dict({"name": "mine", "repo": "me/{model}", "revision": r"iter_(?P<step>\d+)",
+                             "examples": ["iter_0000100"]})
+    assert [r.step for r in mine.checkpoints(["iter_0000200", "iter_0000100"])] == [100, 200]
+    assert mine.repo_id("run-a") == "me/run-a"
+    with pytest.raises(ValueError, match=r"needs a named group \(\?P<step>"):
+        Family.from_dict({"name": "x", "repo": "me/{model}", "revision": r"iter_\d+", "examples": []})
+    with pytest.raises(ValueError, match="is not a regex"):
+        Family.from_dict({"name": "x", "repo": "me/{model}", "revision": r"iter_(?P<step>\d+", "examples": []})
+    with pytest.raises(ValueError, match=r"unknown family fields \['regex'\]"):
+        Family.from_dict({"name": "x", "repo": "me/{model}", "regex": "x"})
+    with pytest.raises(ValueError, match="unknown model family 'gpt5'; built in: pythia, olmo"):
+        family("gpt5")
+
+
+def test_the_loopback_hub_lists_a_familys_checkpoints_through_the_refs_api(fake_hub):
+    from massive_activations.families import hub_checkpoints
+
+    names = ["stage2-ingredient1-step1000-tokens5B", "stage1-step150-tokens1B", "stage1-step10000-tokens21B"]
+    for name in names:
+        fake_hub.add("allenai/OLMo-2-0425-1B", name, {"config.json": b"{}"})
+    found = hub_checkpoints(family("olmo2"), "OLMo-2-0425-1B", endpoint=fake_hub.url)
+    assert [r.name for r in found] == [names[1], names[2], names[0]]  # main listed by the Hub, left out here
+    assert ("GET", "api/models/allenai/OLMo-2-0425-1B/refs", 200) in fake_hub.log
+    amber_naming = Family("amber-like", "allenai/{model}", r"ckpt_(?P<step>\d+)", ("ckpt_000",))
+    with pytest.raises(ValueError, match=r"has no branch that fits family 'amber-like' .*'main'"):
+        hub_checkpoints(amber_naming, "OLMo-2-0425-1B", endpoint=fake_hub.url)
