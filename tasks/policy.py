@@ -16,6 +16,8 @@ shows it and nothing is ever unpickled from shared storage.
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +58,18 @@ def retry_transient(task: Task, task_run: Any, state: Any) -> bool:
 
 
 def result_storage(store: Store) -> Path | WritableFileSystem:
-    """The store's cache folder; for object storage, a block saved under a name derived from its URL."""
+    """The store's cache folder; for object storage, a block saved under a name derived from its URL
+    (once per process and store: every checkpoint's nested tasks ask for it)."""
     if store.scheme == "file":
         return Path(store.path(RESULTS_KEY))
-    block = RemoteFileSystem(basepath=store.url_for(RESULTS_KEY), settings=store.storage_options)
-    block.save(f"ma-results-{stable_hash(store.url)}", overwrite=True)
+    return _remote_block(store.url, store.url_for(RESULTS_KEY),
+                         json.dumps(store.storage_options, sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=32)
+def _remote_block(url: str, basepath: str, settings: str) -> WritableFileSystem:
+    block = RemoteFileSystem(basepath=basepath, settings=json.loads(settings))
+    block.save(f"ma-results-{stable_hash(url)}", overwrite=True)
     return block
 
 
