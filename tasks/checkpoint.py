@@ -1,10 +1,11 @@
 """All the work on one checkpoint while it is loaded once: capture, then each evaluation kind.
 
-``process_checkpoint`` loads the checkpoint lazily (nothing when the store holds every piece) and
-runs each piece as its own nested task (``capture-…``, ``sae-…``, …) with its own store partition,
-skip decision and retries, so one failed evaluation redoes neither the capture nor the others.
-``fetch_checkpoint`` downloads a checkpoint ahead of its use and keeps it pinned in the download
-cache until the checkpoint's ``process_checkpoint`` has loaded it.
+``process_checkpoint`` loads the checkpoint lazily (not at all when every piece it runs is skipped)
+and runs each piece as its own nested task (``capture-…``, ``sae-…``, …) with its own store
+partition, skip decision and retries, so one failed evaluation redoes neither the capture nor the
+others. ``stored_outcome`` says, before scheduling, whether the store already holds every piece (then
+the checkpoint needs no task). ``fetch_checkpoint`` downloads a checkpoint ahead of its use and keeps
+it pinned in the download cache until the checkpoint's ``process_checkpoint`` is done with it.
 """
 
 from __future__ import annotations
