@@ -12,7 +12,7 @@ from flows.artifacts import figures_markdown
 from flows.checkpoint_pass import Job, run_pass, tally
 from flows.params import DEFAULT_STORE, CaptureParams, EvalParams, Kind, PromptParams, SourceParams
 from massive_activations.catalog import select_steps
-from massive_activations.checkpoints import make_source, resolve_dtype
+from massive_activations.checkpoints import make_source, resolve_device, resolve_dtype
 from massive_activations.corpus import stdlib_docstrings
 from massive_activations.offline_suite import SUITES, split_documents, suite_prefix
 from massive_activations.prompts import build_prompt_set, save_prompt_set, texts_from_file, texts_from_hub_dataset
@@ -87,6 +87,7 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     logger = get_run_logger()
     target = Store(store)
     target.check_reachable()
+    resolve_device(device)  # before any download or load
     resolve_dtype(dtype)
     kinds = tuple(dict.fromkeys(evaluations))
     if kinds and settings.samples_per_layer == 0:

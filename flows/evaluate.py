@@ -14,7 +14,7 @@ from flows.checkpoint_pass import Job, run_pass, tally
 from flows.params import DEFAULT_STORE, EvalParams, Kind, SourceParams
 from massive_activations.capture_run import STATS
 from massive_activations.catalog import select_steps
-from massive_activations.checkpoints import resolve_dtype
+from massive_activations.checkpoints import resolve_device, resolve_dtype
 from massive_activations.eval_run import samples_hash
 from massive_activations.store import Store
 from tasks.evaluate import evaluation_report, itda_similarity
@@ -58,6 +58,7 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
     kinds = tuple(dict.fromkeys(kinds))
     if not kinds:
         raise ValueError("choose at least one evaluation: sae, itda, quant")
+    resolve_device(device)  # before any download or load
     resolve_dtype(dtype)
     values = settings.to_settings()
     target = Store(store)

@@ -73,7 +73,13 @@ def test_capture_flow_rejects_bad_input_before_work(prefect_server, micro_root, 
         _run(str(tmp_path / "s"), micro_root, prompts=PromptParams(n_sequences=2, length=33))
     with pytest.raises(Exception, match="no checkpoints of 'nx-missing'"):
         _run(str(tmp_path / "s"), micro_root, models=["nx-missing"])
-    assert not Store(tmp_path / "s").list("stats")
+    with pytest.raises(Exception, match="unknown device 'gpu'"):
+        _run(str(tmp_path / "s"), micro_root, device="gpu")
+    with pytest.raises(Exception, match="unknown dtype 'float8'"):
+        _run(str(tmp_path / "s"), micro_root, dtype="float8")
+    with pytest.raises(Exception, match="evaluations read the capture's activation samples"):
+        _run(str(tmp_path / "s"), micro_root, evaluations=("sae",), settings=CaptureParams(samples_per_layer=0))
+    assert not Store(tmp_path / "s").list("stats") and not Store(tmp_path / "s").list("prompts")
 
 
 def test_capture_flow_from_the_hub_source(prefect_server, fake_hub, micro_root, tmp_path):
