@@ -5,7 +5,8 @@ work on it (capture, each evaluation kind) done while it is in memory. At most `
 are processed at once (the task runner's width). Checkpoints a remote source must download are
 fetched ahead by one download lane in the flow's process, at most ``prefetch`` beyond the one being
 started, so downloads overlap compute; on disk there are then at most ``slots + prefetch`` pinned
-checkpoints of this run. Checkpoints with nothing missing on the store are neither fetched nor loaded.
+checkpoints of this run. A checkpoint whose every piece the store already holds gets no task at all
+(``stored_outcome``): it is neither fetched nor loaded.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from massive_activations.capture import CaptureSettings
-from massive_activations.capture_run import stored_capture
+from massive_activations.capture_run import ACTIVATIONS, stored_capture
 from massive_activations.checkpoints import CheckpointHandle, make_source
 from massive_activations.eval_run import EvalSettings, stored_evaluation
 from massive_activations.store import Store
@@ -48,12 +48,14 @@ def stored_outcome(store: Store, source: dict, model: str, step: int, dtype: str
                                                             CaptureSettings(**capture["settings"]))):
             return None
         out["capture"] = found
-    for kind in (evaluations or {}).get("kinds", ()):
-        if evaluations["force"] or not (found := stored_evaluation(
-                store, checkout, model, step, kind, evaluations["prompt_set"],
-                EvalSettings.from_dict(evaluations["settings"]), dtype)):
-            return None
-        out["evaluations"][kind] = found
+    if evaluations and evaluations["kinds"]:
+        activations = store.partitions_hash(ACTIVATIONS, {"model": model, "step": step})
+        settings = EvalSettings.from_dict(evaluations["settings"])
+        for kind in evaluations["kinds"]:
+            if evaluations["force"] or activations is None or not (found := stored_evaluation(
+                    store, checkout, model, step, kind, evaluations["prompt_set"], settings, dtype, activations)):
+                return None
+            out["evaluations"][kind] = found
     return out
 
 

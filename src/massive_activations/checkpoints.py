@@ -23,7 +23,6 @@ import random
 import re
 import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -38,7 +37,7 @@ import torch
 from massive_activations.catalog import PYTHIA_STEPS, Architecture, hub_repo, select_steps
 from massive_activations.hub_cache import HubCache
 from massive_activations.store import Store, StoreError
-from massive_activations.weights import converted_copy, float_dtypes
+from massive_activations.weights import in_dtype
 
 log = logging.getLogger(__name__)
 
@@ -276,11 +275,15 @@ class HubSource:
         except RemoteEntryNotFoundError:
             return None
 
+    @staticmethod
+    def _revision(model: str, step: int) -> tuple[str, str]:
+        """(repo, revision) of a checkpoint, both validated."""
+        select_steps(step, PYTHIA_STEPS)
+        return hub_repo(model), f"step{step}"
+
     @contextmanager
     def checkout(self, model: str, step: int, weights: bool = True) -> Iterator[Path]:
-        repo = hub_repo(model)
-        select_steps(step, PYTHIA_STEPS)
-        revision = f"step{step}"
+        repo, revision = self._revision(model, step)
         with self.cache.pinned(repo, revision):
             yield self._fetch(repo, revision, weights)
 
@@ -289,8 +292,7 @@ class HubSource:
             return path
 
     def prefetch(self, model: str, step: int) -> str | None:
-        repo, revision = hub_repo(model), f"step{step}"
-        select_steps(step, PYTHIA_STEPS)
+        repo, revision = self._revision(model, step)
         token = self.cache.lease(repo, revision)
         try:
             self._fetch(repo, revision)
@@ -423,13 +425,6 @@ def check_weights(path: Path) -> list[Path]:
     return files
 
 
-def _scratch() -> Path:
-    """Where weights converted to another dtype are written just before loading (removed after)."""
-    folder = DEFAULT_CACHE / "converted"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def load_from_dir(path: Path, model_name: str, step: int, device: str = "auto", dtype: str = "float32",
                   source: str = "folder") -> LoadedCheckpoint:
     from transformers import AutoConfig, AutoTokenizer, GPTNeoXForCausalLM
@@ -444,10 +439,7 @@ def load_from_dir(path: Path, model_name: str, step: int, device: str = "auto", 
     if config.model_type != "gpt_neox":
         raise CorruptCheckpointError(f"{path / 'config.json'}: model_type {config.model_type!r}, expected gpt_neox")
     files = check_weights(path)
-    with tempfile.TemporaryDirectory(prefix="convert-", dir=_scratch()) as scratch:
-        folder = path
-        if files[0].suffix == ".safetensors" and float_dtypes(files) - {torch_dtype}:
-            folder = converted_copy(path, files, torch_dtype, Path(scratch) / "checkpoint")  # no second copy in RAM
+    with in_dtype(path, files, torch_dtype, DEFAULT_CACHE / "converted") as folder:  # no second copy in RAM
         try:
             model, info = GPTNeoXForCausalLM.from_pretrained(folder, config=config, dtype=torch_dtype,
                                                              output_loading_info=True)

@@ -135,9 +135,11 @@ def eval_inputs(model: str, step: int, kind: str, source: CheckpointSource, prom
 
 
 def stored_evaluation(store: Store, source: CheckpointSource, model: str, step: int, kind: str,
-                      prompt_set: str, settings: EvalSettings, dtype: str = "float32") -> dict[str, Any] | None:
-    """The result ``evaluate_to_store`` would return as "skipped", or None when it would evaluate."""
-    found = store.partitions_hash(ACTIVATIONS, {"model": model, "step": step})
+                      prompt_set: str, settings: EvalSettings, dtype: str = "float32",
+                      activations: str | None = None) -> dict[str, Any] | None:
+    """The result ``evaluate_to_store`` would return as "skipped", or None when it would evaluate.
+    ``activations``: the samples' hash, when the caller has it (finding it lists the dataset)."""
+    found = activations or store.partitions_hash(ACTIVATIONS, {"model": model, "step": step})
     if found is None:
         return None
     inputs = eval_inputs(model, step, kind, source, prompt_set, found, settings, dtype)
@@ -279,9 +281,11 @@ def evaluate_to_store(store: Store, source: CheckpointSource, model: str, step: 
     checkpoint, of this ``dtype``; without one, the checkpoint is loaded here and released after."""
     if checkpoint is not None and checkpoint.dtype != dtype:
         raise ValueError(f"the shared checkpoint is loaded in {checkpoint.dtype}, the evaluation asks for {dtype}")
-    inputs = eval_inputs(model, step, kind, source, prompt_set, samples_hash(store, model, step), settings, dtype)
+    activations = samples_hash(store, model, step)
+    inputs = eval_inputs(model, step, kind, source, prompt_set, activations, settings, dtype)
     dataset, part = f"{EVALS}/{kind}", {"model": model, "step": step}
-    if not force and (stored := stored_evaluation(store, source, model, step, kind, prompt_set, settings, dtype)):
+    if not force and (stored := stored_evaluation(store, source, model, step, kind, prompt_set, settings, dtype,
+                                                  activations)):
         return stored
     train_seqs, held_seqs = split_sequences(len(tokens), settings.heldout_fraction, settings.seed)
     layers = [layer for layer in sampled_layers(store, model, step) if layer >= 0 or kind == "quant"]

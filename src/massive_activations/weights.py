@@ -13,6 +13,9 @@ import json
 import os
 import shutil
 import struct
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -64,6 +67,18 @@ def convert_file(src: Path, dst: Path, dtype: torch.dtype) -> None:
                     fout.write(raw)
                 else:
                     fout.write(torch.frombuffer(raw, dtype=source).to(target).view(torch.uint8).numpy())
+
+
+@contextmanager
+def in_dtype(path: Path, files: list[Path], dtype: torch.dtype, scratch: Path) -> Iterator[Path]:
+    """The checkpoint folder to load in ``dtype``: ``path`` itself when its weights are stored in it (or
+    are not safetensors), else a converted copy under ``scratch``, removed when the block ends."""
+    if files[0].suffix != ".safetensors" or not float_dtypes(files) - {dtype}:
+        yield path
+        return
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="convert-", dir=scratch) as tmp:
+        yield converted_copy(path, files, dtype, Path(tmp) / "checkpoint")
 
 
 def converted_copy(path: Path, files: list[Path], dtype: torch.dtype, into: Path) -> Path:
