@@ -14,6 +14,7 @@ from flows.params import DEFAULT_STORE, CaptureParams, EvalParams, Kind, PromptP
 from massive_activations.catalog import select_steps
 from massive_activations.checkpoints import make_source, resolve_device, resolve_dtype
 from massive_activations.corpus import stdlib_docstrings
+from massive_activations.model_parts import check_config
 from massive_activations.offline_suite import SUITES, split_documents, suite_prefix
 from massive_activations.prompts import build_prompt_set, save_prompt_set, texts_from_file, texts_from_hub_dataset
 from massive_activations.store import Store
@@ -47,7 +48,9 @@ def prepare_prompts(store: Store, source, model: str, first_step: int, prompts: 
     from transformers import AutoConfig, AutoTokenizer
 
     with source.checkout(model, first_step, weights=False) as path:  # config and tokenizer only
-        context = AutoConfig.from_pretrained(path).max_position_embeddings
+        config = AutoConfig.from_pretrained(path)
+        check_config(config)  # an architecture capture cannot read fails before any weights are fetched
+        context = config.max_position_embeddings
         tokenizer = AutoTokenizer.from_pretrained(path)
     length = prompts.length or min(context, 2048)
     if length > context:

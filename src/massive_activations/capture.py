@@ -25,7 +25,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-CODE_MODULES = ("massive_activations.capture",)
+from massive_activations.model_parts import ModelParts, block_output, find_parts, input_device
+
+CODE_MODULES = ("massive_activations.capture", "massive_activations.model_parts")
 EMBEDDING_LAYER = -1
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
@@ -106,11 +108,10 @@ def sequence_stats(h: torch.Tensor, settings: CaptureSettings) -> dict[str, torc
     return {k: v.cpu() for k, v in out.items()}
 
 
-def hooked_modules(model: Any, include_embedding: bool) -> list[tuple[int, torch.nn.Module]]:
-    """(layer index, module) pairs whose outputs are measured, for GPT-NeoX models."""
-    core = model.gpt_neox
-    modules = [(EMBEDDING_LAYER, core.embed_in)] if include_embedding else []
-    return modules + list(enumerate(core.layers))
+def hooked_modules(parts: ModelParts, include_embedding: bool) -> list[tuple[int, torch.nn.Module]]:
+    """(layer index, module) pairs whose outputs are measured."""
+    modules = [(EMBEDDING_LAYER, parts.embedding)] if include_embedding else []
+    return modules + list(enumerate(parts.blocks))
 
 
 class _Recorder:
@@ -124,7 +125,7 @@ class _Recorder:
 
     def hook(self, layer: int):
         def fn(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-            h = output[0] if isinstance(output, tuple) else output
+            h = block_output(output)
             stats = sequence_stats(h, self.settings)
             self.stats.setdefault(layer, []).append(stats)
             if self.settings.samples_per_layer:
@@ -161,16 +162,16 @@ def capture(model: Any, tokens: np.ndarray, settings: CaptureSettings = CaptureS
     n, length = tokens.shape
     fixed = sample_positions(n, length, settings.samples_per_layer, settings.sample_seed)
     recorder = _Recorder(settings, fixed)
-    device = next(model.parameters()).device
-    trunk = model.gpt_neox  # the transformer without its LM head: logits are not needed here
+    device = input_device(model)
+    parts = find_parts(model)  # the trunk is the transformer without its LM head: logits are not needed here
     handles = [m.register_forward_hook(recorder.hook(layer))
-               for layer, m in hooked_modules(model, settings.include_embedding)]
+               for layer, m in hooked_modules(parts, settings.include_embedding)]
     try:
         with torch.inference_mode():
             for start in range(0, n, settings.batch_size):
                 batch = torch.as_tensor(tokens[start:start + settings.batch_size], device=device)
                 recorder.batch_start = start
-                trunk(input_ids=batch, use_cache=False)
+                parts.trunk(input_ids=batch, use_cache=False)
     finally:
         for handle in handles:
             handle.remove()

@@ -36,6 +36,7 @@ import torch
 
 from massive_activations.catalog import PYTHIA_STEPS, Architecture, hub_repo, select_steps
 from massive_activations.hub_cache import HubCache
+from massive_activations.model_parts import check_config
 from massive_activations.store import Store, StoreError
 from massive_activations.weights import in_dtype
 
@@ -68,7 +69,7 @@ class TransientSourceError(CheckpointError):
 class LoadedCheckpoint:
     model_name: str
     step: int
-    model: Any  # GPTNeoXForCausalLM, eval mode, on the chosen device and dtype
+    model: Any  # a transformers causal LM (model_parts finds its blocks), eval mode, device and dtype
     tokenizer: Any
     architecture: Architecture
     source: str
@@ -427,7 +428,7 @@ def check_weights(path: Path) -> list[Path]:
 
 def load_from_dir(path: Path, model_name: str, step: int, device: str = "auto", dtype: str = "float32",
                   source: str = "folder") -> LoadedCheckpoint:
-    from transformers import AutoConfig, AutoTokenizer, GPTNeoXForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -436,12 +437,11 @@ def load_from_dir(path: Path, model_name: str, step: int, device: str = "auto", 
         config = AutoConfig.from_pretrained(path)
     except Exception as err:  # noqa: BLE001
         raise CorruptCheckpointError(f"{path / 'config.json'}: unreadable config ({err})") from err
-    if config.model_type != "gpt_neox":
-        raise CorruptCheckpointError(f"{path / 'config.json'}: model_type {config.model_type!r}, expected gpt_neox")
+    check_config(config)  # an architecture capture cannot read fails before its weights are read
     files = check_weights(path)
     with in_dtype(path, files, torch_dtype, DEFAULT_CACHE / "converted") as folder:  # no second copy in RAM
         try:
-            model, info = GPTNeoXForCausalLM.from_pretrained(folder, config=config, dtype=torch_dtype,
+            model, info = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch_dtype,
                                                              output_loading_info=True)
         except Exception as err:  # noqa: BLE001
             raise CorruptCheckpointError(f"{files[0]}: weights do not fit {path / 'config.json'} ({err})") from err

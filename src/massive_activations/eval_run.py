@@ -32,7 +32,7 @@ EVALS = "evals"
 KINDS = ("sae", "itda", "quant")
 QUANT_MODEL, ITDA_SIMILARITY = f"{EVALS}/quant_model", f"{EVALS}/itda_similarity"
 CODE_MODULES = ("massive_activations.eval_run", "massive_activations.sae", "massive_activations.itda",
-                "massive_activations.quantization", "massive_activations.splice")
+                "massive_activations.quantization", "massive_activations.splice", "massive_activations.model_parts")
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,14 @@ Absmax symmetric int-b (docs/science.md, "Evaluations"): q = round(x / s),
 s = max|x| / (2^(b−1) − 1), with the max taken per tensor, per token (row) or per channel
 (column); Q(x) = s·q. SQNR = 10·log10(‖x‖² / ‖x − Q(x)‖²).
 
-W8A8 à la SmoothQuant (Xiao et al. 2023): every Linear of the decoder layers gets int8 weights
+W8A8 à la SmoothQuant (Xiao et al. 2023): every Linear (GPT-2: Conv1D) of the decoder layers gets int8 weights
 per output channel, and int8 inputs per token or per tensor. The LM head and embeddings stay in
 full precision, as in SmoothQuant's evaluation.
 
 Outliers à la LLM.int8() (Dettmers et al. 2022): a hidden dim is an outlier dim when |x| ≥ 6 in
 at least 6% of the positions of at least 25% of the layers, measured on the hidden states that
-feed the layers' Linear projections (the post-LayerNorm inputs of QKV and of the MLP up-projection).
+feed the layers' Linear projections (the inputs of the attention's and the MLP's first projection,
+post-LayerNorm in pre-norm models; ``model_parts.INPUT_PROJECTIONS``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from massive_activations.model_parts import find_parts, input_device
 
 GRANULARITIES = ("tensor", "token", "channel")
 
@@ -67,16 +70,12 @@ def activation_quantization(x: torch.Tensor, bits: tuple[int, ...] = (8, 4), top
     return rows
 
 
-def decoder_linears(model: Any) -> list[torch.nn.Linear]:
-    return [m for layer in model.gpt_neox.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
-
-
 @contextmanager
 def w8a8(model: Any, activations: str = "token") -> Iterator[None]:
     """Within the block, the decoder's Linears compute with int8 weights (per channel) and int8 inputs."""
     if activations not in ("token", "tensor"):
         raise ValueError(f"W8A8 activations must be quantized per 'token' or per 'tensor', got {activations!r}")
-    linears = decoder_linears(model)
+    linears = find_parts(model).linears()
     saved = [m.weight.data.clone() for m in linears]
 
     def quantize_input(_module: torch.nn.Module, inputs: tuple) -> tuple:
@@ -88,8 +87,10 @@ def w8a8(model: Any, activations: str = "token") -> Iterator[None]:
     try:
         with torch.no_grad():
             for m in linears:
-                # weight is (out, in): per output channel = per row = "token" granularity of the matrix
-                m.weight.data = fake_quantize(m.weight.data.float(), 8, "token").to(m.weight.dtype)
+                # a Linear's weight is (out, in): per output channel = per row ("token" granularity of
+                # the matrix); GPT-2's Conv1D keeps it as (in, out): per column
+                per_output = "channel" if type(m).__name__ == "Conv1D" else "token"
+                m.weight.data = fake_quantize(m.weight.data.float(), 8, per_output).to(m.weight.dtype)
                 handles.append(m.register_forward_pre_hook(quantize_input))
         yield
     finally:
@@ -103,7 +104,8 @@ def w8a8(model: Any, activations: str = "token") -> Iterator[None]:
 def outlier_dims(model: Any, tokens: np.ndarray, threshold: float = 6.0, layer_share: float = 0.25,
                  position_share: float = 0.06, batch_size: int = 8) -> list[int]:
     """The hidden dims that are LLM.int8() outliers on these prompts."""
-    layers = model.gpt_neox.layers
+    parts = find_parts(model)
+    layers = parts.blocks
     counts = torch.zeros(len(layers), 2, model.config.hidden_size, dtype=torch.float64)  # (layer, input, dim)
 
     def counter(i: int, j: int):
@@ -112,15 +114,15 @@ def outlier_dims(model: Any, tokens: np.ndarray, threshold: float = 6.0, layer_s
             counts[i, j] += (x.abs() >= threshold).double().sum(dim=0).cpu()
         return fn
 
-    handles = [m.register_forward_pre_hook(counter(i, j)) for i, layer in enumerate(layers)
-               for j, m in enumerate((layer.attention.query_key_value, layer.mlp.dense_h_to_4h))]
-    device = next(model.parameters()).device
+    handles = [m.register_forward_pre_hook(counter(i, j)) for i in range(len(layers))
+               for j, m in enumerate(parts.input_projections(i))]
+    device = input_device(model)
     tokens = np.asarray(tokens, dtype=np.int64)
     try:
         with torch.inference_mode():
             for start in range(0, len(tokens), batch_size):
-                model.gpt_neox(input_ids=torch.as_tensor(tokens[start:start + batch_size], device=device),
-                               use_cache=False)
+                parts.trunk(input_ids=torch.as_tensor(tokens[start:start + batch_size], device=device),
+                            use_cache=False)
     finally:
         for h in handles:
             h.remove()

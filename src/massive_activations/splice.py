@@ -15,22 +15,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from massive_activations.model_parts import block_output, find_parts, input_device
+
 Replace = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (hidden, token ids) -> new hidden
 
 
 @contextmanager
 def replaced_layer(model: Any, layer: int, replace: Replace, tokens: list[torch.Tensor]) -> Iterator[None]:
     """Within the block, decoder layer ``layer`` outputs ``replace(h, ids)``; ``tokens[0]`` holds the batch's ids."""
-    n_layers = len(model.gpt_neox.layers)
+    blocks = find_parts(model).blocks
+    n_layers = len(blocks)
     if not 0 <= layer < n_layers:
         raise ValueError(f"layer {layer} is not a decoder layer of this model (0 … {n_layers - 1})")
 
     def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (replace(output[0], tokens[0]).to(output[0].dtype), *output[1:])
-        return replace(output, tokens[0]).to(output.dtype)
+        new = replace(block_output(output), tokens[0]).to(block_output(output).dtype)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
 
-    handle = model.gpt_neox.layers[layer].register_forward_hook(hook)
+    handle = blocks[layer].register_forward_hook(hook)
     try:
         yield
     finally:
@@ -42,7 +44,7 @@ def lm_loss(model: Any, tokens: np.ndarray, batch_size: int = 8, current: list[t
     tokens = np.asarray(tokens, dtype=np.int64)
     if tokens.ndim != 2 or tokens.shape[1] < 2 or len(tokens) == 0:
         raise ValueError(f"lm_loss needs (sequences >= 1, length >= 2) tokens, got shape {tokens.shape}")
-    device = next(model.parameters()).device
+    device = input_device(model)
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(tokens), batch_size):

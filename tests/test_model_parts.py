@@ -1,0 +1,89 @@
+"""Capture, splicing, W8A8 and outlier dims on architectures other than GPT-NeoX, through one discovery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from massive_activations.capture import CaptureSettings, capture, layer_ratios
+from massive_activations.model_parts import UnsupportedArchitectureError, check_config, find_parts
+from massive_activations.quantization import outlier_dims, w8a8
+from massive_activations.splice import lm_loss, loss_with_layer
+from tests.tiny_models import KINDS, VOCAB, tiny_config, tiny_model
+
+LAYER, POS, DIM = 1, 5, 11
+
+
+def prompts(n: int = 4, length: int = 16) -> np.ndarray:
+    tokens = np.random.default_rng(0).integers(1, VOCAB, size=(n, length))
+    tokens[:, 0] = 0
+    return tokens
+
+
+def plant(model, value: float = 500.0):
+    """Block LAYER's MLP adds ``value`` at (POS, DIM) of every sequence."""
+    mlp = find_parts(model).blocks[LAYER].mlp
+
+    def hook(_module, _inputs, output):
+        output = output.clone()
+        output[:, POS, DIM] += value
+        return output
+    return mlp.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_planted_value_is_found_at_its_layer_position_and_dim(kind):
+    model, tokens = tiny_model(kind), prompts()
+    handle = plant(model)
+    try:
+        stats = capture(model, tokens, CaptureSettings(samples_per_layer=0)).stats
+        with torch.no_grad():
+            hidden = model(torch.as_tensor(tokens), output_hidden_states=True).hidden_states
+    finally:
+        handle.remove()
+    rows = stats.filter(np.asarray(stats.column("layer")) == LAYER)
+    assert np.asarray(rows.column("top1_pos")).tolist() == [POS] * len(tokens)
+    assert np.asarray(rows.column("top1_dim")).tolist() == [DIM] * len(tokens)
+    # hidden_states[l + 1] is block l's output (the last one is after the final norm: not compared)
+    ratios = dict(zip(*[np.asarray(c) for c in layer_ratios(stats).select(["layer", "ratio"]).columns], strict=True))
+    for layer in range(model.config.num_hidden_layers - 1):
+        h = hidden[layer + 1].abs().float().reshape(len(tokens), -1)
+        expected = float(h.max(dim=1).values.mean() / h.median(dim=1).values.mean())
+        assert ratios[layer] == pytest.approx(expected, rel=1e-5), (kind, layer)
+    assert ratios[LAYER] > 10 * ratios[0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_splice_w8a8_and_outlier_dims_run_through_the_same_discovery(kind):
+    model, tokens = tiny_model(kind), prompts()
+    base = lm_loss(model, tokens)
+    assert loss_with_layer(model, tokens, LAYER, lambda h, _ids: h) == pytest.approx(base, rel=1e-5)
+    assert loss_with_layer(model, tokens, LAYER, lambda h, _ids: h * 0) != pytest.approx(base, rel=1e-3)
+    before = [p.clone() for p in model.parameters()]
+    with w8a8(model):
+        quantized = lm_loss(model, tokens)
+        for m in find_parts(model).linears():  # int8 per output channel: a row, or a column of GPT-2's Conv1D
+            w = m.weight.T if type(m).__name__ == "Conv1D" else m.weight
+            q = w / (w.abs().amax(dim=1, keepdim=True) / 127)
+            assert torch.allclose(q, q.round(), atol=1e-3)  # every channel: integer multiples of its scale
+    assert quantized != base and abs(quantized - base) < 0.05 * base  # int8 moves the loss, a little
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # restored
+    handle = plant(model, 1e4)  # after a norm, one dim that dominates is ~sqrt(d) = 5.7 and the rest ~0
+    try:
+        assert DIM in outlier_dims(model, tokens, threshold=4.0, layer_share=0.3, position_share=0.05)
+    finally:
+        handle.remove()
+
+
+def test_unsupported_architectures_fail_before_any_weights_naming_what_is_missing():
+    from transformers import BertConfig, T5Config
+
+    bert = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, is_decoder=True)
+    with pytest.raises(UnsupportedArchitectureError, match="list of 2 decoder blocks"):
+        check_config(bert)  # its blocks sit under bert.encoder.layer, not in the trunk
+    with pytest.raises(UnsupportedArchitectureError, match="'t5'.*no causal LM"):
+        check_config(T5Config(vocab_size=VOCAB, d_model=32, num_layers=2, num_heads=4))
+    for kind in KINDS:
+        assert len(check_config(tiny_config(kind)).blocks) == 3
