@@ -2,7 +2,9 @@
 
 The paper's engineered set (arXiv 2508.03616, ``PAPER_FEATURES``): relative depth r = ℓ/L with its
 square, cube and square root; heads per hidden dim H/d; MLP ratio d_ff/d; d/L; H/L; log d; ℓ·L — plus
-the raw architecture (L, d, H, d_ff, log parameter count, rotary fraction). ℓ counts layers from 1
+the raw architecture (L, d, H, d_ff, log parameter count, rotary fraction) and what differs between
+model families (KV heads per head, tied embeddings, RMSNorm, gated MLP, parallel residual, learned
+positions), so the regressors train on the union of families and predict for any config.json. ℓ counts layers from 1
 (ℓ = layer + 1) in both r and ℓ·L, so the last layer has r = 1, as ``rel_depth`` in ``fits/``.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import fields as fields_of
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,8 @@ from massive_activations.provenance import stable_hash
 
 FEATURES = ("rel_depth", "rel_depth2", "rel_depth3", "rel_depth_sqrt", "heads_per_dim", "mlp_ratio",
             "d_per_layer", "heads_per_layer", "log_d", "layer_x_layers",
-            "n_layers", "d_model", "n_heads", "d_ff", "log_params", "rotary_pct")
+            "n_layers", "d_model", "n_heads", "d_ff", "log_params", "rotary_pct",
+            "kv_heads_ratio", "tied_embeddings", "rms_norm", "gated_mlp", "parallel_residual", "learned_positions")
 PAPER_FEATURES = FEATURES[:10]
 
 
@@ -36,6 +40,10 @@ def layer_features(arch: Architecture, layer: int) -> dict[str, float]:
         "log_d": math.log(arch.d_model), "layer_x_layers": float((layer + 1) * arch.n_layers),
         "n_layers": float(arch.n_layers), "d_model": float(arch.d_model), "n_heads": float(arch.n_heads),
         "d_ff": float(arch.d_ff), "log_params": math.log(arch.n_params), "rotary_pct": arch.rotary_pct,
+        "kv_heads_ratio": (arch.n_kv_heads or arch.n_heads) / arch.n_heads,
+        "tied_embeddings": float(arch.tied_embeddings), "rms_norm": float(arch.norm == "rmsnorm"),
+        "gated_mlp": float(arch.gated_mlp), "parallel_residual": float(arch.parallel_residual),
+        "learned_positions": float(arch.positions == "learned"),
     }
 
 
@@ -46,10 +54,11 @@ def feature_matrix(arch: Architecture, layers: list[int] | None = None) -> np.nd
 
 
 def resolve_architecture(spec: str | dict[str, Any] | Architecture) -> Architecture:
-    """An architecture from a Pythia name, a Hugging Face config.json path, or explicit fields.
+    """An architecture from a Pythia name, any Hugging Face causal-LM config.json path, or explicit fields.
 
-    Explicit fields: n_layers, d_model, n_heads, and optionally d_ff (default 4·d_model), rotary_pct,
-    vocab_size, context, name. Validation (heads dividing d_model, positive sizes) happens here,
+    Explicit fields: n_layers, d_model, n_heads, and optionally d_ff (default 4·d_model), the other
+    fields of :class:`Architecture` (rotary_pct, n_kv_heads, norm, …; Pythia's by default) and name.
+    Validation (heads dividing d_model, positive sizes, a readable architecture) happens here,
     before any model is loaded.
     """
     if isinstance(spec, Architecture):
@@ -61,7 +70,7 @@ def resolve_architecture(spec: str | dict[str, Any] | Architecture) -> Architect
             raise CatalogError(f"architecture needs {missing}; got {sorted(fields)}")
         fields.setdefault("name", f"custom-l{fields['n_layers']}-d{fields['d_model']}-h{fields['n_heads']}")
         fields.setdefault("d_ff", 4 * fields["d_model"] if isinstance(fields["d_model"], int) else 0)
-        allowed = {"name", "n_layers", "d_model", "n_heads", "d_ff", "rotary_pct", "vocab_size", "context"}
+        allowed = {f.name for f in fields_of(Architecture)} - {"params"}
         extra = sorted(set(fields) - allowed)
         if extra:
             raise CatalogError(f"unknown architecture fields {extra}; allowed: {sorted(allowed)}")
@@ -70,9 +79,16 @@ def resolve_architecture(spec: str | dict[str, Any] | Architecture) -> Architect
         path = Path(spec) / "config.json" if Path(spec).is_dir() else Path(spec)
         if not path.exists():
             raise CatalogError(f"no config.json at {path}")
-        from transformers import GPTNeoXConfig
+        from transformers import AutoConfig
 
-        arch = Architecture.from_config("config", GPTNeoXConfig(**json.loads(path.read_text())))
+        values = json.loads(path.read_text())
+        if "model_type" not in values:
+            raise CatalogError(f"{path}: no model_type, so not a transformers config.json")
+        try:
+            config = AutoConfig.for_model(**values)
+        except ValueError as err:
+            raise CatalogError(f"{path}: model_type {values['model_type']!r} unknown to transformers ({err})") from err
+        arch = Architecture.from_config("config", config)
         # named from what it is, never from its folder (checkpoints of different models share "step<N>")
         fields = {k: v for k, v in arch.as_dict().items() if k != "name"}
         return replace(arch, name=f"config-l{arch.n_layers}-d{arch.d_model}-h{arch.n_heads}-{stable_hash(fields)[:6]}")

@@ -1,6 +1,7 @@
 """Capture one checkpoint onto the store: load it, measure it, write its partitions.
 
-Writes ``activations/`` (when sampling), then ``ratios/``, then ``stats/`` last: the stats
+Writes the model's architecture (``architectures/<model>.json``, once), ``activations/`` (when
+sampling), then ``ratios/``, then ``stats/`` last: the stats
 partition, with matching inputs in its metadata, is what marks a checkpoint as captured, so an
 interrupted capture is redone and a finished one is never redone.
 """
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from massive_activations.capture import CODE_MODULES, CaptureSettings, capture, layer_ratios
+from massive_activations.catalog import architecture_key
 from massive_activations.checkpoints import CheckpointHandle, CheckpointSource
 from massive_activations.store import Store
 
@@ -49,7 +51,10 @@ def capture_to_store(store: Store, source: CheckpointSource, model: str, step: i
         return stored
     handle = checkpoint or CheckpointHandle(source, model, step, device=device, dtype=dtype)
     try:
-        result = capture(handle.get().model, tokens, settings)
+        loaded = handle.get()
+        result = capture(loaded.model, tokens, settings)
+        if not store.exists(architecture_key(model)):  # what the regressors learn from, for any model
+            store.write_json(architecture_key(model), loaded.architecture.as_dict())
     finally:
         if checkpoint is None:
             handle.release()

@@ -1,4 +1,4 @@
-"""Pythia architectures, the checkpoint schedule, and the step selectors users type.
+"""Architectures (Pythia's built in), the checkpoint schedule, and the step selectors users type.
 
 Figures from the EleutherAI/pythia README (docs/science.md, "Pythia"): d_ff = 4·d, rotary on 25% of
 head dims, parallel residual, vocabulary padded to 50,304, untied embeddings.
@@ -24,17 +24,25 @@ class CatalogError(ValueError):
 
 @dataclass(frozen=True)
 class Architecture:
-    """What the regressors and the capture need to know about a GPT-NeoX model."""
+    """What the regressors and the capture need to know about a model (defaults: Pythia's GPT-NeoX)."""
 
     name: str
     n_layers: int
     d_model: int
     n_heads: int
     d_ff: int
-    rotary_pct: float = 0.25
+    rotary_pct: float = 0.25  # share of each head's dims that is rotated; 0 without rotary positions
     vocab_size: int = PYTHIA_VOCAB
     context: int = PYTHIA_CONTEXT
     parallel_residual: bool = True
+    n_kv_heads: int | None = None  # grouped-query attention; None: one KV head per head
+    tied_embeddings: bool = False
+    norm: str = "layernorm"  # or "rmsnorm"
+    positions: str = "rotary"  # or "learned", "alibi"
+    gated_mlp: bool = False  # SwiGLU-style MLPs: three matrices
+    bias: bool = True  # Linear layers with biases
+    model_type: str = "gpt_neox"
+    params: int | None = None  # the exact count, when read from a model; None: ``n_params``' formula
 
     def __post_init__(self) -> None:
         for field in ("n_layers", "d_model", "n_heads", "d_ff", "vocab_size", "context"):
@@ -43,29 +51,77 @@ class Architecture:
                 raise CatalogError(f"{self.name}: {field} must be a positive integer, got {value!r}")
         if self.d_model % self.n_heads:
             raise CatalogError(f"{self.name}: n_heads={self.n_heads} does not divide d_model={self.d_model}")
-        if not 0.0 < self.rotary_pct <= 1.0:
-            raise CatalogError(f"{self.name}: rotary_pct must be in (0, 1], got {self.rotary_pct}")
+        if self.n_kv_heads is not None and (self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads):
+            raise CatalogError(f"{self.name}: n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+        if not 0.0 <= self.rotary_pct <= 1.0 or (self.positions == "rotary") != (self.rotary_pct > 0):
+            raise CatalogError(f"{self.name}: rotary_pct must be in (0, 1] with rotary positions and 0 without, "
+                               f"got {self.rotary_pct} with {self.positions!r} positions")
+        if self.norm not in NORMS or self.positions not in POSITIONS:
+            raise CatalogError(f"{self.name}: norm must be one of {NORMS} and positions one of {POSITIONS}, got "
+                               f"{self.norm!r}, {self.positions!r}")
 
     @property
     def n_params(self) -> int:
-        """Total parameters: untied in/out embeddings, 12d²+13d per layer, a final LayerNorm."""
-        d = self.d_model
-        per_layer = 4 * d * d + 4 * d + 2 * d * self.d_ff + self.d_ff + d + 4 * d
-        return 2 * self.vocab_size * d + self.n_layers * per_layer + 2 * d
+        """The exact count when known; else from the shapes: embeddings (once when tied, plus learned
+        positions), attention with its KV heads, a plain or gated MLP, two norms per layer and a final
+        one (exact for GPT-NeoX, Llama and GPT-2 layouts; biases on only some Linears, or extra norms,
+        as in Qwen2 or OLMo-2, are not counted)."""
+        if self.params is not None:
+            return self.params
+        d, kv = self.d_model, (self.n_kv_heads or self.n_heads) * (self.d_model // self.n_heads)
+        norm = 2 * d if self.norm == "layernorm" else d
+        attention = 2 * d * d + 2 * d * kv + (2 * d + 2 * kv if self.bias else 0)
+        mlp = (3 if self.gated_mlp else 2) * d * self.d_ff + (self.d_ff + d if self.bias else 0)
+        embeddings = (1 if self.tied_embeddings else 2) * self.vocab_size * d
+        embeddings += self.context * d if self.positions == "learned" else 0
+        return embeddings + self.n_layers * (attention + mlp + 2 * norm) + norm
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"n_params": self.n_params}
 
     @classmethod
-    def from_config(cls, name: str, config: Any) -> Architecture:
-        """From a transformers GPTNeoXConfig (4.x keeps rotary_pct; 5.x keeps it in rope_parameters)."""
+    def from_dict(cls, fields: dict[str, Any]) -> Architecture:
+        """Back from ``as_dict`` (a stored manifest; older ones lack the newer fields, which default)."""
+        return cls(**{k: v for k, v in fields.items() if k != "n_params"})
+
+    @classmethod
+    def from_config(cls, name: str, config: Any, model: Any = None) -> Architecture:
+        """From any transformers causal-LM config (attribute maps give GPT-2's n_embd as hidden_size,
+        and so on). What a config does not say (gated MLP, biases, the exact parameter count) is read
+        from ``model``, built on the meta device when not given. GPT-NeoX's rotary share lives in
+        ``rotary_pct`` (transformers 4.x) or ``rope_parameters["partial_rotary_factor"]`` (5.x)."""
+        from massive_activations.model_parts import check_config, find_parts, is_linear
+
+        parts = find_parts(model) if model is not None else check_config(config)
+        built = model if model is not None else parts.trunk
+        block = dict(parts.blocks[0].named_modules())
         rope = getattr(config, "rope_parameters", None) or {}
-        rotary = rope.get("partial_rotary_factor", getattr(config, "rotary_pct", 0.25))
+        rotary = bool(rope) or hasattr(config, "rotary_pct") or hasattr(config, "rope_theta")
+        positions = "rotary" if rotary else "alibi" if getattr(config, "alibi", False) else "learned"
+        share = rope.get("partial_rotary_factor", getattr(config, "rotary_pct", 1.0)) if rotary else 0.0
+        counted = {id(p): p.numel() for p in built.parameters()}
+        if model is None and not getattr(config, "tie_word_embeddings", False):  # the trunk lacks the LM head
+            counted[-1] = config.vocab_size * config.hidden_size
+        d_ff = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
         return cls(name=name, n_layers=config.num_hidden_layers, d_model=config.hidden_size,
-                   n_heads=config.num_attention_heads, d_ff=config.intermediate_size,
-                   rotary_pct=float(rotary), vocab_size=config.vocab_size,
-                   context=config.max_position_embeddings,
-                   parallel_residual=bool(getattr(config, "use_parallel_residual", True)))
+                   n_heads=config.num_attention_heads, d_ff=d_ff, rotary_pct=float(share),
+                   vocab_size=config.vocab_size, context=config.max_position_embeddings,
+                   parallel_residual=bool(getattr(config, "use_parallel_residual", False)),
+                   n_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+                   tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+                   norm="rmsnorm" if hasattr(config, "rms_norm_eps") else "layernorm", positions=positions,
+                   gated_mlp=any(key.rsplit(".", 1)[-1].startswith("gate") for key in block),
+                   bias=any(getattr(m, "bias", None) is not None for m in block.values() if is_linear(m)),
+                   model_type=config.model_type, params=sum(counted.values()))
+
+
+def architecture_key(model: str) -> str:
+    """Where a captured model's architecture is kept on the store (written by its capture)."""
+    return f"architectures/{model}.json"
+
+
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("rotary", "learned", "alibi")
 
 
 _SIZES = {  # size: (layers, d_model, heads)

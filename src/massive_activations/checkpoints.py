@@ -450,7 +450,7 @@ def load_from_dir(path: Path, model_name: str, step: int, device: str = "auto", 
         raise CorruptCheckpointError(f"{files[0]}: weights do not fit the config: {problems}")
     tokenizer = AutoTokenizer.from_pretrained(path)
     return LoadedCheckpoint(model_name=model_name, step=step, model=model.to(dev).eval(), tokenizer=tokenizer,
-                            architecture=Architecture.from_config(model_name, config), source=source, path=path)
+                            architecture=Architecture.from_config(model_name, config, model), source=source, path=path)
 
 
 def load_checkpoint(source: CheckpointSource, model: str, step: int, device: str = "auto",

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from massive_activations import regression as R
 from massive_activations.architecture import FEATURES, feature_matrix
-from massive_activations.catalog import PYTHIA, Architecture, pythia_model
+from massive_activations.catalog import PYTHIA, Architecture, architecture_key, pythia_model
 from massive_activations.fit_run import FITS
 from massive_activations.plots import plot_partial_dependence, plot_predicted_curves
 from massive_activations.provenance import library_versions, module_version
@@ -38,15 +38,17 @@ PAPER_TABLE3 = {
 
 
 def architecture_of(store: Store, model: str) -> Architecture:
-    """A Pythia model from the catalogue, or an offline-suite model from its manifest on the store."""
+    """A Pythia model from the catalogue, an offline-suite model from its manifest, or any captured
+    model from the architecture its capture recorded (``architectures/<model>.json``)."""
     if model in PYTHIA:
         return pythia_model(model)
     for key in store.list("suites"):
         if key.endswith(f"/{model}/manifest.json"):
-            fields = dict(store.read_json(key)["architecture"])
-            fields.pop("n_params", None)
-            return Architecture(**fields)
-    raise ValueError(f"no architecture for {model!r}: not a Pythia model and no suite manifest on {store.url}")
+            return Architecture.from_dict(store.read_json(key)["architecture"])
+    if store.exists(key := architecture_key(model)):
+        return Architecture.from_dict(store.read_json(key))
+    raise ValueError(f"no architecture for {model!r}: not a Pythia model, no suite manifest and no {key} on "
+                     f"{store.url}")
 
 
 def train(store: Store, series: str = "ratio", seed: int = 0,
