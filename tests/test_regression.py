@@ -32,12 +32,44 @@ def test_architectures_from_names_configs_and_fields(micro_root):
     assert custom.d_ff == 1024 and custom.name == "custom-l8-d256-h4"
 
 
+@pytest.mark.parametrize("kind, expected", [
+    ("llama", {"norm": "rmsnorm", "positions": "rotary", "gated_mlp": True, "bias": False, "n_kv_heads": 2,
+               "tied_embeddings": False, "rotary_pct": 1.0, "parallel_residual": False}),
+    ("olmo2", {"norm": "rmsnorm", "gated_mlp": True, "bias": False, "n_kv_heads": 2}),
+    ("qwen2", {"norm": "rmsnorm", "gated_mlp": True, "bias": True, "tied_embeddings": True}),
+    ("gpt2", {"norm": "layernorm", "positions": "learned", "rotary_pct": 0.0, "gated_mlp": False, "bias": True,
+              "tied_embeddings": True, "d_ff": 128, "context": 64}),
+    ("gpt_neox", {"norm": "layernorm", "rotary_pct": 0.25, "parallel_residual": True, "n_kv_heads": 4}),
+])
+def test_architecture_of_any_config_json(tmp_path, kind, expected):
+    """Every family's config.json gives its fields, and the parameter count of the model it builds."""
+    from tests.tiny_models import tiny_model
+
+    model = tiny_model(kind)
+    model.config.save_pretrained(tmp_path)
+    arch = resolve_architecture(str(tmp_path / "config.json"))
+    assert {k: getattr(arch, k) for k in expected} == expected
+    assert (arch.n_layers, arch.d_model, arch.n_heads, arch.model_type) == (3, 32, 4, kind)
+    assert arch.n_params == sum(p.numel() for p in model.parameters())
+    if kind in ("llama", "gpt2", "gpt_neox"):  # the shape formula is exact for these layouts
+        assert dataclasses.replace(arch, params=None).n_params == arch.n_params
+    row = layer_features(arch, 0)
+    assert row["rms_norm"] == float(arch.norm == "rmsnorm") and row["kv_heads_ratio"] == arch.n_kv_heads / 4
+    assert row["learned_positions"] == float(kind == "gpt2") and np.isfinite(feature_matrix(arch)).all()
+
+
+def test_pythia_counts_are_unchanged_by_the_general_formula():
+    assert pythia_model("160m").n_params == 162_322_944 and pythia_model("12b").n_params == 11_846_072_320
+
+
 @pytest.mark.parametrize("spec, message", [
     ({"n_layers": 4, "d_model": 100, "n_heads": 3}, "n_heads=3 does not divide d_model=100"),
     ({"n_layers": 0, "d_model": 64, "n_heads": 4}, "n_layers must be a positive integer, got 0"),
     ({"n_layers": 4, "d_model": 64}, r"needs \['n_heads'\]"),
     ({"n_layers": 4, "d_model": 64, "n_heads": 4, "depth": 3}, r"unknown architecture fields \['depth'\]"),
     ("gpt-5", "cannot read architecture 'gpt-5'"),
+    ({"n_layers": 4, "d_model": 64, "n_heads": 4, "n_kv_heads": 3}, "n_kv_heads=3 must divide n_heads=4"),
+    ({"n_layers": 4, "d_model": 64, "n_heads": 4, "positions": "learned"}, "rotary_pct must be in"),
 ])
 def test_invalid_architectures_fail_clearly(spec, message):
     with pytest.raises(CatalogError, match=message):
