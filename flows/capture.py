@@ -14,6 +14,7 @@ from flows.params import DEFAULT_STORE, CaptureParams, EvalParams, Kind, PromptP
 from massive_activations.catalog import select_steps
 from massive_activations.checkpoints import make_source, resolve_device, resolve_dtype
 from massive_activations.corpus import stdlib_docstrings
+from massive_activations.families import model_key
 from massive_activations.model_parts import check_config
 from massive_activations.offline_suite import SUITES, split_documents, suite_prefix
 from massive_activations.prompts import build_prompt_set, save_prompt_set, texts_from_file, texts_from_hub_dataset
@@ -71,7 +72,8 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     already holds with the same inputs.
 
     Args:
-        models: Models to capture, e.g. pythia-70m (default: every model of the folder source).
+        models: Models to capture: a Pythia name (pythia-70m) or a Hub repository (allenai/OLMo-2-0425-1B,
+            stored as allenai--OLMo-2-0425-1B); default: every model of the folder source.
         steps: Checkpoints: all, log, start:stop:stride, every=N or step numbers, comma-separated.
         store: Store URL: a path, file://… or s3://bucket/prefix.
         suite: Offline suite whose folder is the default source.
@@ -104,6 +106,8 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
         models = src.models()
     if not models:
         raise ValueError(f"no models to capture under {source_values.get('root')}")
+    if source.kind == "hub":  # org/name -> org--name, the store's model name (catalogued Pythia names stay)
+        models = list(dict.fromkeys(model_key(m) for m in models))
     plan = {m: select_steps(steps, src.steps(m)) for m in models}  # validates before any heavy work
     evaluated = {m: set(select_steps(eval_steps, s)) if kinds else set() for m, s in plan.items()}
     texts = prompt_texts(prompts, suite, source.kind)

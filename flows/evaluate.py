@@ -16,6 +16,7 @@ from massive_activations.capture_run import STATS
 from massive_activations.catalog import select_steps
 from massive_activations.checkpoints import resolve_device, resolve_dtype
 from massive_activations.eval_run import samples_hash
+from massive_activations.families import model_key
 from massive_activations.store import Store
 from tasks.evaluate import evaluation_report, itda_similarity
 from tasks.policy import on_store
@@ -27,7 +28,7 @@ def plan_evaluations(target: Store, models: list[str] | None, steps: str) -> dic
     captured: dict[str, list[int]] = {}
     for p in target.partitions(STATS):
         captured.setdefault(p["model"], []).append(p["step"])
-    models = models or sorted(captured)
+    models = [model_key(m) if "/" in m else m for m in models or sorted(captured)]  # org/name: as stored
     missing = [m for m in models if m not in captured]
     if missing or not models:
         raise ValueError(f"nothing captured on {target.url} for {missing or models}; captured: {sorted(captured)}")

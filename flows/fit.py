@@ -15,6 +15,7 @@ from flows import cli
 from flows.artifacts import figures_markdown
 from flows.params import DEFAULT_STORE, FitParams
 from massive_activations.emergence import PEAK_CLASSES, FitSettings
+from massive_activations.families import model_key
 from massive_activations.fit_run import COMPARISON, FITS, check_series_names
 from massive_activations.store import Store
 from tasks.fit import fit_model_task
@@ -54,7 +55,7 @@ def fit(models: list[str] | None = None, series: tuple[str, ...] = ("ratio", "to
     fit_settings = FitSettings(**settings.model_dump())
     target = Store(store)
     present = sorted({p["model"] for p in target.partitions("ratios")})
-    models = models or present
+    models = [model_key(m) if "/" in m else m for m in models or present]  # org/name: as stored
     missing = [m for m in models if m not in present]
     if missing:
         raise ValueError(f"no ratios on {target.url} for {missing}; captured models: {present}")

@@ -23,7 +23,7 @@ class SourceParams(BaseModel):
 
     kind: Literal["folder", "hub"] = Field(
         "folder", description="folder: {root}/{model}/step{N}/ (default: the offline suite on the store); "
-                              "hub: EleutherAI/pythia-* on the Hugging Face Hub")
+                              "hub: training checkpoints on the Hugging Face Hub (Pythia names or org/name)")
     root: str | None = Field(None, description="Folder root URL (local path or s3://…); "
                                                "default: {store}/suites/{suite}")
     endpoint: str | None = Field(None, description="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
@@ -34,6 +34,9 @@ class SourceParams(BaseModel):
     download_retries: int = Field(5, ge=0, le=20, description="Hub: further attempts per file (the only retry layer "
                                                               "for downloads)")
     download_timeout_s: float = Field(30.0, gt=0, le=600, description="Hub: seconds one request may wait")
+    family: str | None = Field(None, description="Hub: the model family (pythia, olmo, olmo2, amber, "
+                                                 "fineweb-ablation), or your own as JSON: name, repo, revision "
+                                                 "regex with (?P<step>…), examples; default: found from the repo")
     prefetch: int = Field(1, ge=0, le=16, description="Checkpoints downloaded ahead of the one being processed "
                                                        "(0: download each when its turn comes)")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from massive_activations.catalog import select_steps
@@ -66,3 +68,54 @@ def test_the_loopback_hub_lists_a_familys_checkpoints_through_the_refs_api(fake_
     amber_naming = Family("amber-like", "allenai/{model}", r"ckpt_(?P<step>\d+)", ("ckpt_000",))
     with pytest.raises(ValueError, match=r"has no branch that fits family 'amber-like' .*'main'"):
         hub_checkpoints(amber_naming, "OLMo-2-0425-1B", endpoint=fake_hub.url)
+
+
+def test_model_names_repositories_and_families():
+    from massive_activations.catalog import CatalogError
+    from massive_activations.families import family_of, model_key, repo_of, resolve_family
+
+    assert model_key("pythia-160m") == model_key("EleutherAI/pythia-160m") == "pythia-160m"
+    assert model_key("allenai/OLMo-2-0425-1B") == "allenai--OLMo-2-0425-1B"
+    assert model_key("EleutherAI/pythia-160m-seed1") == "EleutherAI--pythia-160m-seed1"  # not catalogued
+    assert repo_of("allenai--OLMo-2-0425-1B") == "allenai/OLMo-2-0425-1B"
+    assert repo_of("pythia-70m") == "EleutherAI/pythia-70m"
+    with pytest.raises(CatalogError, match="unknown Pythia model 'gpt2'.*org/name"):
+        model_key("gpt2")
+    with pytest.raises(CatalogError, match="org/name"):
+        model_key("a/b/c")
+    assert [family_of(r).name for r in ("allenai/OLMo-2-1124-7B", "allenai/OLMo-1B-hf", "LLM360/Amber",
+                                        "HuggingFaceFW/ablation-model-fineweb-edu", "EleutherAI/pythia-1b")] == [
+        "olmo2", "olmo", "amber", "fineweb-ablation", "pythia"]
+    with pytest.raises(ValueError, match="no model families fit.*name one"):
+        family_of("me/run-a")
+    mine = resolve_family('{"name": "mine", "repo": "me/{model}", "revision": "iter_(?P<step>\\\\d+)"}', "me/run-a")
+    assert mine.schedule(["iter_0000200", "iter_0000100", "main"]) == {100: "iter_0000100", 200: "iter_0000200"}
+    with pytest.raises(ValueError, match="not in family 'mine'"):
+        resolve_family(json.dumps({"name": "mine", "repo": "me/{model}", "revision": "x(?P<step>1)"}), "you/run")
+    with pytest.raises(ValueError, match="neither a built-in name nor valid JSON"):
+        resolve_family("{name: mine}", "me/run-a")
+
+
+def test_a_step_held_by_two_runs_is_an_error_that_says_how_to_choose():
+    everything = Family("olmo2-all", "allenai/{model}", FAMILIES["olmo2"].revision, ("stage1-step150-tokens1B",))
+    names = ["stage1-step1000-tokens5B", "stage2-ingredient1-step1000-tokens5B"]
+    with pytest.raises(ValueError, match="both hold step 1000; restrict .* trajectory"):
+        everything.schedule(names)
+    assert family("olmo2").schedule(names) == {1000: "stage1-step1000-tokens5B"}  # stage 1 by default
+
+
+def test_offline_the_schedule_is_what_the_download_cache_holds(fake_hub, tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    from massive_activations.checkpoints import HubSource
+
+    for name in ("step-002000-4BT", "step-001000-2BT", "main"):
+        fake_hub.add("HuggingFaceFW/ablation-model-x", name, {"config.json": b'{"model_type": "llama"}'})
+    online = HubSource(cache_dir=tmp_path / "hub", endpoint=fake_hub.url)
+    assert online.steps("HuggingFaceFW/ablation-model-x") == [1000, 2000]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    refs = tmp_path / "hub" / "models--HuggingFaceFW--ablation-model-x" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "step-001000-2BT").write_text("0" * 40)
+    offline = HubSource(cache_dir=tmp_path / "hub", endpoint="http://127.0.0.1:9")  # another endpoint: not memoised
+    assert offline.steps("HuggingFaceFW--ablation-model-x") == [1000]

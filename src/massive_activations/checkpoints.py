@@ -34,7 +34,8 @@ from typing import Any, Protocol
 
 import torch
 
-from massive_activations.catalog import PYTHIA_STEPS, Architecture, hub_repo, select_steps
+from massive_activations.catalog import Architecture, select_steps
+from massive_activations.families import repo_of, resolve_family
 from massive_activations.hub_cache import HubCache
 from massive_activations.model_parts import check_config
 from massive_activations.store import Store, StoreError
@@ -173,10 +174,17 @@ def _is_transient(err: BaseException) -> bool:
 BREAKER_S = 300.0
 _failed_endpoints: dict[str, float] = {}
 _failed_lock = threading.Lock()
+_schedules: dict[tuple[str, str, Any], dict[int, str]] = {}  # (endpoint, repo, family): listed once per process
+_schedules_lock = threading.Lock()
 
 
 class HubSource:
-    """Pythia checkpoints from the Hugging Face Hub (or any server speaking its file protocol).
+    """Training checkpoints from the Hugging Face Hub (or any server speaking its protocol).
+
+    A model is a catalogued Pythia name or a repository ``org/name``; its family (``families.py``;
+    found from the repository, or given) says how its revisions are named. Its checkpoint schedule
+    is the family's known one (Pythia) or its branches, listed once per process through the Hub's
+    refs API; offline, the revisions already in the download cache.
 
     Downloads are retried in exactly one layer, this class: each attempt is one metadata request
     without huggingface_hub's own retries (``timeout_s``), then the download; ``retries`` more
@@ -189,7 +197,8 @@ class HubSource:
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None, max_cache_gb: float = 200.0,
                  endpoint: str | None = None, retries: int = 5, backoff_s: float = 1.0,
-                 max_backoff_s: float = 60.0, timeout_s: float = 30.0, seed: int | None = None):
+                 max_backoff_s: float = 60.0, timeout_s: float = 30.0, seed: int | None = None,
+                 family: str | dict[str, Any] | None = None):
         if max_cache_gb <= 0 or retries < 0 or timeout_s <= 0:
             raise ValueError(f"need max_cache_gb > 0, retries >= 0, timeout_s > 0; got {max_cache_gb}, {retries}, "
                              f"{timeout_s}")
@@ -199,14 +208,48 @@ class HubSource:
         self.endpoint = endpoint or os.environ.get("HF_ENDPOINT")
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self.timeout_s = timeout_s
+        self.family = family
         self._jitter = random.Random(seed)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "endpoint": self.endpoint or "https://huggingface.co"}
 
     def steps(self, model: str) -> list[int]:
-        hub_repo(model)  # validates the name
-        return list(PYTHIA_STEPS)
+        return sorted(self.schedule(model))
+
+    def schedule(self, model: str) -> dict[int, str]:
+        """Step -> revision name of the model's training run."""
+        repo = repo_of(model)
+        fam = resolve_family(self.family, repo)
+        if fam.steps:
+            return {step: fam.step_name.format(step=step) for step in fam.steps}
+        key = (self.describe()["endpoint"], repo, fam)
+        with _schedules_lock:
+            if key not in _schedules:
+                _schedules[key] = fam.schedule(self._branches(repo))
+            found = _schedules[key]
+        if not found:
+            raise CheckpointNotFoundError(f"{repo} has no revision of family {fam.name!r} (they look like "
+                                          f"{', '.join(fam.examples)})")
+        return found
+
+    def _branches(self, repo: str) -> list[str]:
+        """The repository's branches (the Hub's refs API); offline, the revisions in the download cache."""
+        from huggingface_hub import HfApi, constants
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        if constants.HF_HUB_OFFLINE:
+            refs = self.cache_dir / f"models--{repo.replace('/', '--')}" / "refs"
+            return sorted(p.name for p in refs.iterdir()) if refs.is_dir() else []
+        try:
+            refs = HfApi(endpoint=self.endpoint).list_repo_refs(repo)
+        except RepositoryNotFoundError as err:
+            raise CheckpointNotFoundError(f"no repository {repo!r} on {self.describe()['endpoint']}") from err
+        except Exception as err:  # noqa: BLE001 - classified just below
+            if reason := unreachable_reason(err):
+                raise HubUnreachableError(f"{repo}: listing its revisions: {reason}") from err
+            raise
+        return [b.name for b in refs.branches]
 
     def worst_case_s(self) -> float:
         """Seconds before a file on an endpoint that never answers fails: every attempt's metadata
@@ -276,11 +319,11 @@ class HubSource:
         except RemoteEntryNotFoundError:
             return None
 
-    @staticmethod
-    def _revision(model: str, step: int) -> tuple[str, str]:
+    def _revision(self, model: str, step: int) -> tuple[str, str]:
         """(repo, revision) of a checkpoint, both validated."""
-        select_steps(step, PYTHIA_STEPS)
-        return hub_repo(model), f"step{step}"
+        schedule = self.schedule(model)
+        select_steps(step, list(schedule))
+        return repo_of(model), schedule[step]
 
     @contextmanager
     def checkout(self, model: str, step: int, weights: bool = True) -> Iterator[Path]:
@@ -490,11 +533,11 @@ class CheckpointHandle:
 def make_source(kind: str, root: str | None = None, endpoint: str | None = None,
                 cache_dir: str | None = None, storage_options: dict[str, Any] | None = None,
                 cache_gb: float = 200.0, download_retries: int = 5,
-                download_timeout_s: float = 30.0) -> CheckpointSource:
+                download_timeout_s: float = 30.0, family: str | None = None) -> CheckpointSource:
     """A source from plain values (as flow parameters carry them)."""
     if kind == "hub":
         return HubSource(cache_dir=cache_dir, endpoint=endpoint, max_cache_gb=cache_gb, retries=download_retries,
-                         timeout_s=download_timeout_s)
+                         timeout_s=download_timeout_s, family=family)
     if kind == "folder":
         if not root:
             raise ValueError("a folder source needs a root URL (a local folder or s3://bucket/prefix)")

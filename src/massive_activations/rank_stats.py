@@ -29,7 +29,8 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = b - b.mean(axis=-1, keepdims=True)
     denom = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (a * b).sum(axis=-1) / np.where(denom > 0, denom, 1.0), np.nan)
+        r = np.where(denom > 0, (a * b).sum(axis=-1) / np.where(denom > 0, denom, 1.0), np.nan)
+    return np.clip(r, -1.0, 1.0)  # rounding can leave |r| a hair above 1
 
 
 def _residual(y: np.ndarray, z: np.ndarray) -> np.ndarray:

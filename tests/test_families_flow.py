@@ -1,0 +1,101 @@
+"""Five architectures under five revision namings, served by the loopback Hub: capture (with every
+evaluation in the same pass) -> fit -> evaluate -> regress, through the flows and a real Prefect server."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from prefect.task_runners import ThreadPoolTaskRunner
+from scipy.stats import spearmanr
+
+from flows.capture import capture
+from flows.evaluate import evaluate
+from flows.fit import fit
+from flows.params import CaptureParams, EvalParams, PromptParams, SourceParams
+from flows.regress import regress
+from massive_activations.architecture import resolve_architecture
+from massive_activations.corpus import Corpus
+from massive_activations.families import model_key
+from massive_activations.offline_suite import build_tokenizer
+from massive_activations.store import Store
+from tests.tiny_models import VOCAB, save_tiny
+
+STEPS = (0, 100, 200, 400, 800, 1600)
+MINE = {"name": "mine", "repo": "me/{model}", "revision": r"iter_(?P<step>\d+)", "examples": ["iter_0000100"]}
+# (architecture, repository, its revision names by step)
+MODELS = [
+    ("gpt_neox", "allenai/OLMo-tiny-neox", lambda s: f"step{s}-tokens{s * 4}B"),
+    ("llama", "HuggingFaceFW/ablation-model-tiny-llama", lambda s: f"step-{s:06d}-{s * 2}BT"),
+    ("olmo2", "allenai/OLMo-2-tiny", lambda s: f"stage1-step{s}-tokens{s * 4}B"),
+    ("qwen2", "LLM360/Amber-tiny-qwen2", lambda s: f"ckpt_{STEPS.index(s):03d}"),
+    ("gpt2", "me/tiny-gpt2", lambda s: f"iter_{s:07d}"),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    docs = [f"document {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(30)]
+    return build_tokenizer(Corpus(tuple(docs), "tiny"), VOCAB)
+
+
+def serve(hub, tokenizer, tmp_path) -> None:
+    for kind, repo, name in MODELS:
+        for i, step in enumerate(STEPS):  # weights that grow with the step: a trajectory to fit
+            hub.add_folder(repo, name(step), save_tiny(kind, tmp_path / "models" / repo / str(step), tokenizer,
+                                                       seed=i, scale=1.0 + step / 400))
+    # OLMo-2's annealing runs restart their step count: not part of the stage-1 trajectory
+    hub.add_folder("allenai/OLMo-2-tiny", "stage2-ingredient1-step100-tokens1B", tmp_path / "models" /
+                   "allenai/OLMo-2-tiny" / "100")
+
+
+def test_five_families_run_through_capture_fit_evaluate_and_regress(prefect_server, fake_hub, tokenizer, tmp_path):
+    serve(fake_hub, tokenizer, tmp_path)
+    store = Store(tmp_path / "store")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n\n".join(f"text {i} " + "the quick brown fox jumps " * 8 for i in range(20)))
+    prompts = PromptParams(n_sequences=4, length=32, text_file=str(texts))
+    evals = EvalParams(sae_steps=20, itda_target_size=16, heldout_fraction=0.5)
+    keys = [model_key(repo) for _, repo, _ in MODELS]
+    for (_kind, repo, _name), key in zip(MODELS, keys, strict=True):
+        family = json.dumps(MINE) if repo.startswith("me/") else None
+        source = SourceParams(kind="hub", endpoint=fake_hub.url, cache_dir=str(tmp_path / "hub"), family=family)
+        summary = capture.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(
+            models=[repo], steps="all", store=store.url, source=source, prompts=prompts,
+            settings=CaptureParams(samples_per_layer=64), device="cpu", evaluations=("sae", "itda", "quant"),
+            eval_steps="all", eval_settings=evals)
+        assert summary["captured"] == len(STEPS) and not summary["failed"], (repo, summary)
+        ratios = store.read_dataset("ratios", where={"model": key})
+        expected = list(range(len(STEPS))) if "Amber" in repo else list(STEPS)  # Amber's step: the ckpt number
+        assert sorted(set(ratios.column("step").to_pylist())) == expected  # OLMo-2's stage 2 left out
+        assert set(ratios.column("layer").to_pylist()) == {-1, 0, 1, 2}
+    assert keys[0] == "allenai--OLMo-tiny-neox"
+    recorded = store.read_json("architectures/me--tiny-gpt2.json")  # what the regressors learn from
+    assert (recorded["model_type"], recorded["positions"], recorded["n_layers"]) == ("gpt2", "learned", 3)
+
+    fitted = fit(store=store.url, series=("ratio",))
+    fits = store.read_dataset("fits").to_pylist()
+    assert {r["model"] for r in fits} == set(keys) and fitted
+
+    report = evaluate(store=store.url, steps="all", device="cpu", settings=evals)
+    done = {kind: (s["evaluated"], s["skipped"], len(s["failed"])) for kind, s in report["summary"].items()}
+    assert done == {kind: (0, len(keys) * len(STEPS), 0) for kind in ("sae", "itda", "quant")}  # all in the pass
+    corr = store.read_dataset("evals/correlations").to_pylist()
+    assert {r["model"] for r in corr} == set(keys)
+    ratios = store.read_dataset("ratios").to_pylist()
+    for r in (r for r in corr if r["layer"] >= -1):  # per layer (-2: the whole model's W8A8)
+        # the partial ρ is defined exactly when neither the ratio nor the metric is a function of rank(step)
+        pts = sorted((x["step"], x["ratio"]) for x in ratios if (x["model"], x["layer"]) == (r["model"], r["layer"]))
+        ratio_free = abs(spearmanr(*zip(*pts, strict=True)).statistic) < 1 - 1e-9
+        defined = np.isfinite(r["spearman_rho"]) and abs(r["rho_step"]) < 1 - 1e-9 and ratio_free
+        assert np.isfinite(r["partial_rho"]) == defined, r
+        if defined:  # a percentile interval need not hold the point estimate; it is an interval
+            assert -1 <= r["partial_rho_low"] <= r["partial_rho_high"] <= 1
+    assert sum(np.isfinite(r["partial_rho"]) for r in corr) > len(corr) / 4
+
+    result = regress(store=store.url, regressors=("ridge", "random_forest"))
+    scores = store.read_dataset("regression_scores").to_pylist()
+    assert {r["protocol"] for r in scores} == {"random_80_20", "leave_one_model_out"} and result["chosen"]
+    arch = resolve_architecture(str(tmp_path / "models" / "me/tiny-gpt2" / "0" / "config.json"))
+    assert arch.positions == "learned" and arch.tied_embeddings
