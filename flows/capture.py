@@ -17,7 +17,13 @@ from massive_activations.corpus import stdlib_docstrings
 from massive_activations.families import model_key
 from massive_activations.model_parts import check_config
 from massive_activations.offline_suite import SUITES, split_documents, suite_prefix
-from massive_activations.prompts import build_prompt_set, save_prompt_set, texts_from_file, texts_from_hub_dataset
+from massive_activations.prompts import (
+    build_prompt_set,
+    first_token_for,
+    save_prompt_set,
+    texts_from_file,
+    texts_from_hub_dataset,
+)
 from massive_activations.store import Store
 from tasks.capture import plot_ratios
 from tasks.progress import Progress
@@ -44,7 +50,7 @@ def prompt_texts(prompts: PromptParams, suite: str, source_kind: str) -> list[st
 
 
 def prepare_prompts(store: Store, source, model: str, first_step: int, prompts: PromptParams,
-                    texts: list[str]) -> str:
+                    texts: list[str], offline_suite: bool) -> str:
     """The model's prompt set, built with its tokenizer and stored under its content hash."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -56,8 +62,9 @@ def prepare_prompts(store: Store, source, model: str, first_step: int, prompts: 
     length = prompts.length or min(context, 2048)
     if length > context:
         raise ValueError(f"prompt length {length} exceeds {model}'s context of {context} tokens")
-    built = build_prompt_set(f"{model}-n{prompts.n_sequences}-len{length}", texts, tokenizer,
-                             prompts.n_sequences, length, prompts.seed)
+    first = first_token_for(prompts.first_token, tokenizer, offline_suite)
+    name = f"{model}-n{prompts.n_sequences}-len{length}" + ("" if first == "eos" else f"-{first}")
+    built = build_prompt_set(name, texts, tokenizer, prompts.n_sequences, length, prompts.seed, first=first)
     return save_prompt_set(store, built)
 
 
@@ -113,7 +120,8 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     texts = prompt_texts(prompts, suite, source.kind)
     jobs = []
     for model, model_steps in plan.items():
-        prompt_set = prepare_prompts(target, src, model, model_steps[0], prompts, texts)
+        prompt_set = prepare_prompts(target, src, model, model_steps[0], prompts, texts,
+                                     offline_suite=source.kind == "folder" and suite in SUITES)
         logger.info("%s: %d checkpoints with prompt set %s%s", model, len(model_steps), prompt_set,
                     f"; {len(evaluated[model])} also evaluated ({', '.join(kinds)})" if kinds else "")
         for step in model_steps:

@@ -16,11 +16,9 @@ from flows.fit import fit
 from flows.params import CaptureParams, EvalParams, PromptParams, SourceParams
 from flows.regress import regress
 from massive_activations.architecture import resolve_architecture
-from massive_activations.corpus import Corpus
 from massive_activations.families import model_key
-from massive_activations.offline_suite import build_tokenizer
 from massive_activations.store import Store
-from tests.tiny_models import VOCAB, save_tiny
+from tests.tiny_models import byte_tokenizer, save_tiny
 
 STEPS = (0, 100, 200, 400, 800, 1600)
 MINE = {"name": "mine", "repo": "me/{model}", "revision": r"iter_(?P<step>\d+)", "examples": ["iter_0000100"]}
@@ -36,8 +34,7 @@ MODELS = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    docs = [f"document {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(30)]
-    return build_tokenizer(Corpus(tuple(docs), "tiny"), VOCAB)
+    return byte_tokenizer()
 
 
 def serve(hub, tokenizer, tmp_path) -> None:

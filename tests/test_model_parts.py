@@ -10,7 +10,7 @@ from massive_activations.capture import CaptureSettings, capture, layer_ratios
 from massive_activations.model_parts import UnsupportedArchitectureError, check_config, find_parts
 from massive_activations.quantization import outlier_dims, w8a8
 from massive_activations.splice import lm_loss, loss_with_layer
-from tests.tiny_models import KINDS, VOCAB, tiny_config, tiny_model
+from tests.tiny_models import KINDS, VOCAB, byte_tokenizer, tiny_config, tiny_model
 
 LAYER, POS, DIM = 1, 5, 11
 
@@ -87,3 +87,44 @@ def test_unsupported_architectures_fail_before_any_weights_naming_what_is_missin
         check_config(T5Config(vocab_size=VOCAB, d_model=32, num_layers=2, num_heads=4))
     for kind in KINDS:
         assert len(check_config(tiny_config(kind)).blocks) == 3
+
+
+def test_a_model_spread_over_cpu_and_disk_gives_the_same_statistics(tmp_path, monkeypatch):
+    """max_memory forces most blocks to disk; the weights are stored in float16 and loaded in float32,
+    so the offloaded blocks read a converted copy, which must live as long as the model does."""
+    from massive_activations.checkpoints import CheckpointHandle, FolderSource
+    from massive_activations.store import Store
+
+    folder = tmp_path / "root" / "tiny-llama" / "step0"
+    model = tiny_model("llama", layers=4, d=64)
+    model.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    byte_tokenizer().save_pretrained(folder)
+    source, tokens = FolderSource(Store(tmp_path / "root"), cache_dir=tmp_path / "cache"), prompts()
+    from massive_activations import checkpoints
+
+    monkeypatch.setattr(checkpoints, "DEFAULT_CACHE", tmp_path / "cache")  # this test's alone
+    whole = CheckpointHandle(source, "tiny-llama", 0, device="cpu", dtype="float32")
+    spread = CheckpointHandle(source, "tiny-llama", 0, device="map:cpu=400KB", dtype="float32")
+    try:
+        placed = set(spread.get().model.hf_device_map.values())
+        assert placed == {"cpu", "disk"}, spread.get().model.hf_device_map
+        expected = capture(whole.get().model, tokens).stats
+        assert capture(spread.get().model, tokens).stats.equals(expected)
+        assert lm_loss(spread.get().model, tokens) == pytest.approx(lm_loss(whole.get().model, tokens), rel=1e-6)
+    finally:
+        whole.release()
+        spread.release()
+    left = [p for sub in ("converted", "offload") for p in (tmp_path / "cache" / sub).glob("*")]
+    assert left == []  # the converted copy and the offload folder went with the model
+
+
+@pytest.mark.parametrize("device, message", [
+    ("map:cpu=lots", "size 'lots' of 'cpu' is not a size"),
+    ("map:gpu=2GiB", "each cap is <gpu index>=<size> or cpu=<size>"),
+    ("map:7=20GiB", "GPU 7 asked for"),
+])
+def test_bad_device_maps_fail_before_any_load(device, message):
+    from massive_activations.checkpoints import resolve_device
+
+    with pytest.raises(ValueError, match=message):
+        resolve_device(device)

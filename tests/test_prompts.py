@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 
 from massive_activations.prompts import (
     build_prompt_set,
+    first_token_for,
     load_prompt_set,
     save_prompt_set,
     texts_from_file,
@@ -34,6 +35,37 @@ def test_prompt_set_shape_seed_and_first_token(tokenizer):
     assert a.tokens.shape == (4, 32) and (a.tokens[:, 0] == tokenizer.eos_token_id).all()
     assert a.content_hash == b.content_hash != c.content_hash
     assert np.array_equal(a.tokens, b.tokens)
+
+
+def with_bos(tokenizer):
+    """The same tokenizer made to add its BOS token (id 0) in front of text, as Llama's does."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    llama_like = copy.deepcopy(tokenizer)
+    bos = tokenizer.convert_ids_to_tokens(0)
+    llama_like.backend_tokenizer.post_processor = TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, 0)])
+    return llama_like
+
+
+def test_position_zero_follows_the_tokenizer_and_is_recorded(tokenizer):
+    llama_like = with_bos(tokenizer)
+    assert first_token_for("auto", llama_like, offline_suite=False) == "bos"
+    assert first_token_for("auto", tokenizer, offline_suite=False) == "text"  # adds nothing, as Pythia's
+    assert first_token_for("auto", llama_like, offline_suite=True) == "eos"  # the suite's own choice
+    stream = tokenizer("\n\n".join(TEXTS[i] for i in np.random.default_rng(0).permutation(len(TEXTS))) + "\n\n",
+                       add_special_tokens=False)["input_ids"]
+    text = build_prompt_set("t", TEXTS, tokenizer, n_sequences=3, length=16, first="text")
+    assert text.source["position0"] == "text" and text.tokens.shape == (3, 16)
+    # the reference measurement: documents joined with blank lines, no special tokens, fixed-length chunks
+    assert text.tokens.flatten().tolist() == stream[:48]
+    assert (text.tokens != tokenizer.eos_token_id).all()
+    bos = build_prompt_set("t", TEXTS, llama_like, n_sequences=3, length=16, first="bos")
+    assert (bos.tokens[:, 0] == 0).all() and bos.tokens[:, 1:].flatten().tolist() == stream[:45]
+    assert bos.source["position0"] == "bos"
+    with pytest.raises(ValueError, match="first token must be auto or one of"):
+        first_token_for("cls", tokenizer, offline_suite=False)
 
 
 def test_prompt_set_round_trip_and_tamper_check(tokenizer, any_store: Store):

@@ -37,6 +37,15 @@ def tiny_model(kind: str, seed: int = 0, scale: float = 1.0, **sizes):
     return model
 
 
+def byte_tokenizer():
+    """The offline suite's byte-level tokenizer at vocab 257 (bytes plus <|endoftext|>, id 0)."""
+    from massive_activations.corpus import Corpus
+    from massive_activations.offline_suite import build_tokenizer
+
+    docs = [f"document {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(30)]
+    return build_tokenizer(Corpus(tuple(docs), "tiny"), VOCAB)
+
+
 def save_tiny(kind: str, folder: Path, tokenizer, seed: int = 0, scale: float = 1.0, **sizes) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tiny_model(kind, seed, scale, **sizes).save_pretrained(folder, safe_serialization=True)

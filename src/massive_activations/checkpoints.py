@@ -23,11 +23,12 @@ import random
 import re
 import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,6 +76,9 @@ class LoadedCheckpoint:
     architecture: Architecture
     source: str
     path: Path
+    # a model dispatched with a device map reads offloaded weights from the checkpoint's files: they
+    # stay pinned (and a dtype-converted copy stays) until this is closed, when the model is released
+    keep: ExitStack | None = None
 
 
 class CheckpointSource(Protocol):
@@ -103,14 +107,42 @@ class CheckpointSource(Protocol):
     def release(self, token: str | None) -> None: ...
 
 
+def device_map_of(device: str) -> dict[str, Any] | None:
+    """``map`` or ``map:<gpu>=<size>,…,cpu=<size>``: transformers' ``device_map="auto"`` (accelerate) with
+    those ``max_memory`` caps: the model is spread over the GPUs, then the CPU, then offloaded to disk.
+    None for a single device."""
+    if device != "map" and not device.startswith("map:"):
+        return None
+    from accelerate.utils import convert_file_size_to_int
+
+    memory: dict[int | str, str] = {}
+    for item in filter(None, device[4:].split(",")):
+        where, sep, size = item.partition("=")
+        key: int | str = int(where) if where.isdigit() else where
+        try:
+            convert_file_size_to_int(size)
+        except ValueError as err:
+            raise ValueError(f"device {device!r}: size {size!r} of {where!r} is not a size like 20GiB") from err
+        if not sep or not (isinstance(key, int) or key == "cpu"):
+            raise ValueError(f"device {device!r}: each cap is <gpu index>=<size> or cpu=<size>, got {item!r}")
+        if isinstance(key, int) and key >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: GPU {key} asked for, but this machine has "
+                             f"{torch.cuda.device_count()}")
+        memory[key] = size
+    return {"device_map": "auto", **({"max_memory": memory} if memory else {})}
+
+
 def resolve_device(device: str) -> torch.device:
-    """'auto' picks CUDA when present; anything else must be a device torch knows."""
+    """'auto' picks CUDA when present; 'map…' (``device_map_of``) the first device of the map; anything
+    else must be a device torch knows."""
+    if device_map_of(device) is not None:
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError as err:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from err
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or map[:0=20GiB,cpu=64GiB]") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available on this machine")
     return dev
@@ -470,36 +502,57 @@ def check_weights(path: Path) -> list[Path]:
 
 
 def load_from_dir(path: Path, model_name: str, step: int, device: str = "auto", dtype: str = "float32",
-                  source: str = "folder") -> LoadedCheckpoint:
+                  source: str = "folder", keep: ExitStack | None = None) -> LoadedCheckpoint:
+    """``keep``: with a device map, what must outlive the load (the converted copy) is entered there."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    dev, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    dev, torch_dtype, mapping = resolve_device(device), resolve_dtype(dtype), device_map_of(device)
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as err:  # noqa: BLE001
         raise CorruptCheckpointError(f"{path / 'config.json'}: unreadable config ({err})") from err
     check_config(config)  # an architecture capture cannot read fails before its weights are read
     files = check_weights(path)
-    with in_dtype(path, files, torch_dtype, DEFAULT_CACHE / "converted") as folder:  # no second copy in RAM
+    if mapping:
+        keep = keep if keep is not None else ExitStack()
+        (DEFAULT_CACHE / "offload").mkdir(parents=True, exist_ok=True)
+        mapping = mapping | {"offload_folder": keep.enter_context(tempfile.TemporaryDirectory(
+            dir=DEFAULT_CACHE / "offload"))}  # one per load: concurrent loads never share it
+    with ExitStack() as scratch:
+        converted = in_dtype(path, files, torch_dtype, DEFAULT_CACHE / "converted")  # no second copy in RAM
+        folder = (keep if mapping else scratch).enter_context(converted)
         try:
             model, info = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch_dtype,
-                                                             output_loading_info=True)
+                                                             output_loading_info=True, **(mapping or {}))
         except Exception as err:  # noqa: BLE001
             raise CorruptCheckpointError(f"{files[0]}: weights do not fit {path / 'config.json'} ({err})") from err
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
     if problems:
         raise CorruptCheckpointError(f"{files[0]}: weights do not fit the config: {problems}")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return LoadedCheckpoint(model_name=model_name, step=step, model=model.to(dev).eval(), tokenizer=tokenizer,
-                            architecture=Architecture.from_config(model_name, config, model), source=source, path=path)
+    model = model.eval() if mapping else model.to(dev).eval()  # a mapped model is placed by its map
+    return LoadedCheckpoint(model_name=model_name, step=step, model=model, tokenizer=tokenizer,
+                            architecture=Architecture.from_config(model_name, config, model), source=source,
+                            path=path, keep=keep if mapping else None)
 
 
 def load_checkpoint(source: CheckpointSource, model: str, step: int, device: str = "auto",
                     dtype: str = "float32") -> LoadedCheckpoint:
-    with source.checkout(model, step) as path:  # pinned in the cache until the weights are in memory
-        return load_from_dir(path, model, step, device=device, dtype=dtype, source=json.dumps(source.describe()))
+    """Pinned in the cache until the weights are in memory; with a device map (which may leave weights
+    on disk), until the loaded checkpoint's ``keep`` is closed."""
+    describe = json.dumps(source.describe())
+    if device_map_of(device) is None:
+        with source.checkout(model, step) as path:
+            return load_from_dir(path, model, step, device=device, dtype=dtype, source=describe)
+    keep = ExitStack()
+    try:
+        path = keep.enter_context(source.checkout(model, step))
+        return load_from_dir(path, model, step, device=device, dtype=dtype, source=describe, keep=keep)
+    except BaseException:
+        keep.close()
+        raise
 
 
 class CheckpointHandle:
@@ -524,8 +577,12 @@ class CheckpointHandle:
 
     def release(self) -> None:
         with self._lock:
-            self._loaded = None
+            loaded, self._loaded = self._loaded, None
+        keep = loaded.keep if loaded is not None else None
+        del loaded
         gc.collect()
+        if keep is not None:  # the model is gone: its offloaded files may go too
+            keep.close()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -1,9 +1,18 @@
 """Prompt sets: N token sequences of length S, stored on the store with their content hash.
 
-Built the way the paper samples its inputs: a seeded random choice of documents, joined with
-<|endoftext|> and cut into sequences. Every sequence starts with the end-of-text token (as every
-Pythia document does, and as the offline suite trains), so that position 0 is comparable across
-sequences. The same prompt set serves every checkpoint of a model, so its series are comparable.
+A seeded random choice of documents, cut into fixed-length sequences. What position 0 holds
+(``FIRST_TOKENS``, recorded in the set's name and metadata) is one of:
+
+- ``eos``: documents joined with the end-of-text token, and every sequence starting with it: how
+  the offline suite trains (each of its training windows starts with <|endoftext|>), so its default;
+- ``bos``: the reference measurement for a tokenizer that adds a BOS token itself (Llama, OLMo-2):
+  documents joined with blank lines, tokenized without special tokens, each sequence the BOS token
+  and then text;
+- ``text``: the reference measurement for a tokenizer that adds nothing (Pythia, GPT-2, OLMo): the
+  same stream, every position text.
+
+``auto`` (:func:`first_token_for`) picks ``eos`` for the offline suite and otherwise follows the
+tokenizer. The same prompt set serves every checkpoint of a model, so its series are comparable.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import pyarrow.parquet as pq
 from massive_activations.store import Store, table_hash
 
 DATASET = "prompts"
+FIRST_TOKENS = ("eos", "bos", "text")
 
 
 @dataclass(frozen=True)
@@ -42,33 +52,55 @@ class PromptSet:
                          "tokens": pa.array(self.tokens.tolist(), pa.list_(pa.int64()))})
 
 
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts a BOS token in front of text by itself (Llama's does, Pythia's does not)."""
+    bos = tokenizer.bos_token_id
+    ids = tokenizer("a")["input_ids"]
+    return bos is not None and len(ids) > 0 and ids[0] == bos
+
+
+def first_token_for(requested: str, tokenizer: Any, offline_suite: bool) -> str:
+    """What position 0 holds: as requested, or for ``auto`` the suite's own (eos) or the tokenizer's way."""
+    if requested == "auto":
+        return "eos" if offline_suite else "bos" if adds_bos(tokenizer) else "text"
+    if requested not in FIRST_TOKENS:
+        raise ValueError(f"first token must be auto or one of {FIRST_TOKENS}, got {requested!r}")
+    return requested
+
+
 def build_prompt_set(name: str, texts: Sequence[str], tokenizer: Any, n_sequences: int = 10,
-                     length: int = 2048, seed: int = 0, source: dict[str, Any] | None = None) -> PromptSet:
-    """Seeded choice of documents, joined with <|endoftext|>, cut into sequences that start with it."""
+                     length: int = 2048, seed: int = 0, source: dict[str, Any] | None = None,
+                     first: str = "eos") -> PromptSet:
+    """Seeded choice of documents, cut into sequences whose position 0 is ``first`` (module docstring)."""
     if n_sequences < 1:
         raise ValueError(f"a prompt set needs at least one sequence, got n_sequences={n_sequences}")
     if length < 2:
         raise ValueError(f"prompt length must be at least 2 tokens, got {length}")
     if not texts:
         raise ValueError(f"prompt set {name!r}: no texts to build from")
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError(f"prompt set {name!r}: the tokenizer has no end-of-text token")
-    body = length - 1
+    if first not in FIRST_TOKENS:
+        raise ValueError(f"prompt set {name!r}: first token must be one of {FIRST_TOKENS}, got {first!r}")
+    lead = {"eos": tokenizer.eos_token_id, "bos": tokenizer.bos_token_id, "text": None}[first]
+    if first != "text" and lead is None:
+        raise ValueError(f"prompt set {name!r}: the tokenizer has no {first} token")
+    body = length - (lead is not None)
     need = n_sequences * body
     order = np.random.default_rng(seed).permutation(len(texts))
     stream: list[int] = []
     for i in order:
-        stream.extend([eos, *tokenizer(texts[i], add_special_tokens=False)["input_ids"]])
-        if len(stream) >= need + 1:
+        ids = tokenizer(texts[i] if first == "eos" else texts[i] + "\n\n", add_special_tokens=False)["input_ids"]
+        stream.extend([lead, *ids] if first == "eos" else ids)
+        if len(stream) >= need + (first == "eos"):
             break
-    if len(stream) < need + 1:
-        raise ValueError(f"prompt set {name!r}: texts give {len(stream)} tokens, fewer than the "
-                         f"{need + 1} needed for {n_sequences} × {length}")
-    chunks = np.asarray(stream[1:need + 1], dtype=np.int64).reshape(n_sequences, body)
-    tokens = np.concatenate([np.full((n_sequences, 1), eos, np.int64), chunks], axis=1)
+    start = 1 if first == "eos" else 0  # the first document's own leading end-of-text is the first sequence's
+    if len(stream) < need + start:
+        raise ValueError(f"prompt set {name!r}: texts give {len(stream) - start} tokens, fewer than the "
+                         f"{need} needed for {n_sequences} × {length}")
+    tokens = np.asarray(stream[start:need + start], dtype=np.int64).reshape(n_sequences, body)
+    if lead is not None:
+        tokens = np.concatenate([np.full((n_sequences, 1), lead, np.int64), tokens], axis=1)
     info = {"n_texts": len(texts), "n_sequences": n_sequences, "length": length, "seed": seed,
-            "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__)}
+            "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__), "position0": first}
     return PromptSet(name=name, tokens=tokens, source=info | (source or {}))
 
 
