@@ -87,7 +87,8 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
         source: Where checkpoints come from, the download cache and how far to download ahead.
         prompts: The prompt set.
         settings: What to measure and sample.
-        device: auto, cpu, cuda or cuda:N.
+        device: auto, cpu, cuda, cuda:N, or map[:0=20GiB,cpu=64GiB] to spread a model over GPUs, CPU
+            and disk.
         dtype: float32, float16 or bfloat16 (evaluations done in the same pass use it too).
         refresh: Recapture and rewrite every selected checkpoint, whatever the store holds.
         evaluations: Evaluations to run on the checkpoint while it is loaded for capture (sae, itda,
@@ -121,7 +122,7 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     jobs = []
     for model, model_steps in plan.items():
         prompt_set = prepare_prompts(target, src, model, model_steps[0], prompts, texts,
-                                     offline_suite=source.kind == "folder" and suite in SUITES)
+                                     offline_suite=source.kind == "folder")
         logger.info("%s: %d checkpoints with prompt set %s%s", model, len(model_steps), prompt_set,
                     f"; {len(evaluated[model])} also evaluated ({', '.join(kinds)})" if kinds else "")
         for step in model_steps:

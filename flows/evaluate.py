@@ -49,7 +49,8 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
         store: Store URL: a path, file://… or s3://bucket/prefix.
         kinds: Evaluations: sae, itda, quant.
         settings: SAE, ITDA and quantization settings.
-        device: auto, cpu, cuda or cuda:N.
+        device: auto, cpu, cuda, cuda:N, or map[:0=20GiB,cpu=64GiB] to spread a model over GPUs, CPU
+            and disk.
         dtype: float32, float16 or bfloat16: the dtype the checkpoint is evaluated in.
         source: Download settings (cache location and cap, retries, prefetch); where each checkpoint
             comes from is what its capture recorded.

@@ -41,7 +41,8 @@ def monitor(checkpoints: str, store: str = DEFAULT_STORE, prompts: PromptParams 
         store: Store URL: a path, file://… or s3://bucket/prefix.
         prompts: The prompt set.
         settings: Capture settings (no activation samples by default).
-        device: auto, cpu, cuda or cuda:N.
+        device: auto, cpu, cuda, cuda:N, or map[:0=20GiB,cpu=64GiB] to spread a model over GPUs, CPU
+            and disk.
     """
     logger = get_run_logger()
     root, model = split_run_url(checkpoints)

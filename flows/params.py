@@ -64,8 +64,9 @@ class PromptParams(BaseModel):
     hub_file: str | None = Field(None, description="The file of that dataset to read texts from")
     first_token: Literal["auto", "eos", "bos", "text"] = Field(
         "auto", description="What position 0 holds: eos (documents joined with end-of-text, every sequence "
-                            "starting with it), bos (the BOS token, then text), text; auto: eos for the offline "
-                            "suite, else bos when the model's tokenizer adds one, text when not (Pythia)")
+                            "starting with it), bos (the BOS token, then text), text; auto: eos for a folder "
+                            "source (the offline suite's way), on the Hub bos when the model's tokenizer adds "
+                            "one, text when not (Pythia)")
 
 
 class CaptureParams(BaseModel):

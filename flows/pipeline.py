@@ -47,7 +47,8 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
 
     Args:
         suite: Offline suite to build and read when the source is the default folder.
-        models: A subset of the suite's models, or the Pythia models to read (source kind hub), e.g. pythia-70m.
+        models: A subset of the suite's models, or the Hub models to read (source kind hub), e.g. pythia-70m
+            or allenai/OLMo-2-0425-1B.
         source: Where checkpoints come from (default: the offline suite on the store).
         store: Store URL for data, plots and the task cache: a path, file://… or s3://bucket/prefix.
         steps: Checkpoints to capture: all, log, start:stop:stride, every=N or step numbers.
@@ -59,7 +60,8 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
         eval_settings: SAE, ITDA and quantization settings.
         unseen: An architecture to predict emergence for from its shape alone.
         workers: Processes that train the offline suite.
-        device: auto, cpu, cuda or cuda:N.
+        device: auto, cpu, cuda, cuda:N, or map[:0=20GiB,cpu=64GiB] to spread a model over GPUs, CPU
+            and disk.
         runner: Where per-checkpoint tasks run: threads here, or a Dask cluster.
         refresh: Stages to recompute and rewrite, whatever the store holds.
         until: The last stage to run (e.g. capture, to collect data now and analyse later).

@@ -84,7 +84,8 @@ def test_capture_flow_rejects_bad_input_before_work(prefect_server, micro_root, 
 
 def test_capture_flow_from_the_hub_source(prefect_server, fake_hub, micro_root, tmp_path):
     """Switching to the Hub is one parameter: the real client fetches checkpoints from the loopback Hub."""
-    prompts = serve_micro_as_pythia(fake_hub, micro_root, tmp_path)
+    # position 0 as the folder source has it (auto gives text on the Hub, whose Pythia tokenizer adds no BOS)
+    prompts = serve_micro_as_pythia(fake_hub, micro_root, tmp_path).model_copy(update={"first_token": "eos"})
     store = Store(tmp_path / "store")
     summary = capture(models=["pythia-14m"], steps="0:2", store=store.url,
                       source=SourceParams(kind="hub", endpoint=fake_hub.url, cache_dir=str(tmp_path / "hub")),

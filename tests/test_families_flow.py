@@ -7,16 +7,21 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from prefect.task_runners import ThreadPoolTaskRunner
 from scipy.stats import spearmanr
+from transformers import AutoModelForCausalLM
 
 from flows.capture import capture
 from flows.evaluate import evaluate
 from flows.fit import fit
 from flows.params import CaptureParams, EvalParams, PromptParams, SourceParams
 from flows.regress import regress
+from massive_activations import checkpoints
 from massive_activations.architecture import resolve_architecture
-from massive_activations.families import model_key
+from massive_activations.families import model_key, repo_of
+from massive_activations.model_parts import find_parts
+from massive_activations.prompts import load_prompt_set
 from massive_activations.store import Store
 from tests.tiny_models import byte_tokenizer, save_tiny
 
@@ -47,8 +52,29 @@ def serve(hub, tokenizer, tmp_path) -> None:
                    "allenai/OLMo-2-tiny" / "100")
 
 
-def test_five_families_run_through_capture_fit_evaluate_and_regress(prefect_server, fake_hub, tokenizer, tmp_path):
+PLANTED = ("HuggingFaceFW--ablation-model-tiny-llama", 1, 5, 11)  # model, layer, position, dim
+
+
+def plant(model, layer: int, pos: int, dim: int):
+    """Block ``layer``'s MLP adds 500 at (pos, dim) of every sequence."""
+    def hook(_module, _inputs, output):
+        output = output.clone()
+        output[:, pos, dim] += 500.0
+        return output
+    return find_parts(model).blocks[layer].mlp.register_forward_hook(hook)
+
+
+def test_five_families_run_through_capture_fit_evaluate_and_regress(prefect_server, fake_hub, tokenizer, tmp_path,
+                                                                    monkeypatch):
     serve(fake_hub, tokenizer, tmp_path)
+    load = checkpoints.load_from_dir
+
+    def planting_load(path, model_name, step, **kw):  # the planted value rides along every load of one model
+        loaded = load(path, model_name, step, **kw)
+        if model_name == PLANTED[0]:
+            plant(loaded.model, *PLANTED[1:])
+        return loaded
+    monkeypatch.setattr(checkpoints, "load_from_dir", planting_load)
     store = Store(tmp_path / "store")
     texts = tmp_path / "texts.txt"
     texts.write_text("\n\n".join(f"text {i} " + "the quick brown fox jumps " * 8 for i in range(20)))
@@ -70,6 +96,21 @@ def test_five_families_run_through_capture_fit_evaluate_and_regress(prefect_serv
     assert keys[0] == "allenai--OLMo-tiny-neox"
     recorded = store.read_json("architectures/me--tiny-gpt2.json")  # what the regressors learn from
     assert (recorded["model_type"], recorded["positions"], recorded["n_layers"]) == ("gpt2", "learned", 3)
+
+    # the planted value is found at its layer, position and dim, with the ratio transformers' hidden states give
+    key, layer, pos, dim = PLANTED
+    stats = store.read_dataset("stats", where={"model": key, "step": 1600, "layer": layer})
+    assert set(stats.column("top1_pos").to_pylist()) == {pos} and set(stats.column("top1_dim").to_pylist()) == {dim}
+    meta = store.partition_metadata("stats", {"model": key, "step": 1600})
+    tokens = torch.as_tensor(load_prompt_set(store, meta["inputs"]["prompt_set"]).tokens)
+    assert "-len32-text-" in meta["inputs"]["prompt_set"]  # a tokenizer that adds no BOS: position 0 is text
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "models" / repo_of(key) / "1600")
+    handle = plant(model, layer, pos, dim)
+    with torch.no_grad():
+        h = model(tokens, output_hidden_states=True).hidden_states[layer + 1].abs().reshape(len(tokens), -1)
+    handle.remove()
+    ratio = store.read_dataset("ratios", where={"model": key, "step": 1600, "layer": layer}).column("ratio")[0].as_py()
+    assert ratio == pytest.approx(float(h.max(dim=1).values.mean() / h.median(dim=1).values.mean()), rel=1e-5)
 
     fitted = fit(store=store.url, series=("ratio",))
     fits = store.read_dataset("fits").to_pylist()

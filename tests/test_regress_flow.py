@@ -8,6 +8,7 @@ from prefect.artifacts import Artifact
 from flows.fit import fit
 from flows.predict import ArchitectureParams, predict
 from flows.regress import regress
+from massive_activations.architecture import FEATURES
 from massive_activations.catalog import CatalogError
 from massive_activations.regress_run import PAPER_TABLE3, load_regressors, train
 from massive_activations.regression import CONFIGS, RAW_TARGETS
@@ -40,7 +41,7 @@ def test_regress_then_predict(fitted):
     assert all(r["note"].startswith("not meaningful") for r in paper)  # 1 test row of 5: said plainly
     xgb = [r for r in paper if r["regressor"] == "xgboost"]
     assert [r["paper_r2"] for r in xgb] == [PAPER_TABLE3[r["target"]]["xgboost"] for r in xgb]
-    assert fitted.read_dataset("regression_importance").num_rows == len(result["chosen"]) * 16
+    assert fitted.read_dataset("regression_importance").num_rows == len(result["chosen"]) * len(FEATURES)
     classes = fitted.read_dataset("regression_classes").to_pylist()
     assert {c["protocol"] for c in classes} == {"random_80_20", "leave_one_model_out"}
     figures = fitted.list("plots/regression")

@@ -261,8 +261,11 @@ class HubSource:
                 _schedules[key] = fam.schedule(self._branches(repo))
             found = _schedules[key]
         if not found:
+            from huggingface_hub import constants
+
+            offline = " (HF_HUB_OFFLINE is set: only revisions already in the download cache are known)"
             raise CheckpointNotFoundError(f"{repo} has no revision of family {fam.name!r} (they look like "
-                                          f"{', '.join(fam.examples)})")
+                                          f"{', '.join(fam.examples)}){offline if constants.HF_HUB_OFFLINE else ''}")
         return found
 
     def _branches(self, repo: str) -> list[str]:
