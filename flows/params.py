@@ -102,13 +102,22 @@ class EvalParams(BaseModel):
     sae_expansion: int = Field(4, ge=1, le=256, description="Latents per model dimension")
     sae_k: int = Field(8, ge=1, le=4096, description="TopK: active latents per token")
     sae_l1: float = Field(1e-3, ge=0, description="ReLU SAE: L1 coefficient")
-    sae_aux_k: int = Field(0, ge=0, le=4096, description="AuxK latents for dead latents (0: off)")
-    sae_steps: int = Field(200, ge=1, le=1_000_000, description="Optimizer steps")
-    sae_lr: float = Field(3e-3, gt=0, le=1.0)
+    sae_aux_k: int | None = Field(None, ge=0, le=4096, description="AuxK latents for dead latents; empty: 4k "
+                                                                   "for TopK (at most half the latents); 0: off")
+    sae_steps: int | None = Field(200, ge=1, le=1_000_000, description="Optimizer steps; empty: sae_epochs passes "
+                                                                       "over the training tokens")
+    sae_epochs: int = Field(10, ge=1, le=1000, description="Passes over the training tokens (when sae_steps is "
+                                                            "empty)")
+    sae_batch_size: int = Field(1024, ge=1, le=1_000_000, description="Tokens per minibatch")
+    sae_dead_tokens: int = Field(10_000, ge=1, description="A latent silent over this many training tokens is dead")
+    sae_lr: float = Field(3e-3, gt=0, le=1.0, description="Peak learning rate (5% warmup, cosine decay to 10%)")
     mask_bos_id: int | None = Field(0, description="Token id masked as BOS/EOS (Pythia: 0); empty: none")
     mask_position0: bool = Field(True, description="Mask position 0 in the masked runs")
-    mask_massive_factor: float | None = Field(10.0, gt=0, description="Mask tokens whose max|h| exceeds this "
-                                                                      "× the median |h|; empty: no massive mask")
+    mask_massive_abs: float | None = Field(None, gt=0, description="A token is massive when its max|h| exceeds "
+                                                                   "this (the capture's criterion: 100) and…; empty: "
+                                                                   "no absolute bar (small models never reach 100)")
+    mask_massive_rel: float | None = Field(10.0, gt=0, description="…this × the layer's median |h| (capture: 1000; "
+                                                                   "the offline suite: 10); empty: none")
     itda_k: int = Field(8, ge=1, le=4096, description="Matching-pursuit steps")
     itda_tau: float | None = Field(None, gt=0, description="Add threshold; empty: calibrate to itda_target_size")
     itda_target_size: int = Field(64, ge=1, le=1_000_000, description="Dictionary size τ is calibrated to")
@@ -121,9 +130,10 @@ class EvalParams(BaseModel):
         settings = EvalSettings.from_dict({
             "heldout_fraction": self.heldout_fraction, "seed": self.seed, "sae_kinds": self.sae_kinds,
             "sae": {"expansion": self.sae_expansion, "k": self.sae_k, "l1": self.sae_l1, "aux_k": self.sae_aux_k,
-                    "steps": self.sae_steps, "lr": self.sae_lr, "seed": self.seed},
+                    "steps": self.sae_steps, "epochs": self.sae_epochs, "batch_size": self.sae_batch_size,
+                    "dead_tokens": self.sae_dead_tokens, "lr": self.sae_lr, "seed": self.seed},
             "mask": {"bos_id": self.mask_bos_id, "position0": self.mask_position0,
-                     "massive_factor": self.mask_massive_factor},
+                     "massive_abs": self.mask_massive_abs, "massive_rel": self.mask_massive_rel},
             "itda": {"k": self.itda_k, "tau": self.itda_tau, "target_size": self.itda_target_size,
                      "max_atoms": self.itda_max_atoms},
             "quant_bits": self.quant_bits, "quant_top_k": self.quant_top_k})

@@ -10,7 +10,8 @@ from scipy.stats import spearmanr
 
 from flows.evaluate import evaluate
 from flows.params import EvalParams
-from massive_activations.eval_run import EvalSettings, split_sequences
+from massive_activations.eval_run import EvalSettings, sae_key, split_sequences
+from massive_activations.sae import load_sae_lens
 from massive_activations.store import Store
 
 MODEL = "nx-l2-d32-h2"
@@ -35,8 +36,16 @@ def test_evaluate_writes_every_kind_and_reuses_it(prefect_server, eval_store):
         (s, layer, v) for s in STEPS for layer in (0, 1) for v in variants}
     for row in sae.to_pylist():
         assert -1 < row["explained_variance"] <= 1
+        assert row["n_massive"] + row["n_other"] >= row["n_tokens"]  # the unmasked held-out tokens, in two groups
+        assert 0 <= row["dead_fraction_train"] <= 1 and row["dead_window_tokens"] > 0
         assert row["ce_zero"] > row["ce_original"] or row["step"] == 0  # at init, deleting a layer costs nothing
         assert row["l0"] <= 8 or row["sae_kind"] == "relu"
+    # every trained SAE is on the store in the SAELens layout, and reloads to the stored metrics
+    row = next(r for r in sae.to_pylist() if r["variant"] == "topk-unmasked" and r["step"] == 48)
+    folder = eval_store.path(sae_key(MODEL, 48, row["layer"], "topk-unmasked"))
+    reloaded = load_sae_lens(folder)
+    assert reloaded.n_latents == row["n_latents"] and reloaded.dead_fraction == row["dead_fraction_train"]
+    assert len(eval_store.list("saes")) == 2 * len(STEPS) * 2 * 4  # two files × steps × layers × variants
     itda = eval_store.read_dataset("evals/itda", where={"model": MODEL})
     assert itda.num_rows == 10 and all(len(r["atom_seq"]) == r["size"] for r in itda.to_pylist())
     quant = eval_store.read_dataset("evals/quant", where={"model": MODEL})

@@ -16,6 +16,7 @@ from flows.capture import capture
 from flows.evaluate import evaluate
 from flows.fit import fit
 from flows.params import CaptureParams, EvalParams, PromptParams, SourceParams
+from flows.predict import predict
 from flows.regress import regress
 from massive_activations import checkpoints
 from massive_activations.architecture import resolve_architecture
@@ -23,7 +24,7 @@ from massive_activations.families import model_key, repo_of
 from massive_activations.model_parts import find_parts
 from massive_activations.prompts import load_prompt_set
 from massive_activations.store import Store
-from tests.tiny_models import byte_tokenizer, save_tiny
+from tests.tiny_models import byte_tokenizer, save_tiny, tiny_model
 
 STEPS = (0, 100, 200, 400, 800, 1600)
 MINE = {"name": "mine", "repo": "me/{model}", "revision": r"iter_(?P<step>\d+)", "examples": ["iter_0000100"]}
@@ -137,3 +138,9 @@ def test_five_families_run_through_capture_fit_evaluate_and_regress(prefect_serv
     assert {r["protocol"] for r in scores} == {"random_80_20", "leave_one_model_out"} and result["chosen"]
     arch = resolve_architecture(str(tmp_path / "models" / "me/tiny-gpt2" / "0" / "config.json"))
     assert arch.positions == "learned" and arch.tied_embeddings
+    # and predicts for any config.json: a Qwen2 with 4 layers, none of which it has seen
+    unseen = tmp_path / "unseen"
+    tiny_model("qwen2", layers=4, d=64).config.save_pretrained(unseen)
+    predicted = predict(str(unseen / "config.json"), store=store.url)
+    assert [r["layer"] for r in predicted["rows"]] == [0, 1, 2, 3]
+    assert all(np.isfinite(r["y_last"]) for r in predicted["rows"])

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from massive_activations.checkpoints import FolderSource, load_checkpoint
-from massive_activations.sae import SAESettings, reconstruction_metrics, token_mask, train_sae
+from massive_activations.sae import (
+    SAESettings,
+    auxk_loss,
+    load_sae_lens,
+    lr_factor,
+    reconstruction_metrics,
+    save_sae_lens,
+    token_mask,
+    train_sae,
+)
 from massive_activations.splice import ce_loss_score, lm_loss, loss_with_layer, zero_ablation
 
 
@@ -22,17 +34,47 @@ def sparse_data(n: int = 4000, d: int = 16, n_features: int = 32, active: int = 
     return torch.tensor(codes @ features, dtype=torch.float32)
 
 
-def test_topk_sae_recovers_a_known_sparse_dictionary():
-    x = sparse_data()
-    train, test = x[:3200], x[3200:]
-    sae = train_sae(train, SAESettings(kind="topk", expansion=4, k=4, steps=1500, batch_size=256, lr=3e-3))
+def test_topk_sae_at_the_default_budget_recovers_a_known_sparse_dictionary():
+    """2^16 training tokens, each a positive mix of 2 of 64 unit directions in 32 dims (2× in
+    superposition); the default settings (TopK k=8, 4× latents, AuxK, 10 epochs of 1024-token
+    minibatches, peak lr 3e-3) on 2^13 held-out tokens. Measured: EV 0.962, no dead latent. (With
+    4 of 128 directions the same settings reach 0.79: a one-step linear encoder cannot untangle
+    that much superposition.)"""
+    x = sparse_data(n=2**16 + 2**13, d=32, n_features=64, active=2)
+    train, test = x[:2**16], x[2**16:]
+    sae = train_sae(train, SAESettings())
     with torch.no_grad():
         codes = sae.encode(test)
         metrics = reconstruction_metrics(test, sae.decode(codes), codes)
-    assert metrics["explained_variance"] > 0.95  # stated: a 2-sparse signal, k=4, is reconstructed to EV > 0.95
-    assert metrics["l0"] <= 4 and metrics["cosine"] > 0.97
-    assert abs(metrics["fvu"] - (1 - metrics["explained_variance"])) < 1e-12
+    assert metrics["explained_variance"] >= 0.95
+    assert sae.dead_fraction <= 0.05 and sae.tokens_seen == 10 * 2**16  # dead: silent over the last 10^4 tokens
+    assert metrics["l0"] <= 8 and abs(metrics["fvu"] - (1 - metrics["explained_variance"])) < 1e-12
     assert torch.allclose(sae.W_dec.norm(dim=0), torch.ones(sae.n_latents), atol=1e-5)  # unit-norm decoder
+
+
+def test_a_saved_sae_reloads_with_identical_outputs_in_the_saelens_layout(tmp_path):
+    from safetensors import safe_open
+
+    x = sparse_data(n=2000)
+    for kind in ("topk", "relu"):
+        sae = train_sae(x, SAESettings(kind=kind, steps=30))
+        folder = save_sae_lens(sae, tmp_path / kind, hook_name="blocks.3.hook_resid_post", model_name="pythia-70m")
+        again = load_sae_lens(folder)
+        with torch.no_grad():
+            assert torch.equal(again(x), sae(x)) and torch.equal(again.encode(x), sae.encode(x))
+        cfg = json.loads((folder / "cfg.json").read_text())
+        assert (cfg["d_in"], cfg["d_sae"], cfg["hook_name"]) == (16, 64, "blocks.3.hook_resid_post")
+        assert cfg["architecture"] == ("topk" if kind == "topk" else "standard") and cfg.get("k") == (
+            8 if kind == "topk" else None)
+        with safe_open(str(folder / "sae_weights.safetensors"), framework="pt") as fh:  # SAELens' shapes
+            assert {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()} == {
+                "W_enc": (16, 64), "W_dec": (64, 16), "b_enc": (64,), "b_dec": (16,)}
+        assert again.dead_fraction == sae.dead_fraction and again.settings == sae.settings
+
+
+def test_learning_rate_warms_up_then_decays():
+    assert [round(lr_factor(s, 100), 3) for s in (0, 4, 5, 99)] == [0.2, 1.0, 1.0, 0.1]
+    assert lr_factor(50, 100) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 45 / 95)))
 
 
 def test_relu_sae_with_l1_is_sparser_than_without():
@@ -53,17 +95,23 @@ def test_decoder_bias_starts_at_the_data_mean_and_training_is_seeded():
     assert torch.allclose(untrained.b_dec, x.mean(dim=0), atol=1e-4)
 
 
-def test_auxk_revives_dead_latents():
-    x = sparse_data(n=4000, d=32, n_features=256, active=4)
-    settings = dict(kind="topk", expansion=16, k=4, steps=800, dead_after=50, lr=1e-2)
-    plain = train_sae(x, SAESettings(**settings))
-    aux = train_sae(x, SAESettings(**settings, aux_k=32))
-    with torch.no_grad():
-        dead = [reconstruction_metrics(x, m(x), m.encode(x))["dead_fraction"] for m in (plain, aux)]
-    assert dead[0] > 0.02 and dead[1] < 0.5 * dead[0]  # measured: 3.7% dead without AuxK, 0.8% with
+def test_auxk_pulls_up_a_dead_latent_that_explains_the_residual():
+    """Two dead latents with the same small positive pre-activation: the one whose decoder direction
+    is the residual's is pushed up, the one pointing away is pushed down; live latents are untouched."""
+    w_dec = torch.eye(4)[:, :3]  # latent i decodes to unit vector e_i
+    residual = torch.tensor([[0.0, 2.0, 0.0, 0.0]])  # what the live latents missed: along e_1
+    pre = torch.tensor([[5.0, 0.5, 0.5]], requires_grad=True)
+    dead = torch.tensor([False, True, True])
+    w_dec[:, 2] = -w_dec[:, 1]  # latent 2 points the other way
+    auxk_loss(pre, dead, residual, w_dec, aux_k=2).backward()
+    assert pre.grad[0, 0] == 0  # live: no AuxK gradient
+    assert pre.grad[0, 1] < 0 < pre.grad[0, 2]  # descent raises latent 1, lowers latent 2
+    assert SAESettings().aux_latents(128) == 32 and SAESettings(kind="relu").aux_latents(128) == 0  # on for TopK
+    assert SAESettings(k=64).aux_latents(128) == 64 and SAESettings(aux_k=0).aux_latents(128) == 0
 
 
-@pytest.mark.parametrize("bad", [dict(k=0), dict(expansion=0), dict(kind="gated"), dict(lr=0.0), dict(aux_k=-1)])
+@pytest.mark.parametrize("bad", [dict(k=0), dict(expansion=0), dict(kind="gated"), dict(lr=0.0), dict(aux_k=-1),
+                                 dict(epochs=0), dict(steps=0), dict(dead_tokens=0)])
 def test_bad_sae_settings_are_refused(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         SAESettings(**bad)

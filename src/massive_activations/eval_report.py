@@ -10,6 +10,7 @@ layers.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -39,8 +40,10 @@ PANELS = {
 CHECKPOINT_LAYER = -2
 # dataset -> metrics joined with the ratio
 METRICS = {
-    f"{EVALS}/sae": ("explained_variance", "fvu", "mse", "cosine", "l0", "dead_fraction", "ce_loss_score"),
-    f"{EVALS}/itda": ("size", "l0", "explained_variance", "ce_loss_score", "build_seconds"),
+    f"{EVALS}/sae": ("explained_variance", "fvu", "mse", "cosine", "l0", "dead_fraction", "dead_fraction_train",
+                     "ce_loss_score", "explained_variance_massive", "explained_variance_other"),
+    f"{EVALS}/itda": ("size", "l0", "explained_variance", "ce_loss_score", "build_seconds",
+                      "explained_variance_massive", "explained_variance_other"),
     ITDA_SIMILARITY: ("jaccard_final", "layer_matching_final"),
     f"{EVALS}/quant": ("sqnr_db", "topk_error_share"),
     QUANT_MODEL: ("ce_delta_token", "ce_delta_tensor", "ppl_delta_token", "ppl_delta_tensor", "n_outlier_dims"),
@@ -66,7 +69,7 @@ def joined_view(store: Store, models: list[str]) -> pa.Table:
             against = (peak.get((rec["model"], rec["step"])) if layer == CHECKPOINT_LAYER
                        else ratio.get((rec["model"], rec["step"], layer)))
             for metric in metrics:
-                if metric in rec and rec[metric] is not None:
+                if metric in rec and rec[metric] is not None and math.isfinite(rec[metric]):
                     rows.append({"model": rec["model"], "step": rec["step"], "layer": layer, "kind": kind,
                                  "variant": rec.get("variant", kind), "metric": metric,
                                  "value": float(rec[metric]), "ratio": against})

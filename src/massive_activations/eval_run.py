@@ -1,6 +1,7 @@
 """Evaluate one checkpoint onto the store: SAEs, ITDA or quantization, one ``evals/<kind>/`` partition.
 
-Every evaluation reads the activation samples the capture stored for (model, step, layer), splits
+Each trained SAE is kept on the store in the SAELens layout (``saes/``, ``sae_key``). Every
+evaluation reads the activation samples the capture stored for (model, step, layer), splits
 the prompt set's sequences into train and held-out (seeded; the same split for every checkpoint),
 trains on the train sequences' samples and measures on the held-out ones. CE losses are measured
 on the held-out sequences themselves, by running the checkpoint with a layer's output replaced.
@@ -12,7 +13,9 @@ version is not recomputed.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,8 +26,17 @@ import torch
 from massive_activations.capture_run import ACTIVATIONS
 from massive_activations.checkpoints import CheckpointHandle, CheckpointSource
 from massive_activations.itda import ITDADictionary, ITDASettings, itda, jaccard, layer_matching_score, matching_pursuit
+from massive_activations.provenance import library_versions, module_version
 from massive_activations.quantization import activation_quantization, outlier_dims, w8a8
-from massive_activations.sae import SAESettings, massive_threshold, reconstruction_metrics, token_mask, train_sae
+from massive_activations.sae import (
+    SAESettings,
+    SparseAutoencoder,
+    massive_bar,
+    reconstruction_metrics,
+    save_sae_lens,
+    token_mask,
+    train_sae,
+)
 from massive_activations.splice import ce_loss_score, lm_loss, loss_with_layer, zero_ablation
 from massive_activations.store import Store
 
@@ -37,13 +49,23 @@ CODE_MODULES = ("massive_activations.eval_run", "massive_activations.sae", "mass
 
 @dataclass(frozen=True)
 class MaskSettings:
+    """Which tokens are massive, for the masked variants and for the metrics split by token group.
+
+    A token is massive when its largest |h| exceeds ``massive_abs`` and ``massive_rel`` × the median
+    |h| of the layer's training tokens: the capture's criterion (100 and 1000) by default. Small
+    models never reach |h| > 100; for them leave ``massive_abs`` out and use a lower relative
+    threshold (the offline suite's evaluations use 10 ×), recorded with the results."""
+
     bos_id: int | None = 0  # Pythia's BOS/EOS id (and the offline suite's EOT)
     position0: bool = True
-    massive_factor: float | None = 10.0  # a token is massive when max|h| > factor × median|h|
+    massive_abs: float | None = 100.0
+    massive_rel: float | None = 1000.0
 
     def __post_init__(self) -> None:
-        if self.massive_factor is not None and not self.massive_factor > 0:
-            raise ValueError(f"massive_factor must be > 0 or None, got {self.massive_factor}")
+        for name in ("massive_abs", "massive_rel"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value}")
 
 
 @dataclass(frozen=True)
@@ -178,9 +200,25 @@ class Splicer:
 
 
 def _mask_options(settings: MaskSettings, train: LayerSamples) -> dict[str, Any]:
-    bar = (massive_threshold(train.vectors.numpy(), settings.massive_factor)
-           if settings.massive_factor is not None else None)
+    bar = massive_bar(train.vectors.numpy(), settings.massive_abs, settings.massive_rel)
     return {"bos_id": settings.bos_id, "position0": settings.position0, "massive_above": bar}
+
+
+def by_token_group(x: torch.Tensor, x_hat: torch.Tensor, bar: float | None) -> dict[str, float]:
+    """Reconstruction on the held-out tokens that are massive (largest |h| above ``bar``) and on the
+    others: explained variance against the variance of all held-out tokens (so the groups compare),
+    MSE per element, cosine, and how many tokens each group has (NaN metrics for an empty group)."""
+    x, x_hat = x.double(), x_hat.double()
+    massive = x.abs().amax(dim=1) > bar if bar is not None else torch.zeros(len(x), dtype=torch.bool)
+    var = ((x - x.mean(dim=0)) ** 2).sum(dim=1).mean()
+    out: dict[str, float] = {}
+    for name, rows in (("massive", massive), ("other", ~massive)):
+        n = int(rows.sum())
+        err = ((x[rows] - x_hat[rows]) ** 2).sum(dim=1).mean() if n else torch.tensor(float("nan"))
+        cos = torch.nn.functional.cosine_similarity(x[rows], x_hat[rows], dim=1, eps=1e-12).mean() if n else err
+        out.update({f"explained_variance_{name}": float(1 - err / var) if var > 0 else float("nan"),
+                    f"mse_{name}": float(err / x.shape[1]), f"cosine_{name}": float(cos), f"n_{name}": n})
+    return out
 
 
 def _split(samples: LayerSamples, train_seqs: np.ndarray) -> tuple[LayerSamples, LayerSamples]:
@@ -189,7 +227,8 @@ def _split(samples: LayerSamples, train_seqs: np.ndarray) -> tuple[LayerSamples,
 
 
 def sae_rows(samples: dict[int, LayerSamples], splicer: Splicer, train_seqs: np.ndarray,
-             settings: EvalSettings) -> list[dict]:
+             settings: EvalSettings, saved: Callable[[SparseAutoencoder, int, str], None] | None = None) -> list[dict]:
+    """``saved``: called with each trained SAE, its layer and variant (to keep it on the store)."""
     rows = []
     for layer, all_samples in samples.items():
         train, held = _split(all_samples, train_seqs)
@@ -211,11 +250,16 @@ def sae_rows(samples: dict[int, LayerSamples], splicer: Splicer, train_seqs: np.
                 with torch.no_grad():
                     codes = sae.encode(ho.vectors)
                     metrics = reconstruction_metrics(ho.vectors, sae.decode(codes), codes)
+                    groups = by_token_group(held.vectors, sae(held.vectors), options["massive_above"])
                     ce = splicer.score(layer, lambda x, sae=sae: sae(x.cpu()).to(x.device),
                                        options if masked else None)
-                rows.append({"layer": layer, "variant": f"{kind}-{'masked' if masked else 'unmasked'}",
-                             "sae_kind": kind, "masked": masked, "n_latents": sae.n_latents, "n_train": len(tr.vectors),
-                             **metrics, **ce, "train_seconds": seconds})
+                variant = f"{kind}-{'masked' if masked else 'unmasked'}"
+                if saved is not None:
+                    saved(sae, layer, variant)
+                rows.append({"layer": layer, "variant": variant, "sae_kind": kind, "masked": masked,
+                             "n_latents": sae.n_latents, "n_train": len(tr.vectors), **metrics, **groups,
+                             "dead_fraction_train": sae.dead_fraction, "dead_window_tokens":
+                             min(sae_settings.dead_tokens, sae.tokens_seen), **ce, "train_seconds": seconds})
     return rows
 
 
@@ -237,6 +281,8 @@ def itda_rows(samples: dict[int, LayerSamples], splicer: Splicer, train_seqs: np
         coef = matching_pursuit(held.vectors, atoms, k)
         metrics = reconstruction_metrics(held.vectors, (coef @ atoms).float(), coef)
         metrics.pop("dead_fraction")
+        metrics |= by_token_group(held.vectors, (coef @ atoms).float(),
+                                  _mask_options(settings.mask, train)["massive_above"])
         ce = splicer.score(layer, reconstruct, None)
         rows.append({"layer": layer, "variant": "itda", "size": len(dictionary), "tau": dictionary.tau,
                      **metrics, **ce, "build_seconds": seconds,
@@ -261,6 +307,28 @@ def quant_rows(samples: dict[int, LayerSamples], lm: Any, held_tokens: np.ndarra
     dims = outlier_dims(lm, held_tokens, batch_size=settings.batch_size)
     model_row.update({"n_outlier_dims": len(dims), "outlier_dims": dims})
     return rows, model_row
+
+
+SAES = "saes"
+
+
+def sae_key(model: str, step: int, layer: int, variant: str) -> str:
+    """Where a trained SAE is kept, in the SAELens layout (sae_weights.safetensors, cfg.json)."""
+    return f"{SAES}/model={model}/step={step}/layer={layer}/variant={variant}"
+
+
+def keep_sae(store: Store, sae: SparseAutoencoder, model: str, step: int, layer: int, variant: str,
+             inputs: dict[str, Any]) -> str:
+    """Write one SAE to the store (weights, then cfg.json, each atomically); SAELens reads the folder."""
+    key = sae_key(model, step, layer, variant)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_sae_lens(sae, tmp, hook_name=f"blocks.{layer}.hook_resid_post", model_name=model,
+                               metadata={"step": step, "layer": layer, "variant": variant, "inputs": inputs,
+                                         "code_version": module_version(*CODE_MODULES),
+                                         "libraries": library_versions()})
+        store.put_file(folder / "sae_weights.safetensors", f"{key}/sae_weights.safetensors")
+        store.put_file(folder / "cfg.json", f"{key}/cfg.json")
+    return key
 
 
 def rows_table(rows: list[dict]) -> pa.Table:
@@ -299,9 +367,11 @@ def evaluate_to_store(store: Store, source: CheckpointSource, model: str, step: 
             rows, model_row = quant_rows(samples, lm, held_tokens, settings)
             store.write_partition(QUANT_MODEL, part, rows_table([model_row]), inputs=inputs,
                                   code_modules=CODE_MODULES, overwrite=True)
+        elif kind == "sae":
+            rows = sae_rows(samples, Splicer(lm, held_tokens, settings.batch_size), train_seqs, settings,
+                            saved=lambda sae, layer, variant: keep_sae(store, sae, model, step, layer, variant, inputs))
         else:
-            splicer = Splicer(lm, held_tokens, settings.batch_size)
-            rows = (sae_rows if kind == "sae" else itda_rows)(samples, splicer, train_seqs, settings)
+            rows = itda_rows(samples, Splicer(lm, held_tokens, settings.batch_size), train_seqs, settings)
     finally:
         if checkpoint is None:
             handle.release()

@@ -1,0 +1,80 @@
+"""The README's findings table ("What the offline suite shows"), computed from a store after `make run`.
+
+Per (kind, variant, metric): the mean over decoder layers at the first and the last evaluated step;
+medians over layers of ρ with the ratio, ρ with the step and the partial ρ; how many layers have a
+partial-ρ 95% interval wholly below / above 0, of those where it is defined; and the median over
+checkpoints of ρ across one model's layers (with how many of those are negative).
+
+Run: .venv/bin/python docs/findings.py [STORE]   (default: data)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from massive_activations.store import Store  # noqa: E402
+
+ROWS = [  # (label, kind, variant, metric, show the first → last means)
+    ("TopK SAE explained variance, unmasked", "sae", "topk-unmasked", "explained_variance", True),
+    ("TopK SAE explained variance, massive tokens masked", "sae", "topk-masked", "explained_variance", True),
+    ("TopK SAE explained variance on massive / other held-out tokens", "sae", "topk-unmasked",
+     "explained_variance_other", True),
+    ("ReLU SAE explained variance, unmasked", "sae", "relu-unmasked", "explained_variance", True),
+    ("TopK SAE CE-loss score", "sae", "topk-unmasked", "ce_loss_score", False),
+    ("TopK SAE dead latents (training window)", "sae", "topk-unmasked", "dead_fraction_train", True),
+    ("ReLU SAE L0", "sae", "relu-unmasked", "l0", False),
+    ("ITDA explained variance", "itda", "itda", "explained_variance", True),
+    ("ITDA Jaccard with the final dictionary (final excluded)", "itda_similarity", "itda_similarity",
+     "jaccard_final", False),
+    ("int8 SQNR per tensor", "quant", "int8-tensor", "sqnr_db", True),
+    ("int8 SQNR per channel", "quant", "int8-channel", "sqnr_db", True),
+    ("int4 SQNR per tensor", "quant", "int4-tensor", "sqnr_db", True),
+]
+
+
+def median(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.median(finite)) if finite else float("nan")
+
+
+def main(store_url: str = "data") -> None:
+    store = Store(store_url)
+    joined = [r for r in store.read_dataset("evals/joined").to_pylist() if r["layer"] >= 0]
+    corr = [r for r in store.read_dataset("evals/correlations").to_pylist() if r["layer"] >= 0]
+    across = store.read_dataset("evals/layer_correlations").to_pylist()
+    steps = sorted({r["step"] for r in joined})
+    print(f"{len({r['model'] for r in joined})} models, steps {steps}")
+    print("| metric | first → last step (mean over layers) | ρ ratio | ρ step | partial ρ | partial CI < 0 / > 0 "
+          "(of defined) | across layers: median ρ (negative) |")
+    print("|---|---|---|---|---|---|---|")
+    for label, kind, variant, metric, trend in ROWS:
+        key = (kind, variant, metric)
+        values = {s: [r["value"] for r in joined if (r["kind"], r["variant"], r["metric"], r["step"]) == (*key, s)]
+                  for s in (steps[0], steps[-1])}
+        if metric == "explained_variance_other":  # this row shows both groups
+            massive = [r["value"] for r in joined if (r["kind"], r["variant"], r["metric"], r["step"]) ==
+                       (kind, variant, "explained_variance_massive", steps[-1])]
+            text = (f"last step: massive {np.mean(massive):.3f} (n layers {len(massive)}) / other "
+                    f"{np.mean(values[steps[-1]]):.3f}" if massive else "no massive held-out token")
+        else:
+            text = (f"{np.mean(values[steps[0]]):.3g} → {np.mean(values[steps[-1]]):.3g}"
+                    if trend and all(values.values()) else "")
+        rows = [r for r in corr if (r["kind"], r["variant"], r["metric"]) == key]
+        defined = [r for r in rows if np.isfinite(r["partial_rho"])]
+        below = sum(r["partial_rho_high"] < 0 for r in defined)
+        above = sum(r["partial_rho_low"] > 0 for r in defined)
+        layer_rho = [r["rho_across_layers"] for r in across if (r["kind"], r["variant"], r["metric"]) == key
+                     and np.isfinite(r["rho_across_layers"])]
+        print(f"| {label} | {text} | {median([r['spearman_rho'] for r in rows]):+.2f} | "
+              f"{median([r['rho_step'] for r in rows]):+.2f} | {median([r['partial_rho'] for r in rows]):+.2f} | "
+              f"{below} / {above} (of {len(defined)}) | "
+              f"{median(layer_rho):+.2f} ({sum(v < 0 for v in layer_rho)} of {len(layer_rho)}) |")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2])
