@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -187,3 +188,26 @@ def test_device_and_dtype_are_validated(micro_root):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             load_from_dir(micro_root / MODEL / "step8", MODEL, 8, device="cuda")
+
+
+def test_a_repository_with_only_a_sentencepiece_tokenizer_loads(fake_hub, tmp_path):
+    """Llama-era repositories (LLM360/Amber) ship tokenizer.model and no tokenizer.json."""
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    from tests.tiny_models import tiny_model
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(f"the quick brown fox {i} jumps over the lazy dog" for i in range(200)))
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "sp"), vocab_size=60,
+                                   model_type="bpe", minloglevel=2)
+    folder = tmp_path / "ckpt_000"
+    tiny_model("llama").save_pretrained(folder, safe_serialization=True)
+    LlamaTokenizer(vocab_file=str(tmp_path / "sp.model")).save_pretrained(folder)
+    (folder / "tokenizer.json").unlink(missing_ok=True)
+    shutil.copy(tmp_path / "sp.model", folder / "tokenizer.model")
+    fake_hub.add_folder("LLM360/Amber-tiny", "ckpt_000", folder)
+    loaded = load_checkpoint(_hub(fake_hub, tmp_path), "LLM360/Amber-tiny", 0, device="cpu")
+    ids = loaded.tokenizer("the quick brown fox", add_special_tokens=False)["input_ids"]
+    assert ids and max(ids) < 60 and loaded.tokenizer.decode(ids) == "the quick brown fox"
+    assert loaded.architecture.model_type == "llama"

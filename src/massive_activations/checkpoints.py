@@ -46,7 +46,10 @@ log = logging.getLogger(__name__)
 
 WEIGHT_CANDIDATES = ("model.safetensors", "model.safetensors.index.json",
                      "pytorch_model.bin", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# whichever a repository has: a fast tokenizer (tokenizer.json), or what one is built from (a
+# SentencePiece model, as Llama-era repos such as LLM360/Amber ship; GPT-2 style vocab and merges)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_CACHE = Path(os.environ.get("MA_CACHE_DIR", Path.home() / ".cache" / "massive_activations"))
 
