@@ -89,6 +89,15 @@ def test_predictions_are_named_from_what_they_predict(fitted, micro_root):
     with pytest.raises(ValueError, match="already holds a different architecture"):
         predict(ArchitectureParams(n_layers=6, d_model=32, n_heads=2, name="taken"), store=fitted.url)
     assert len(fitted.read_dataset("predictions", where={"arch": "taken"})) == 4  # the first one, intact
+    # a prediction stored before the architecture had its newer fields (KV heads, norm, …) is the same one
+    part = {"arch": "taken"}
+    meta = fitted.partition_metadata("predictions", part)
+    older = {k: v for k, v in meta["inputs"]["architecture"].items()
+             if k not in ("n_kv_heads", "tied_embeddings", "norm", "positions", "gated_mlp", "bias", "model_type",
+                          "params")}
+    fitted.write_partition("predictions", part, fitted.read_partition("predictions", part),
+                           inputs={**meta["inputs"], "architecture": older}, overwrite=True)
+    predict(ArchitectureParams(n_layers=4, d_model=32, n_heads=2, name="taken"), store=fitted.url)
 
 
 def test_a_monitored_run_on_the_store_changes_nothing_regress_learns(fitted, tmp_path):

@@ -180,7 +180,8 @@ def predict(store: Store, arch: Architecture, total_steps: int | None = None, se
               "regressors": metadata["inputs"]}
     part = {"arch": arch.name}
     stored = (store.partition_metadata("predictions", part) or {}).get("inputs", {}).get("architecture")
-    if stored is not None and stored != arch.as_dict():
+    # as the architecture, not as the dict: one stored before a field existed has that field's default
+    if stored is not None and Architecture.from_dict(stored) != arch:
         raise ValueError(f"predictions/arch={arch.name} already holds a different architecture ({stored}); "
                          "give this one another name")
     written = store.write_partition("predictions", part, table, inputs=inputs, code_modules=CODE_MODULES,
