@@ -34,6 +34,9 @@ ROWS = [  # (label, kind, variant, metric, show the first → last means)
     ("int8 SQNR per tensor", "quant", "int8-tensor", "sqnr_db", True),
     ("int8 SQNR per channel", "quant", "int8-channel", "sqnr_db", True),
     ("int4 SQNR per tensor", "quant", "int4-tensor", "sqnr_db", True),
+    ("int8 SQNR per tensor, massive tokens (all quantized together)", "quant", "int8-tensor", "sqnr_db_massive",
+     True),
+    ("int8 SQNR per tensor, other tokens (all quantized together)", "quant", "int8-tensor", "sqnr_db_other", True),
 ]
 
 

@@ -50,6 +50,7 @@ def test_evaluate_writes_every_kind_and_reuses_it(prefect_server, eval_store):
     assert itda.num_rows == 10 and all(len(r["atom_seq"]) == r["size"] for r in itda.to_pylist())
     quant = eval_store.read_dataset("evals/quant", where={"model": MODEL})
     assert quant.num_rows == 5 * 3 * 2 * 3  # steps × layers (incl. embedding) × bits × granularities
+    assert all(r["n_massive"] + r["n_other"] == r["n_tokens"] for r in quant.to_pylist())  # quantized together
     w8a8 = eval_store.read_dataset("evals/quant_model", where={"model": MODEL}).to_pylist()
     assert len(w8a8) == 5 and all(abs(r["ce_delta_token"]) < 0.1 for r in w8a8)
     # Jaccard with the final dictionary, recomputed here from the stored atom labels

@@ -40,6 +40,26 @@ def test_a_planted_outlier_lowers_per_tensor_sqnr_but_not_per_channel():
     assert hit["tensor"]["topk_error_share"] < 0.01  # the outlier itself is on the grid; the rest carries the error
 
 
+def test_the_error_of_a_shared_per_tensor_scale_lands_on_the_other_tokens():
+    """One massive token sets the per-tensor scale for all: its own row stays nearly exact, every other
+    token loses most of its precision; per token, each row keeps its own scale and nothing moves."""
+    x = torch.randn(256, 32, generator=torch.Generator().manual_seed(0))
+    x[5, 7] = 2000.0
+    massive = torch.zeros(256, dtype=torch.bool)
+    massive[5] = True
+    rows = {r["granularity"]: r for r in activation_quantization(x, bits=(8,), groups={"massive": massive,
+                                                                                         "other": ~massive})}
+    tensor = rows["tensor"]
+    assert (tensor["n_massive"], tensor["n_other"]) == (1, 255)
+    xq = fake_quantize(x, 8, "tensor")
+    assert tensor["sqnr_db_other"] == pytest.approx(sqnr_db(x[~massive], xq[~massive]))  # quantized together
+    # measured: massive 52.5 dB, other 0.0 dB (every other value rounds to 0: the step is 15.7)
+    assert tensor["sqnr_db_massive"] > 40 and abs(tensor["sqnr_db_other"]) < 1
+    assert rows["token"]["sqnr_db_other"] > 40  # each token its own scale: 45.4 dB
+    empty = activation_quantization(x, bits=(8,), groups={"none": torch.zeros(256, dtype=torch.bool)})[0]
+    assert np.isnan(empty["sqnr_db_none"]) and empty["n_none"] == 0
+
+
 def test_topk_error_share_counts_the_largest_values():
     x = torch.tensor([[10.0, 1.0, 1.0]])
     xq = torch.tensor([[9.0, 1.0, 0.0]])

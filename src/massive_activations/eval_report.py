@@ -45,7 +45,7 @@ METRICS = {
     f"{EVALS}/itda": ("size", "l0", "explained_variance", "ce_loss_score", "build_seconds",
                       "explained_variance_massive", "explained_variance_other"),
     ITDA_SIMILARITY: ("jaccard_final", "layer_matching_final"),
-    f"{EVALS}/quant": ("sqnr_db", "topk_error_share"),
+    f"{EVALS}/quant": ("sqnr_db", "topk_error_share", "sqnr_db_massive", "sqnr_db_other"),
     QUANT_MODEL: ("ce_delta_token", "ce_delta_tensor", "ppl_delta_token", "ppl_delta_tensor", "n_outlier_dims"),
 }
 

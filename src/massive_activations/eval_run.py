@@ -293,9 +293,14 @@ def itda_rows(samples: dict[int, LayerSamples], splicer: Splicer, train_seqs: np
 def quant_rows(samples: dict[int, LayerSamples], lm: Any, held_tokens: np.ndarray,
                settings: EvalSettings) -> tuple[list[dict], dict]:
     """Per-layer activation quantization rows, and the checkpoint's W8A8 and outlier row."""
-    rows = [{"layer": layer, "variant": f"int{r['bits']}-{r['granularity']}", **r, "n_tokens": len(s.vectors)}
-            for layer, s in samples.items()
-            for r in activation_quantization(s.vectors, settings.quant_bits, settings.quant_top_k)]
+    rows = []
+    for layer, s in samples.items():
+        bar = massive_bar(s.vectors.numpy(), settings.mask.massive_abs, settings.mask.massive_rel)
+        largest = s.vectors.abs().amax(dim=1)
+        massive = largest > bar if bar is not None else torch.zeros_like(largest, dtype=torch.bool)
+        rows += [{"layer": layer, "variant": f"int{r['bits']}-{r['granularity']}", **r, "n_tokens": len(s.vectors)}
+                 for r in activation_quantization(s.vectors, settings.quant_bits, settings.quant_top_k,
+                                                  {"massive": massive, "other": ~massive})]
     ce_fp = lm_loss(lm, held_tokens, settings.batch_size)
     model_row: dict[str, Any] = {"variant": "w8a8", "ce_fp": ce_fp, "ppl_fp": math.exp(ce_fp)}
     for activations in ("token", "tensor"):

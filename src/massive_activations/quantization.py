@@ -59,14 +59,23 @@ def topk_error_share(x: torch.Tensor, xq: torch.Tensor, k: int) -> float:
     return float(err[idx].sum()) / total
 
 
-def activation_quantization(x: torch.Tensor, bits: tuple[int, ...] = (8, 4), top_k: int = 16) -> list[dict]:
-    """SQNR and top-k error share at every bit width and granularity, for one layer's activations."""
+def activation_quantization(x: torch.Tensor, bits: tuple[int, ...] = (8, 4), top_k: int = 16,
+                            groups: dict[str, torch.Tensor] | None = None) -> list[dict]:
+    """SQNR and top-k error share at every bit width and granularity, for one layer's activations.
+
+    ``groups``: named boolean masks over the rows (tokens), e.g. massive and other tokens: all rows
+    are quantized together, as a deployment would, and each group's SQNR (``sqnr_db_<name>``, NaN for
+    an empty group) says where the error lands."""
     rows = []
     for b in bits:
         for granularity in GRANULARITIES:
             xq = fake_quantize(x, b, granularity)
-            rows.append({"bits": b, "granularity": granularity, "sqnr_db": sqnr_db(x, xq),
-                         "topk_error_share": topk_error_share(x, xq, top_k)})
+            row = {"bits": b, "granularity": granularity, "sqnr_db": sqnr_db(x, xq),
+                   "topk_error_share": topk_error_share(x, xq, top_k)}
+            for name, rows_of in (groups or {}).items():
+                row[f"sqnr_db_{name}"] = sqnr_db(x[rows_of], xq[rows_of]) if rows_of.any() else float("nan")
+                row[f"n_{name}"] = int(rows_of.sum())
+            rows.append(row)
     return rows
 
 
