@@ -18,7 +18,7 @@ from massive_activations.checkpoints import resolve_device, resolve_dtype
 from massive_activations.eval_run import samples_hash
 from massive_activations.families import model_key
 from massive_activations.store import Store
-from tasks.evaluate import evaluation_report, itda_similarity
+from tasks.evaluate import cross_model_report, evaluation_report, itda_similarity
 from tasks.policy import on_store
 from tasks.progress import Progress
 
@@ -94,6 +94,10 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
             all_hashes = [h for k in done_kinds for h in hashes[(model, k)]]
             reports[model] = on_store(evaluation_report, target)(target.url, model, done_kinds, all_hashes,
                                                                  force=refresh)
+    if len(reports) >= 2:  # the same step across models: does a higher ratio go with a worse metric?
+        on_store(cross_model_report, target)(target.url, sorted(reports),
+                                             [h for m in reports for k in kinds for h in hashes.get((m, k), [])],
+                                             force=refresh)
     _artifacts(target, summary, reports)
     failed = [m for s in summary.values() for m in s["failed"]]
     logger.info("evaluate summary: %s", {k: {o: v if not isinstance(v, list) else len(v) for o, v in s.items()}

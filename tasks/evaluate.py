@@ -7,7 +7,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from massive_activations.checkpoints import CheckpointHandle, make_source
-from massive_activations.eval_report import report_to_store
+from massive_activations.eval_report import cross_model_report_to_store, report_to_store
 from massive_activations.eval_run import EvalSettings, evaluate_to_store, similarity_to_store
 from massive_activations.prompts import load_prompt_set
 from massive_activations.store import Store
@@ -37,3 +37,10 @@ def itda_similarity(store: str, model: str, itda_hashes: list[str], force: bool 
 def evaluation_report(store: str, model: str, kinds: list[str], eval_hashes: list[str], force: bool = False) -> dict:
     """Joined view and Spearman correlations on the store (evals/joined, evals/correlations), and figures."""
     return report_to_store(Store(store), model, kinds, eval_hashes, force)
+
+
+@task(name="cross-model-report", **task_options(retries=2))
+def cross_model_report(store: str, models: list[str], eval_hashes: list[str], force: bool = False) -> dict:
+    """Across models at matched steps: evals/model_correlations (ρ of each metric with the ratio over all
+    the models' layers at one step)."""
+    return cross_model_report_to_store(Store(store), models, eval_hashes, force)

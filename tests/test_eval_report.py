@@ -57,3 +57,24 @@ def test_the_partial_rho_reaches_the_table_and_the_figure_title():
     assert all(math.isnan(r["rho_across_layers"]) and r["n_layers"] == 1 for r in across)
     line = _correlation_line(key, [row], across)
     assert f"ρ ratio {row['spearman_rho']:+.2f} · step -1.00 · partial n/a · across layers n/a" in line
+
+
+def test_across_models_at_matched_steps():
+    """Three models, two layers each, at step 10: the metric falls exactly as the ratio rises across all
+    six model-layers (ρ = −1); step 20 has one model only (no row); step 30 has too few points (NaN)."""
+    from massive_activations.eval_report import model_correlations
+
+    rows = [{"model": m, "step": 10, "layer": layer, "kind": "quant", "variant": "int8-tensor", "metric": "sqnr_db",
+             "value": 50.0 - ratio, "ratio": ratio}
+            for (m, layer), ratio in zip([(m, layer) for m in "abc" for layer in (0, 1)], [3, 9, 4, 20, 7, 12],
+                                         strict=True)]
+    rows += [{"model": "a", "step": 20, "layer": 0, "kind": "quant", "variant": "int8-tensor", "metric": "sqnr_db",
+              "value": 1.0, "ratio": 2.0}]
+    rows += [{"model": m, "step": 30, "layer": 0, "kind": "quant", "variant": "int8-tensor", "metric": "sqnr_db",
+              "value": v, "ratio": r} for m, v, r in (("a", 1.0, 2.0), ("b", 2.0, 1.0))]
+    rows += [{"model": "a", "step": 10, "layer": -2, "kind": "quant_model", "variant": "w8a8", "metric": "x",
+              "value": 1.0, "ratio": 3.0}]  # checkpoint-level rows are not layers
+    out = {r["step"]: r for r in model_correlations(pa.Table.from_pylist(rows)).to_pylist()}
+    assert sorted(out) == [10, 30]
+    assert out[10]["rho_across_models"] == pytest.approx(-1.0) and (out[10]["n_models"], out[10]["n_points"]) == (3, 6)
+    assert math.isnan(out[30]["rho_across_models"]) and out[30]["n_points"] == 2

@@ -132,6 +132,9 @@ def test_five_families_run_through_capture_fit_evaluate_and_regress(prefect_serv
         if defined:  # a percentile interval need not hold the point estimate; it is an interval
             assert -1 <= r["partial_rho_low"] <= r["partial_rho_high"] <= 1
     assert sum(np.isfinite(r["partial_rho"]) for r in corr) > len(corr) / 4
+    across = store.read_dataset("evals/model_correlations").to_pylist()  # models at matched steps
+    at_zero = [r for r in across if r["step"] == 0 and r["metric"] == "sqnr_db"]
+    assert at_zero and all(r["n_models"] == len(keys) and r["n_points"] == 3 * len(keys) for r in at_zero)
 
     result = regress(store=store.url, regressors=("ridge", "random_forest"))
     scores = store.read_dataset("regression_scores").to_pylist()

@@ -5,7 +5,7 @@ value and that checkpoint-layer's ratio (from ``ratios/``). Checkpoint-level met
 dims) get the checkpoint's largest layer ratio and layer = -2. Across checkpoints, per (model,
 layer, kind, variant, metric): Spearman's ρ of the metric with the ratio, with the step, and the
 partial ρ with the ratio given the step, with bootstrap intervals; within each checkpoint, ρ across
-layers.
+layers; and across models at matched steps (``model_correlations``), ρ over every model's layers.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from scipy.stats import spearmanr
 from massive_activations.eval_run import CODE_MODULES as EVAL_MODULES
 from massive_activations.eval_run import EVALS, ITDA_SIMILARITY, QUANT_MODEL
 from massive_activations.plots import plot_eval_metrics
+from massive_activations.provenance import stable_hash
 from massive_activations.rank_stats import STATS, correlations_with_ci
 from massive_activations.store import Store, StoreError
 
@@ -122,6 +123,45 @@ def layer_correlations(joined: pa.Table, min_layers: int = 3) -> pa.Table:
                      "rho_across_layers": float(spearmanr(values, ratio).statistic) if defined else float("nan"),
                      "n_layers": len(pts)})
     return pa.Table.from_pylist(rows)
+
+
+def model_correlations(joined: pa.Table, min_models: int = 2, min_points: int = 4) -> pa.Table:
+    """Across models at matched steps: at each step several models share, Spearman ρ of a metric with
+    the ratio over all their decoder layers (at the same point in training, does a model-layer with a
+    higher ratio do worse?). Steps match by number, so this compares models on one schedule (a suite,
+    or one family); NaN below ``min_points`` points or for a constant series."""
+    groups: dict[tuple, list[tuple[str, float, float]]] = {}
+    for r in joined.to_pylist():
+        if r["layer"] >= 0 and r["ratio"] is not None and np.isfinite(r["value"]):
+            groups.setdefault((r["step"], r["kind"], r["variant"], r["metric"]), []).append(
+                (r["model"], r["value"], r["ratio"]))
+    rows = []
+    for (step, kind, variant, metric), pts in sorted(groups.items()):
+        models = {m for m, _, _ in pts}
+        if len(models) < min_models:
+            continue
+        values, ratio = np.array([p[1] for p in pts]), np.array([p[2] for p in pts])
+        defined = len(pts) >= min_points and np.ptp(values) > 0 and np.ptp(ratio) > 0
+        rows.append({"step": step, "kind": kind, "variant": variant, "metric": metric,
+                     "rho_across_models": float(spearmanr(values, ratio).statistic) if defined else float("nan"),
+                     "n_models": len(models), "n_points": len(pts)})
+    return pa.Table.from_pylist(rows)
+
+
+def cross_model_report_to_store(store: Store, models: list[str], eval_hashes: list[str],
+                                force: bool = False) -> dict[str, Any]:
+    """``evals/model_correlations/models=<hash of the model list>/`` for these models' evaluations
+    (given by their hashes); skipped when the store holds it for the same ones."""
+    models = sorted(models)
+    inputs, part = {"models": models, "eval_hashes": sorted(eval_hashes)}, {"models": stable_hash(models)[:12]}
+    dataset = f"{EVALS}/model_correlations"
+    if not force and (meta := store.current(dataset, part, inputs, CODE_MODULES)):
+        return {"status": "skipped", "hash": meta.get("content_hash"), "partition": part}
+    table = model_correlations(joined_view(store, models))
+    if table.num_rows == 0:
+        return {"status": "no matched steps", "partition": part}
+    written = store.write_partition(dataset, part, table, inputs=inputs, code_modules=CODE_MODULES, overwrite=True)
+    return {"status": "computed", "hash": written.content_hash, "rows": written.rows, "partition": part}
 
 
 def report_to_store(store: Store, model: str, kinds: list[str], eval_hashes: list[str],
