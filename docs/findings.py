@@ -3,7 +3,8 @@
 Per (kind, variant, metric): the mean over decoder layers at the first and the last evaluated step;
 medians over layers of ρ with the ratio, ρ with the step and the partial ρ; how many layers have a
 partial-ρ 95% interval wholly below / above 0, of those where it is defined; and the median over
-checkpoints of ρ across one model's layers (with how many of those are negative).
+checkpoints of ρ across one model's layers (with how many of those are negative); and the median over
+matched steps of ρ across every model's layers (``evals/model_correlations``).
 
 Run: .venv/bin/python docs/findings.py [STORE]   (default: data)
 """
@@ -50,11 +51,13 @@ def main(store_url: str = "data") -> None:
     joined = [r for r in store.read_dataset("evals/joined").to_pylist() if r["layer"] >= 0]
     corr = [r for r in store.read_dataset("evals/correlations").to_pylist() if r["layer"] >= 0]
     across = store.read_dataset("evals/layer_correlations").to_pylist()
+    key = "evals/model_correlations"
+    models = store.read_dataset(key).to_pylist() if store.list(key) else []
     steps = sorted({r["step"] for r in joined})
     print(f"{len({r['model'] for r in joined})} models, steps {steps}")
     print("| metric | first → last step (mean over layers) | ρ ratio | ρ step | partial ρ | partial CI < 0 / > 0 "
-          "(of defined) | across layers: median ρ (negative) |")
-    print("|---|---|---|---|---|---|---|")
+          "(of defined) | across layers: median ρ (negative) | across models at one step: median ρ (negative) |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, kind, variant, metric, trend in ROWS:
         key = (kind, variant, metric)
         values = {s: [r["value"] for r in joined if (r["kind"], r["variant"], r["metric"], r["step"]) == (*key, s)]
@@ -73,10 +76,13 @@ def main(store_url: str = "data") -> None:
         above = sum(r["partial_rho_low"] > 0 for r in defined)
         layer_rho = [r["rho_across_layers"] for r in across if (r["kind"], r["variant"], r["metric"]) == key
                      and np.isfinite(r["rho_across_layers"])]
+        model_rho = [r["rho_across_models"] for r in models if (r["kind"], r["variant"], r["metric"]) == key
+                     and np.isfinite(r["rho_across_models"])]
         print(f"| {label} | {text} | {median([r['spearman_rho'] for r in rows]):+.2f} | "
               f"{median([r['rho_step'] for r in rows]):+.2f} | {median([r['partial_rho'] for r in rows]):+.2f} | "
               f"{below} / {above} (of {len(defined)}) | "
-              f"{median(layer_rho):+.2f} ({sum(v < 0 for v in layer_rho)} of {len(layer_rho)}) |")
+              f"{median(layer_rho):+.2f} ({sum(v < 0 for v in layer_rho)} of {len(layer_rho)}) | "
+              f"{median(model_rho):+.2f} ({sum(v < 0 for v in model_rho)} of {len(model_rho)}) |")
 
 
 if __name__ == "__main__":
