@@ -58,13 +58,15 @@ def main(store_url: str = "data") -> None:
     print("| metric | first → last step (mean over layers) | ρ ratio | ρ step | partial ρ | partial CI < 0 / > 0 "
           "(of defined) | across layers: median ρ (negative) | across models at one step: median ρ (negative) |")
     print("|---|---|---|---|---|---|---|---|")
+    def at(kind: str, variant: str, metric: str, step: int) -> list[float]:
+        return [r["value"] for r in joined if (r["kind"], r["variant"], r["metric"], r["step"]) ==
+                (kind, variant, metric, step)]
+
     for label, kind, variant, metric, trend in ROWS:
         key = (kind, variant, metric)
-        values = {s: [r["value"] for r in joined if (r["kind"], r["variant"], r["metric"], r["step"]) == (*key, s)]
-                  for s in (steps[0], steps[-1])}
+        values = {s: at(kind, variant, metric, s) for s in (steps[0], steps[-1])}
         if metric == "explained_variance_other":  # this row shows both groups
-            massive = [r["value"] for r in joined if (r["kind"], r["variant"], r["metric"], r["step"]) ==
-                       (kind, variant, "explained_variance_massive", steps[-1])]
+            massive = at(kind, variant, "explained_variance_massive", steps[-1])
             text = (f"last step: massive {np.mean(massive):.3f} (n layers {len(massive)}) / other "
                     f"{np.mean(values[steps[-1]]):.3f}" if massive else "no massive held-out token")
         else:

@@ -50,7 +50,7 @@ def prompt_texts(prompts: PromptParams, suite: str, source_kind: str) -> list[st
 
 
 def prepare_prompts(store: Store, source, model: str, first_step: int, prompts: PromptParams,
-                    texts: list[str], offline_suite: bool) -> str:
+                    texts: list[str], folder_source: bool) -> str:
     """The model's prompt set, built with its tokenizer and stored under its content hash."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -62,7 +62,7 @@ def prepare_prompts(store: Store, source, model: str, first_step: int, prompts: 
     length = prompts.length or min(context, 2048)
     if length > context:
         raise ValueError(f"prompt length {length} exceeds {model}'s context of {context} tokens")
-    first = first_token_for(prompts.first_token, tokenizer, offline_suite)
+    first = first_token_for(prompts.first_token, tokenizer, folder_source)
     name = f"{model}-n{prompts.n_sequences}-len{length}" + ("" if first == "eos" else f"-{first}")
     built = build_prompt_set(name, texts, tokenizer, prompts.n_sequences, length, prompts.seed, first=first)
     return save_prompt_set(store, built)
@@ -122,7 +122,7 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     jobs = []
     for model, model_steps in plan.items():
         prompt_set = prepare_prompts(target, src, model, model_steps[0], prompts, texts,
-                                     offline_suite=source.kind == "folder")
+                                     folder_source=source.kind == "folder")
         logger.info("%s: %d checkpoints with prompt set %s%s", model, len(model_steps), prompt_set,
                     f"; {len(evaluated[model])} also evaluated ({', '.join(kinds)})" if kinds else "")
         for step in model_steps:

@@ -51,9 +51,9 @@ def with_bos(tokenizer):
 
 def test_position_zero_follows_the_tokenizer_and_is_recorded(tokenizer):
     llama_like = with_bos(tokenizer)
-    assert first_token_for("auto", llama_like, offline_suite=False) == "bos"
-    assert first_token_for("auto", tokenizer, offline_suite=False) == "text"  # adds nothing, as Pythia's
-    assert first_token_for("auto", llama_like, offline_suite=True) == "eos"  # the suite's own choice
+    assert first_token_for("auto", llama_like, folder_source=False) == "bos"
+    assert first_token_for("auto", tokenizer, folder_source=False) == "text"  # adds nothing, as Pythia's
+    assert first_token_for("auto", llama_like, folder_source=True) == "eos"  # the suite's own choice
     stream = tokenizer("\n\n".join(TEXTS[i] for i in np.random.default_rng(0).permutation(len(TEXTS))) + "\n\n",
                        add_special_tokens=False)["input_ids"]
     text = build_prompt_set("t", TEXTS, tokenizer, n_sequences=3, length=16, first="text")
@@ -65,7 +65,7 @@ def test_position_zero_follows_the_tokenizer_and_is_recorded(tokenizer):
     assert (bos.tokens[:, 0] == 0).all() and bos.tokens[:, 1:].flatten().tolist() == stream[:45]
     assert bos.source["position0"] == "bos"
     with pytest.raises(ValueError, match="first token must be auto or one of"):
-        first_token_for("cls", tokenizer, offline_suite=False)
+        first_token_for("cls", tokenizer, folder_source=False)
 
 
 def test_prompt_set_round_trip_and_tamper_check(tokenizer, any_store: Store):

@@ -32,6 +32,7 @@ from massive_activations.sae import (
     SAESettings,
     SparseAutoencoder,
     massive_bar,
+    massive_tokens,
     reconstruction_metrics,
     save_sae_lens,
     token_mask,
@@ -209,7 +210,7 @@ def by_token_group(x: torch.Tensor, x_hat: torch.Tensor, bar: float | None) -> d
     others: explained variance against the variance of all held-out tokens (so the groups compare),
     MSE per element, cosine, and how many tokens each group has (NaN metrics for an empty group)."""
     x, x_hat = x.double(), x_hat.double()
-    massive = x.abs().amax(dim=1) > bar if bar is not None else torch.zeros(len(x), dtype=torch.bool)
+    massive = massive_tokens(x, bar)
     var = ((x - x.mean(dim=0)) ** 2).sum(dim=1).mean()
     out: dict[str, float] = {}
     for name, rows in (("massive", massive), ("other", ~massive)):
@@ -296,8 +297,7 @@ def quant_rows(samples: dict[int, LayerSamples], lm: Any, held_tokens: np.ndarra
     rows = []
     for layer, s in samples.items():
         bar = massive_bar(s.vectors.numpy(), settings.mask.massive_abs, settings.mask.massive_rel)
-        largest = s.vectors.abs().amax(dim=1)
-        massive = largest > bar if bar is not None else torch.zeros_like(largest, dtype=torch.bool)
+        massive = massive_tokens(s.vectors, bar)
         rows += [{"layer": layer, "variant": f"int{r['bits']}-{r['granularity']}", **r, "n_tokens": len(s.vectors)}
                  for r in activation_quantization(s.vectors, settings.quant_bits, settings.quant_top_k,
                                                   {"massive": massive, "other": ~massive})]

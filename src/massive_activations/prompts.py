@@ -11,8 +11,9 @@ A seeded random choice of documents, cut into fixed-length sequences. What posit
 - ``text``: the reference measurement for a tokenizer that adds nothing (Pythia, GPT-2, OLMo): the
   same stream, every position text.
 
-``auto`` (:func:`first_token_for`) picks ``eos`` for the offline suite and otherwise follows the
-tokenizer. The same prompt set serves every checkpoint of a model, so its series are comparable.
+``auto`` (:func:`first_token_for`) picks ``eos`` for a folder source (the offline suite's layout)
+and otherwise follows the tokenizer. The same prompt set serves every checkpoint of a model, so its
+series are comparable.
 """
 
 from __future__ import annotations
@@ -59,10 +60,11 @@ def adds_bos(tokenizer: Any) -> bool:
     return bos is not None and len(ids) > 0 and ids[0] == bos
 
 
-def first_token_for(requested: str, tokenizer: Any, offline_suite: bool) -> str:
-    """What position 0 holds: as requested, or for ``auto`` the suite's own (eos) or the tokenizer's way."""
+def first_token_for(requested: str, tokenizer: Any, folder_source: bool) -> str:
+    """What position 0 holds: as requested, or for ``auto`` the offline suite's way (eos) for a folder
+    source, else the tokenizer's way."""
     if requested == "auto":
-        return "eos" if offline_suite else "bos" if adds_bos(tokenizer) else "text"
+        return "eos" if folder_source else "bos" if adds_bos(tokenizer) else "text"
     if requested not in FIRST_TOKENS:
         raise ValueError(f"first token must be auto or one of {FIRST_TOKENS}, got {requested!r}")
     return requested

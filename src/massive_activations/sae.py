@@ -253,6 +253,12 @@ def massive_bar(vectors: np.ndarray, massive_abs: float | None, massive_rel: flo
     return max(massive_abs or 0.0, (massive_rel or 0.0) * float(np.median(np.abs(vectors))))
 
 
+def massive_tokens(vectors: torch.Tensor, bar: float | None) -> torch.Tensor:
+    """Rows (tokens) whose largest |h| is above ``bar`` (:func:`massive_bar`); none when there is no bar."""
+    largest = vectors.abs().amax(dim=1)
+    return largest > bar if bar is not None else torch.zeros_like(largest, dtype=torch.bool)
+
+
 def token_mask(token_ids: torch.Tensor, positions: torch.Tensor, max_abs: torch.Tensor, *, bos_id: int | None = 0,
                position0: bool = True, massive_above: float | None = None) -> torch.Tensor:
     """True for tokens to leave out: the BOS/EOS id, position 0, and massive tokens (largest |h| above the bar)."""
