@@ -47,7 +47,7 @@ def run_flow(hub: Hub, steps: list[int], cache: Path, store: Path, prompts: Prom
     summary = capture.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))(
         models=["pythia-14m"], steps=",".join(map(str, steps)), store=str(store), source=source, prompts=prompts,
         settings=CaptureParams(samples_per_layer=128), device="cpu", evaluations=("sae", "itda", "quant"),
-        eval_steps="all", eval_settings=EvalParams(sae_steps=100, heldout_fraction=0.5))
+        eval_steps="all", eval_settings=EvalParams(sae_steps=100, train_tokens=4096, heldout_tokens=1024))
     assert summary["captured"] == len(steps) and not summary["failed"], summary
     return time.perf_counter() - started
 

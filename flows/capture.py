@@ -11,19 +11,11 @@ from flows import cli
 from flows.artifacts import figures_markdown
 from flows.checkpoint_pass import Job, run_pass, tally
 from flows.params import DEFAULT_STORE, CaptureParams, EvalParams, Kind, PromptParams, SourceParams
+from flows.tokens import prepare_tokens, prompt_texts
 from massive_activations.catalog import select_steps
 from massive_activations.checkpoints import make_source, resolve_device, resolve_dtype
-from massive_activations.corpus import stdlib_docstrings
 from massive_activations.families import model_key
-from massive_activations.model_parts import check_config
-from massive_activations.offline_suite import SUITES, split_documents, suite_prefix
-from massive_activations.prompts import (
-    build_prompt_set,
-    first_token_for,
-    save_prompt_set,
-    texts_from_file,
-    texts_from_hub_dataset,
-)
+from massive_activations.offline_suite import suite_prefix
 from massive_activations.store import Store
 from tasks.capture import plot_ratios
 from tasks.progress import Progress
@@ -34,38 +26,6 @@ def resolve_source(source: SourceParams, store: Store, suite: str) -> dict:
     if source.kind == "folder" and not source.root:
         values["root"] = store.url_for(suite_prefix(suite))
     return values
-
-
-def prompt_texts(prompts: PromptParams, suite: str, source_kind: str) -> list[str]:
-    if prompts.text_file:
-        return texts_from_file(prompts.text_file)
-    if prompts.hub_dataset:
-        if not prompts.hub_file:
-            raise ValueError("hub_dataset needs hub_file: the dataset file to read texts from")
-        return texts_from_hub_dataset(prompts.hub_dataset, prompts.hub_file)
-    if source_kind == "folder" and suite in SUITES:
-        spec = SUITES[suite]  # held-out documents of the suite's own corpus
-        return split_documents(stdlib_docstrings(spec.corpus_chars), spec.heldout_fraction, spec.seed)[1]
-    return list(stdlib_docstrings().documents)
-
-
-def prepare_prompts(store: Store, source, model: str, first_step: int, prompts: PromptParams,
-                    texts: list[str], folder_source: bool) -> str:
-    """The model's prompt set, built with its tokenizer and stored under its content hash."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    with source.checkout(model, first_step, weights=False) as path:  # config and tokenizer only
-        config = AutoConfig.from_pretrained(path)
-        check_config(config)  # an architecture capture cannot read fails before any weights are fetched
-        context = config.max_position_embeddings
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    length = prompts.length or min(context, 2048)
-    if length > context:
-        raise ValueError(f"prompt length {length} exceeds {model}'s context of {context} tokens")
-    first = first_token_for(prompts.first_token, tokenizer, folder_source)
-    name = f"{model}-n{prompts.n_sequences}-len{length}" + ("" if first == "eos" else f"-{first}")
-    built = build_prompt_set(name, texts, tokenizer, prompts.n_sequences, length, prompts.seed, first=first)
-    return save_prompt_set(store, built)
 
 
 @flow(name="capture", log_prints=True)
@@ -103,8 +63,6 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     resolve_device(device)  # before any download or load
     resolve_dtype(dtype)
     kinds = tuple(dict.fromkeys(evaluations))
-    if kinds and settings.samples_per_layer == 0:
-        raise ValueError("evaluations read the capture's activation samples: set samples_per_layer > 0")
     eval_values = eval_settings.to_settings() if kinds else None
     source_values = resolve_source(source, target, suite)
     src = make_source(**source_values)
@@ -121,16 +79,17 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     texts = prompt_texts(prompts, suite, source.kind)
     jobs = []
     for model, model_steps in plan.items():
-        prompt_set = prepare_prompts(target, src, model, model_steps[0], prompts, texts,
-                                     folder_source=source.kind == "folder")
+        prompt_set, eval_tokens = prepare_tokens(target, src, model, model_steps[0], prompts, texts,
+                                                 folder_source=source.kind == "folder",
+                                                 evals=eval_settings if kinds else None)
         logger.info("%s: %d checkpoints with prompt set %s%s", model, len(model_steps), prompt_set,
                     f"; {len(evaluated[model])} also evaluated ({', '.join(kinds)})" if kinds else "")
         for step in model_steps:
             job_kinds = kinds if step in evaluated[model] else ()
             jobs.append(Job(model, step, source_values,
                             {"prompt_set": prompt_set, "settings": settings.model_dump(), "force": refresh},
-                            {"kinds": list(job_kinds), "prompt_set": prompt_set, "settings": eval_values,
-                             "force": eval_refresh} if job_kinds else None))
+                            {"kinds": list(job_kinds), "prompt_set": prompt_set, "eval_tokens": eval_tokens,
+                             "settings": eval_values, "force": eval_refresh} if job_kinds else None))
     progress = Progress(len(jobs), "checkpoints done", "capture-progress", logger)
     results = run_pass(target, jobs, device, dtype, source.prefetch, progress)
     summary: dict = tally(results, "capture", ("captured", "skipped"))

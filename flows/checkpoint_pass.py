@@ -30,7 +30,7 @@ class Job:
     step: int
     source: dict
     capture: dict | None = None  # {prompt_set, settings, force}
-    evaluations: dict | None = None  # {kinds, prompt_set, settings, force}
+    evaluations: dict | None = None  # {kinds, prompt_set, eval_tokens, settings, force}
 
 
 def run_pass(store: Store, jobs: list[Job], device: str, dtype: str, prefetch: int,

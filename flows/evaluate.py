@@ -11,12 +11,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows import cli
 from flows.artifacts import figures_markdown
 from flows.checkpoint_pass import Job, run_pass, tally
-from flows.params import DEFAULT_STORE, EvalParams, Kind, SourceParams
+from flows.params import DEFAULT_STORE, EvalParams, Kind, PromptParams, SourceParams
+from flows.tokens import prepare_tokens, prompt_texts
 from massive_activations.capture_run import STATS
 from massive_activations.catalog import select_steps
-from massive_activations.checkpoints import resolve_device, resolve_dtype
-from massive_activations.eval_run import samples_hash
+from massive_activations.checkpoints import make_source, resolve_device, resolve_dtype
 from massive_activations.families import model_key
+from massive_activations.prompts import DATASET as PROMPTS
 from massive_activations.store import Store
 from tasks.evaluate import cross_model_report, evaluation_report, itda_similarity
 from tasks.policy import on_store
@@ -35,11 +36,18 @@ def plan_evaluations(target: Store, models: list[str] | None, steps: str) -> dic
     return {m: select_steps(steps, sorted(captured[m])) for m in models}
 
 
+def captured_prompts(store: Store, prompt_set: str) -> PromptParams:
+    """The settings a stored prompt set was built with (its texts are not recorded: the default ones)."""
+    built = (store.partition_metadata(PROMPTS, {"set": prompt_set}) or {}).get("inputs", {}).get("source", {})
+    return PromptParams(n_sequences=built.get("n_sequences", 10), length=built.get("length"),
+                        seed=built.get("seed", 0), first_token=built.get("position0", "auto"))
+
+
 @flow(name="evaluate", log_prints=True)
 def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str = DEFAULT_STORE,
              kinds: tuple[Kind, ...] = ("sae", "itda", "quant"), settings: EvalParams = EvalParams(),
              device: str = "auto", dtype: str = "float32", source: SourceParams = SourceParams(),
-             refresh: bool = False) -> dict:
+             suite: str = "default", prompts: PromptParams | None = None, refresh: bool = False) -> dict:
     """Evaluate every captured (model, step) in the selection, every kind while the checkpoint is
     loaded once; skip what the store holds with the same inputs; then report across checkpoints.
 
@@ -54,6 +62,10 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
         dtype: float32, float16 or bfloat16: the dtype the checkpoint is evaluated in.
         source: Download settings (cache location and cap, retries, prefetch); where each checkpoint
             comes from is what its capture recorded.
+        suite: The offline suite the capture read (its held-out documents are the default texts).
+        prompts: The capture's prompt settings: the evaluation tokens continue its texts after the
+            prompts' documents, and a prompt set other than the captured one is refused. Empty: the
+            captured set's own sequences, length, seed and first token, over the default texts.
         refresh: Re-evaluate and rewrite every selected checkpoint, whatever the store holds.
     """
     logger = get_run_logger()
@@ -66,17 +78,29 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
     target = Store(store)
     target.check_reachable()
     plan = plan_evaluations(target, models, steps)
-    # Every checkpoint's samples and capture inputs first: one without samples fails before any work.
-    for model, model_steps in plan.items():
-        for step in model_steps:
-            samples_hash(target, model, step)  # raises, naming the checkpoint, when it has no samples
     jobs = []
     for model, model_steps in plan.items():
+        captured = {step: (target.partition_metadata(STATS, {"model": model, "step": step}) or {})["inputs"]
+                    for step in model_steps}
+        first = captured[model_steps[0]]
+        mixed = sorted({c["prompt_set"] for c in captured.values()})
+        if len(mixed) > 1:
+            raise ValueError(f"{model}: the selected checkpoints were captured with different prompt sets {mixed}; "
+                             "recapture them with one")
+        checkout = {**first["source"], **source.downloads()}
+        kind = first["source"]["kind"]
+        used = prompts or captured_prompts(target, mixed[0])
+        prompt_set, eval_tokens = prepare_tokens(target, make_source(**checkout), model, model_steps[0], used,
+                                                 prompt_texts(used, suite, kind), folder_source=kind == "folder",
+                                                 evals=settings)
+        if prompt_set != mixed[0]:
+            raise ValueError(f"{model} was captured with prompt set {mixed[0]}; these prompt settings give "
+                             f"{prompt_set}: pass the capture's prompts (and suite) so the evaluation tokens share "
+                             "no document with its prompts")
         for step in model_steps:
-            captured = (target.partition_metadata(STATS, {"model": model, "step": step}) or {})["inputs"]
-            jobs.append(Job(model, step, {**captured["source"], **source.downloads()}, None,
-                            {"kinds": list(kinds), "prompt_set": captured["prompt_set"], "settings": values,
-                             "force": refresh}))
+            jobs.append(Job(model, step, {**captured[step]["source"], **source.downloads()}, None,
+                            {"kinds": list(kinds), "prompt_set": prompt_set, "eval_tokens": eval_tokens,
+                             "settings": values, "force": refresh}))
     progress = Progress(len(jobs), "checkpoints evaluated", "evaluate-progress", logger)
     results = run_pass(target, jobs, device, dtype, source.prefetch, progress)
     summary = {kind: tally(results, kind, ("evaluated", "skipped")) for kind in kinds}

@@ -96,7 +96,13 @@ class EvalParams(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the prompt sequences held out")
+    train_tokens: int = Field(2**16, ge=2, le=2**32, description="Evaluation tokens to train SAEs and ITDA on "
+                                                                  "(whole sequences of the prompt length)")
+    heldout_tokens: int = Field(2**13, ge=2, le=2**32, description="Evaluation tokens held out to measure on")
+    eval_text_file: str | None = Field(None, description="Evaluation texts (.txt, .jsonl, .parquet); empty: the "
+                                                         "prompt texts after the documents the prompts took")
+    eval_hub_dataset: str | None = Field(None, description="Or a Hub dataset repo for the evaluation texts")
+    eval_hub_file: str | None = Field(None, description="The file of that dataset to read them from")
     seed: int = 0
     sae_kinds: tuple[Literal["topk", "relu"], ...] = Field(("topk", "relu"), description="SAE architectures")
     sae_expansion: int = Field(4, ge=1, le=256, description="Latents per model dimension")
@@ -128,7 +134,8 @@ class EvalParams(BaseModel):
     def to_settings(self) -> dict:
         """The library's EvalSettings as plain values (what the tasks and their cache keys carry)."""
         settings = EvalSettings.from_dict({
-            "heldout_fraction": self.heldout_fraction, "seed": self.seed, "sae_kinds": self.sae_kinds,
+            "train_tokens": self.train_tokens, "heldout_tokens": self.heldout_tokens, "seed": self.seed,
+            "sae_kinds": self.sae_kinds,
             "sae": {"expansion": self.sae_expansion, "k": self.sae_k, "l1": self.sae_l1, "aux_k": self.sae_aux_k,
                     "steps": self.sae_steps, "epochs": self.sae_epochs, "batch_size": self.sae_batch_size,
                     "dead_tokens": self.sae_dead_tokens, "lr": self.sae_lr, "seed": self.seed},

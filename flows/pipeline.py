@@ -98,7 +98,7 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
     if evaluating:  # the evaluations are on the store now: this reports them across checkpoints
         out["evaluate"] = timed("evaluate", evaluate.with_options(task_runner=task_runner(runner))(
             models=captured, steps=eval_steps, store=store, kinds=evaluations, settings=eval_settings,
-            device=device, source=source))
+            device=device, source=source, suite=suite, prompts=prompts))
     target = Store(store)
     out["where"] = {name: target.url_for(name) for name in OUTPUTS}
     out["timings"] = timings

@@ -15,7 +15,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from massive_activations.capture import CaptureSettings
-from massive_activations.capture_run import ACTIVATIONS, stored_capture
+from massive_activations.capture_run import stored_capture
 from massive_activations.checkpoints import CheckpointHandle, make_source
 from massive_activations.eval_run import EvalSettings, stored_evaluation
 from massive_activations.store import Store
@@ -49,11 +49,11 @@ def stored_outcome(store: Store, source: dict, model: str, step: int, dtype: str
             return None
         out["capture"] = found
     if evaluations and evaluations["kinds"]:
-        activations = store.partitions_hash(ACTIVATIONS, {"model": model, "step": step})
         settings = EvalSettings.from_dict(evaluations["settings"])
         for kind in evaluations["kinds"]:
-            if evaluations["force"] or activations is None or not (found := stored_evaluation(
-                    store, checkout, model, step, kind, evaluations["prompt_set"], settings, dtype, activations)):
+            if evaluations["force"] or not (found := stored_evaluation(
+                    store, checkout, model, step, kind, evaluations["prompt_set"], evaluations["eval_tokens"],
+                    settings, dtype)):
                 return None
             out["evaluations"][kind] = found
     return out
@@ -69,7 +69,8 @@ def _outcome(state: Any) -> dict:
 def process_checkpoint(store: str, source: dict, model: str, step: int, device: str = "auto",
                        dtype: str = "float32", capture: dict | None = None, evaluations: dict | None = None,
                        lease: str | None = None) -> dict:
-    """``capture``: {prompt_set, settings, force}; ``evaluations``: {kinds, prompt_set, settings, force}.
+    """``capture``: {prompt_set, settings, force}; ``evaluations``: {kinds, prompt_set, eval_tokens, settings,
+    force}.
     ``lease``: the prefetch's pin in the download cache, released when the work is done.
 
     Returns each piece's result (``status`` failed with the message for a piece that failed)."""
@@ -87,8 +88,9 @@ def process_checkpoint(store: str, source: dict, model: str, step: int, device: 
                 out["evaluations"][kind] = {"status": "failed", "message": "its capture failed"}
                 continue
             out["evaluations"][kind] = _outcome(on_store(evaluate_checkpoint, target)(
-                store, source, model, step, kind, evaluations["prompt_set"], evaluations["settings"], device,
-                dtype, force=evaluations["force"], checkpoint=handle, return_state=True))
+                store, source, model, step, kind, evaluations["prompt_set"], evaluations["eval_tokens"],
+                evaluations["settings"], device, dtype, force=evaluations["force"], checkpoint=handle,
+                return_state=True))
     finally:
         handle.release()
         checkout.release(lease)

@@ -16,12 +16,13 @@ from tasks.policy import task_options
 
 @task(name="evaluate-checkpoint", task_run_name="{kind}-{model}-step{step}", **task_options())
 def evaluate_checkpoint(store: str, source: dict, model: str, step: int, kind: str, prompt_set: str,
-                        settings: dict, device: str = "auto", dtype: str = "float32", force: bool = False,
-                        checkpoint: CheckpointHandle | None = None) -> dict:
-    """``checkpoint``: the loaded checkpoint shared with the other work on it (see tasks.checkpoint)."""
+                        eval_tokens: str, settings: dict, device: str = "auto", dtype: str = "float32",
+                        force: bool = False, checkpoint: CheckpointHandle | None = None) -> dict:
+    """``eval_tokens``: the stored evaluation token set's id; ``checkpoint``: the loaded checkpoint
+    shared with the other work on it (see tasks.checkpoint)."""
     target = Store(store)
     result = evaluate_to_store(target, make_source(**source), model, step, kind, prompt_set,
-                               load_prompt_set(target, prompt_set).tokens, EvalSettings.from_dict(settings),
+                               load_prompt_set(target, eval_tokens), EvalSettings.from_dict(settings),
                                device=device, dtype=dtype, force=force, checkpoint=checkpoint)
     get_run_logger().info("%s %s step %d: %s", kind, model, step, result["status"])
     return result

@@ -135,7 +135,7 @@ def captured_micro(micro_suite, micro_root, tmp_path_factory) -> Store:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(source.fetch(model, 0))
-        prompts = build_prompt_set(model, texts, tokenizer, n_sequences=4, length=32)
+        prompts = build_prompt_set(f"{model}-n4-len32", texts, tokenizer, n_sequences=4, length=32)  # the flows' name
         set_id = save_prompt_set(store, prompts)
         for step in source.steps(model):
             capture_to_store(store, source, model, step, set_id, prompts.tokens,

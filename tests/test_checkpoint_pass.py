@@ -27,7 +27,7 @@ MODEL = "nx-l2-d32-h2"
 STEPS = (0, 1, 2, 4, 8, 16, 32)
 EVAL_STEPS = (0, 4, 32)
 KINDS = ("sae", "itda", "quant")
-EVAL = EvalParams(sae_steps=20, heldout_fraction=0.5)
+EVAL = EvalParams(sae_steps=20, train_tokens=512, heldout_tokens=128)
 
 
 def _checkpoint_gib(micro_root: Path) -> float:
@@ -90,7 +90,8 @@ def test_one_pass_downloads_and_loads_each_checkpoint_once_and_matches_two_stage
                           prefetch=0)
     capture.with_options(task_runner=runner)(**common, store=two.url, source=source)
     evaluate.with_options(task_runner=runner)(models=["pythia-14m"], steps=",".join(map(str, EVAL_STEPS)),
-                                              store=two.url, kinds=KINDS, settings=EVAL, device="cpu", source=source)
+                                              store=two.url, kinds=KINDS, settings=EVAL, device="cpu", source=source,
+                                              prompts=prompts)
     assert loads == Counter({s: 1 + (s in EVAL_STEPS) for s in STEPS})  # the old order loads evaluated steps twice
     assert content_hashes(one) == content_hashes(two)  # identical stats, ratios and samples
     for kind in KINDS:
@@ -101,7 +102,7 @@ def test_one_pass_downloads_and_loads_each_checkpoint_once_and_matches_two_stage
     again = evaluate.with_options(task_runner=runner)(  # all on the store: nothing downloaded, nothing loaded
         models=["pythia-14m"], steps=",".join(map(str, EVAL_STEPS)), store=one.url, kinds=KINDS, settings=EVAL,
         device="cpu", source=SourceParams(kind="hub", endpoint=fake_hub.url, cache_gb=cap,
-                                          cache_dir=str(tmp_path / "hub-one")))
+                                          cache_dir=str(tmp_path / "hub-one")), prompts=prompts)
     assert all(s["skipped"] == len(EVAL_STEPS) for s in again["summary"].values())
     assert not loads and not _weight_gets(fake_hub)
 
@@ -120,7 +121,8 @@ def test_a_run_killed_during_a_checkpoints_evaluations_resumes_without_redoing_f
                "--steps", "0,1", "--source-kind", "hub", "--endpoint", fake_hub.url, "--cache-dir",
                str(tmp_path / "hub"), "--text-file", str(tmp_path / "texts.txt"), "--n-sequences", "2",
                "--length", "16", "--samples-per-layer", "64", "--evaluations", "sae,itda,quant",
-               "--eval-steps", "all", "--sae-steps", "400", "--heldout-fraction", "0.5", "--device", "cpu"]
+               "--eval-steps", "all", "--sae-steps", "400", "--train-tokens", "512", "--heldout-tokens", "128",
+               "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "0", "PREFECT_API_URL": PREFECT_API_URL.value(),
            "PREFECT_LOGGING_LEVEL": "WARNING"}
     part = {"model": "pythia-14m", "step": 0}

@@ -9,14 +9,15 @@ import pytest
 from scipy.stats import spearmanr
 
 from flows.evaluate import evaluate
-from flows.params import EvalParams
-from massive_activations.eval_run import EvalSettings, sae_key, split_sequences
+from flows.params import EvalParams, PromptParams
+from massive_activations.eval_run import EvalSettings, eval_split, sae_key
+from massive_activations.prompts import load_prompt_set
 from massive_activations.sae import load_sae_lens
 from massive_activations.store import Store
 
 MODEL = "nx-l2-d32-h2"
 STEPS = [0, 8, 24, 40, 48]
-FAST = EvalParams(sae_steps=40, itda_target_size=16)
+FAST = EvalParams(sae_steps=40, itda_target_size=16, train_tokens=4096, heldout_tokens=1024)
 
 
 @pytest.fixture
@@ -26,7 +27,8 @@ def eval_store(captured_micro, tmp_path) -> Store:
 
 
 def test_evaluate_writes_every_kind_and_reuses_it(prefect_server, eval_store):
-    run = dict(models=[MODEL], steps=",".join(map(str, STEPS)), store=eval_store.url, settings=FAST, device="cpu")
+    run = dict(models=[MODEL], steps=",".join(map(str, STEPS)), store=eval_store.url, settings=FAST, device="cpu",
+               suite="micro")  # the prompt settings: the captured set's own
     first = evaluate(**run)
     assert {k: s["evaluated"] for k, s in first["summary"].items()} == {"sae": 5, "itda": 5, "quant": 5}
     sae = eval_store.read_dataset("evals/sae", where={"model": MODEL})
@@ -50,7 +52,7 @@ def test_evaluate_writes_every_kind_and_reuses_it(prefect_server, eval_store):
     assert itda.num_rows == 10 and all(len(r["atom_seq"]) == r["size"] for r in itda.to_pylist())
     quant = eval_store.read_dataset("evals/quant", where={"model": MODEL})
     assert quant.num_rows == 5 * 3 * 2 * 3  # steps × layers (incl. embedding) × bits × granularities
-    assert all(r["n_massive"] + r["n_other"] == r["n_tokens"] for r in quant.to_pylist())  # quantized together
+    assert all(r["n_massive"] + r["n_other"] == r["n_tokens"] == 1024 for r in quant.to_pylist())  # held-out tokens
     w8a8 = eval_store.read_dataset("evals/quant_model", where={"model": MODEL}).to_pylist()
     assert len(w8a8) == 5 and all(abs(r["ce_delta_token"]) < 0.1 for r in w8a8)
     # Jaccard with the final dictionary, recomputed here from the stored atom labels
@@ -95,30 +97,35 @@ def test_evaluate_refuses_bad_input_before_work(prefect_server, eval_store):
         evaluate(models=["nx-nope"], store=eval_store.url, settings=FAST)
     with pytest.raises(ValueError, match="step 5 is not on the schedule"):
         evaluate(models=[MODEL], steps="5", store=eval_store.url, settings=FAST)
-    shutil.rmtree(eval_store.path(f"activations/model={MODEL}/step=48"))  # captured with samples_per_layer=0
-    with pytest.raises(ValueError, match=f"no activation samples for {MODEL} step 48 .* samples_per_layer > 0"):
-        evaluate(models=[MODEL], steps="0,48", store=eval_store.url, settings=FAST)
+    with pytest.raises(ValueError, match=r"\d+ training and 1024 held-out tokens do not fit in the texts left"):
+        evaluate(models=[MODEL], steps="0,48", store=eval_store.url, suite="micro",
+                 settings=FAST.model_copy(update={"train_tokens": 2**20}))
+    with pytest.raises(ValueError, match=f"{MODEL} was captured with prompt set .*pass the capture's prompts"):
+        evaluate(models=[MODEL], steps="0,48", store=eval_store.url, settings=FAST,
+                 prompts=PromptParams(n_sequences=5))
     assert not eval_store.list("evals")
 
 
 @pytest.mark.parametrize("bad, match", [
     (dict(sae_k=0), "greater than or equal to 1"), (dict(sae_expansion=0), "greater than or equal to 1"),
     (dict(itda_tau=0.0), "greater than 0"), (dict(itda_tau=-2.0), "greater than 0"),
-    (dict(heldout_fraction=1.0), "less than 1")])
+    (dict(train_tokens=1), "greater than or equal to 2")])
 def test_absurd_evaluation_settings_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         EvalParams(**bad)
 
 
 def test_library_settings_validate_too():
-    with pytest.raises(ValueError, match="heldout_fraction"):
-        EvalSettings(heldout_fraction=0)
+    with pytest.raises(ValueError, match="train_tokens and heldout_tokens must be >= 2"):
+        EvalSettings(heldout_tokens=0)
     with pytest.raises(ValueError, match="SAE k must"):
         EvalSettings.from_dict({"sae": {"k": 0}})
-    with pytest.raises(ValueError, match=">= 2 sequences"):
-        split_sequences(1, 0.2, 0)
-    train, held = split_sequences(10, 0.2, 0)
-    assert len(held) == 2 and not set(train) & set(held) and list(split_sequences(10, 0.2, 0)[1]) == list(held)
+
+
+def test_evaluations_refuse_a_token_set_that_is_not_one(captured_micro):
+    set_id = captured_micro.partitions("prompts")[0]["set"]  # a capture's prompt set
+    with pytest.raises(ValueError, match=f"token set {set_id} is not an evaluation token set"):
+        eval_split(load_prompt_set(captured_micro, set_id))
 
 
 def test_list_columns_read_back_across_partitions_when_some_are_empty(tmp_path):

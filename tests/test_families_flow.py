@@ -80,7 +80,7 @@ def test_five_families_run_through_capture_fit_evaluate_and_regress(prefect_serv
     texts = tmp_path / "texts.txt"
     texts.write_text("\n\n".join(f"text {i} " + "the quick brown fox jumps " * 8 for i in range(20)))
     prompts = PromptParams(n_sequences=4, length=32, text_file=str(texts))
-    evals = EvalParams(sae_steps=20, itda_target_size=16, heldout_fraction=0.5)
+    evals = EvalParams(sae_steps=20, itda_target_size=16, train_tokens=1024, heldout_tokens=256)
     keys = [model_key(repo) for _, repo, _ in MODELS]
     for (_kind, repo, _name), key in zip(MODELS, keys, strict=True):
         family = json.dumps(MINE) if repo.startswith("me/") else None
@@ -117,7 +117,7 @@ def test_five_families_run_through_capture_fit_evaluate_and_regress(prefect_serv
     fits = store.read_dataset("fits").to_pylist()
     assert {r["model"] for r in fits} == set(keys) and fitted
 
-    report = evaluate(store=store.url, steps="all", device="cpu", settings=evals)
+    report = evaluate(store=store.url, steps="all", device="cpu", settings=evals, prompts=prompts)
     done = {kind: (s["evaluated"], s["skipped"], len(s["failed"])) for kind, s in report["summary"].items()}
     assert done == {kind: (0, len(keys) * len(STEPS), 0) for kind in ("sae", "itda", "quant")}  # all in the pass
     corr = store.read_dataset("evals/correlations").to_pylist()

@@ -117,7 +117,8 @@ def test_capture_and_evaluate_with_4_workers_on_a_tight_cache_all_succeed(prefec
     assert summary["captured"] == len(STEPS) and not summary["failed"]
     result = evaluate.with_options(task_runner=runner)(
         models=["pythia-14m"], steps="all", store=store.url, kinds=("sae", "itda", "quant"),
-        settings=EvalParams(sae_steps=20, heldout_fraction=0.5), device="cpu", source=source)
+        settings=EvalParams(sae_steps=20, train_tokens=512, heldout_tokens=128), device="cpu", source=source,
+        prompts=prompts)
     assert all(s["evaluated"] == len(STEPS) and not s["failed"] for s in result["summary"].values())
 
 

@@ -247,7 +247,9 @@ class HubSource:
         self._jitter = random.Random(seed)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "endpoint": self.endpoint or "https://huggingface.co"}
+        """Where checkpoints come from, as ``make_source`` takes it (a family given by hand included)."""
+        return {"kind": self.kind, "endpoint": self.endpoint or "https://huggingface.co",
+                **({"family": self.family} if self.family else {})}
 
     def steps(self, model: str) -> list[int]:
         return sorted(self.schedule(model))

@@ -1,13 +1,14 @@
 """Evaluate one checkpoint onto the store: SAEs, ITDA or quantization, one ``evals/<kind>/`` partition.
 
-Each trained SAE is kept on the store in the SAELens layout (``saes/``, ``sae_key``). Every
-evaluation reads the activation samples the capture stored for (model, step, layer), splits
-the prompt set's sequences into train and held-out (seeded; the same split for every checkpoint),
-trains on the train sequences' samples and measures on the held-out ones. CE losses are measured
-on the held-out sequences themselves, by running the checkpoint with a layer's output replaced.
+Every evaluation runs on the model's evaluation token set (``prompts.build_eval_tokens``: text
+sharing no document with the capture's prompts, the same for every checkpoint): the checkpoint's
+hidden states at every token of its training sequences train the SAEs and ITDA dictionaries, and
+every token of its held-out sequences measures them (``activations.LayerActivations``). CE losses
+are measured on the held-out sequences themselves, by running the checkpoint with a layer's output
+replaced. Each trained SAE is kept on the store in the SAELens layout (``saes/``, ``sae_key``).
 
-A partition with identical inputs (including the activation samples' content hashes) and code
-version is not recomputed.
+A partition with identical inputs (including the token set's content hash) and code version is
+not recomputed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,9 +24,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from massive_activations.capture_run import ACTIVATIONS
+from massive_activations.activations import LayerActivations, LayerSamples
 from massive_activations.checkpoints import CheckpointHandle, CheckpointSource
 from massive_activations.itda import ITDADictionary, ITDASettings, itda, jaccard, layer_matching_score, matching_pursuit
+from massive_activations.model_parts import find_parts
+from massive_activations.prompts import PromptSet
 from massive_activations.provenance import library_versions, module_version
 from massive_activations.quantization import activation_quantization, outlier_dims, w8a8
 from massive_activations.sae import (
@@ -44,8 +47,9 @@ from massive_activations.store import Store
 EVALS = "evals"
 KINDS = ("sae", "itda", "quant")
 QUANT_MODEL, ITDA_SIMILARITY = f"{EVALS}/quant_model", f"{EVALS}/itda_similarity"
-CODE_MODULES = ("massive_activations.eval_run", "massive_activations.sae", "massive_activations.itda",
-                "massive_activations.quantization", "massive_activations.splice", "massive_activations.model_parts")
+CODE_MODULES = ("massive_activations.eval_run", "massive_activations.activations", "massive_activations.sae",
+                "massive_activations.itda", "massive_activations.quantization", "massive_activations.splice",
+                "massive_activations.model_parts")
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,11 @@ class MaskSettings:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    heldout_fraction: float = 0.2  # of the prompt set's sequences
+    """``train_tokens``/``heldout_tokens``: the evaluation token set's budgets (whole sequences of the
+    prompt length, rounded up), which the flows build it with."""
+
+    train_tokens: int = 2**16
+    heldout_tokens: int = 2**13
     seed: int = 0
     sae_kinds: tuple[str, ...] = ("topk", "relu")
     sae: SAESettings = field(default_factory=SAESettings)
@@ -82,8 +90,9 @@ class EvalSettings:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        if not 0 < self.heldout_fraction < 1:
-            raise ValueError(f"heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
+        if self.train_tokens < 2 or self.heldout_tokens < 2:
+            raise ValueError(f"train_tokens and heldout_tokens must be >= 2, got {self.train_tokens}, "
+                             f"{self.heldout_tokens}")
         for kind in self.sae_kinds:
             SAESettings(**{**asdict(self.sae), "kind": kind})  # validates each kind
         if not self.quant_bits or min(self.quant_bits) < 2:
@@ -104,68 +113,19 @@ class EvalSettings:
         return cls(**v)
 
 
-def split_sequences(n_sequences: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) sequence indices, seeded."""
-    if n_sequences < 2:
-        raise ValueError(f"evaluations need a prompt set of >= 2 sequences to hold some out, got {n_sequences}")
-    order = np.random.default_rng(seed).permutation(n_sequences)
-    n_held = min(n_sequences - 1, max(1, round(heldout_fraction * n_sequences)))
-    return np.sort(order[n_held:]), np.sort(order[:n_held])
-
-
-@dataclass
-class LayerSamples:
-    vectors: torch.Tensor  # (tokens, d_model) float32, ordered by (seq, pos)
-    seq: torch.Tensor
-    pos: torch.Tensor
-    token_id: torch.Tensor
-
-    def select(self, keep: torch.Tensor) -> LayerSamples:
-        return LayerSamples(self.vectors[keep], self.seq[keep], self.pos[keep], self.token_id[keep])
-
-
-def read_samples(store: Store, model: str, step: int, layer: int) -> LayerSamples:
-    table = store.read_partition(ACTIVATIONS, {"model": model, "step": step, "layer": layer})
-    if table.num_rows == 0:
-        raise ValueError(f"no activation samples for {model} step {step} layer {layer}")
-    table = table.sort_by([("seq", "ascending"), ("pos", "ascending")])
-    col = table.column("vector").combine_chunks()
-    vectors = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)  # a writable copy
-    return LayerSamples(torch.from_numpy(vectors.reshape(table.num_rows, col.type.list_size)),
-                        *(torch.from_numpy(table.column(c).to_numpy().astype(np.int64))
-                          for c in ("seq", "pos", "token_id")))
-
-
-def sampled_layers(store: Store, model: str, step: int) -> list[int]:
-    return sorted(p["layer"] for p in store.partitions(ACTIVATIONS) if p["model"] == model and p["step"] == step)
-
-
-def samples_hash(store: Store, model: str, step: int) -> str:
-    """One hash over the content hashes of a checkpoint's activation samples: the evaluations' data input."""
-    found = store.partitions_hash(ACTIVATIONS, {"model": model, "step": step})
-    if found is None:
-        raise ValueError(f"no activation samples for {model} step {step} on {store.url}; capture with "
-                         "samples_per_layer > 0 first")
-    return found
-
-
-def eval_inputs(model: str, step: int, kind: str, source: CheckpointSource, prompt_set: str, activations: str,
+def eval_inputs(model: str, step: int, kind: str, source: CheckpointSource, prompt_set: str, eval_tokens: str,
                 settings: EvalSettings, dtype: str = "float32") -> dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"unknown evaluation {kind!r}; choose from {', '.join(KINDS)}")
     return {"model": model, "step": step, "kind": kind, "source": source.describe(), "prompt_set": prompt_set,
-            "activations_hash": activations, "settings": asdict(settings), "dtype": dtype}
+            "eval_tokens": eval_tokens, "settings": asdict(settings), "dtype": dtype}
 
 
 def stored_evaluation(store: Store, source: CheckpointSource, model: str, step: int, kind: str,
-                      prompt_set: str, settings: EvalSettings, dtype: str = "float32",
-                      activations: str | None = None) -> dict[str, Any] | None:
-    """The result ``evaluate_to_store`` would return as "skipped", or None when it would evaluate.
-    ``activations``: the samples' hash, when the caller has it (finding it lists the dataset)."""
-    found = activations or store.partitions_hash(ACTIVATIONS, {"model": model, "step": step})
-    if found is None:
-        return None
-    inputs = eval_inputs(model, step, kind, source, prompt_set, found, settings, dtype)
+                      prompt_set: str, eval_tokens: str, settings: EvalSettings,
+                      dtype: str = "float32") -> dict[str, Any] | None:
+    """The result ``evaluate_to_store`` would return as "skipped", or None when it would evaluate."""
+    inputs = eval_inputs(model, step, kind, source, prompt_set, eval_tokens, settings, dtype)
     meta = store.current(f"{EVALS}/{kind}", {"model": model, "step": step}, inputs, CODE_MODULES)
     return ({"model": model, "step": step, "kind": kind, "status": "skipped", "hash": meta.get("content_hash")}
             if meta else None)
@@ -201,7 +161,7 @@ class Splicer:
 
 
 def _mask_options(settings: MaskSettings, train: LayerSamples) -> dict[str, Any]:
-    bar = massive_bar(train.vectors.numpy(), settings.massive_abs, settings.massive_rel)
+    bar = massive_bar(train.vectors, settings.massive_abs, settings.massive_rel)
     return {"bos_id": settings.bos_id, "position0": settings.position0, "massive_above": bar}
 
 
@@ -222,17 +182,18 @@ def by_token_group(x: torch.Tensor, x_hat: torch.Tensor, bar: float | None) -> d
     return out
 
 
-def _split(samples: LayerSamples, train_seqs: np.ndarray) -> tuple[LayerSamples, LayerSamples]:
-    is_train = torch.as_tensor(np.isin(samples.seq.numpy(), train_seqs))
+def _split(samples: LayerSamples, n_train: int) -> tuple[LayerSamples, LayerSamples]:
+    """The training sequences' tokens (the first ``n_train``) and the held-out ones'."""
+    is_train = samples.seq < n_train
     return samples.select(is_train), samples.select(~is_train)
 
 
-def sae_rows(samples: dict[int, LayerSamples], splicer: Splicer, train_seqs: np.ndarray,
+def sae_rows(samples: Mapping[int, LayerSamples], splicer: Splicer, n_train: int,
              settings: EvalSettings, saved: Callable[[SparseAutoencoder, int, str], None] | None = None) -> list[dict]:
     """``saved``: called with each trained SAE, its layer and variant (to keep it on the store)."""
     rows = []
     for layer, all_samples in samples.items():
-        train, held = _split(all_samples, train_seqs)
+        train, held = _split(all_samples, n_train)
         options = _mask_options(settings.mask, train)
         for masked in (False, True):
             if masked:
@@ -264,12 +225,12 @@ def sae_rows(samples: dict[int, LayerSamples], splicer: Splicer, train_seqs: np.
     return rows
 
 
-def itda_rows(samples: dict[int, LayerSamples], splicer: Splicer, train_seqs: np.ndarray,
+def itda_rows(samples: Mapping[int, LayerSamples], splicer: Splicer, n_train: int,
               settings: EvalSettings) -> list[dict]:
     rows = []
     k = settings.itda.k
     for layer, all_samples in samples.items():
-        train, held = _split(all_samples, train_seqs)
+        train, held = _split(all_samples, n_train)
         labels = list(zip(train.seq.tolist(), train.pos.tolist(), strict=True))
         started = time.perf_counter()
         dictionary: ITDADictionary = itda(train.vectors, labels, settings.itda)
@@ -291,15 +252,17 @@ def itda_rows(samples: dict[int, LayerSamples], splicer: Splicer, train_seqs: np
     return rows
 
 
-def quant_rows(samples: dict[int, LayerSamples], lm: Any, held_tokens: np.ndarray,
+def quant_rows(samples: Mapping[int, LayerSamples], lm: Any, held_tokens: np.ndarray, n_train: int,
                settings: EvalSettings) -> tuple[list[dict], dict]:
-    """Per-layer activation quantization rows, and the checkpoint's W8A8 and outlier row."""
+    """Per-layer activation quantization rows on the held-out tokens (the massive bar from the training
+    tokens, as for the SAEs), and the checkpoint's W8A8 and outlier row."""
     rows = []
-    for layer, s in samples.items():
-        bar = massive_bar(s.vectors.numpy(), settings.mask.massive_abs, settings.mask.massive_rel)
-        massive = massive_tokens(s.vectors, bar)
-        rows += [{"layer": layer, "variant": f"int{r['bits']}-{r['granularity']}", **r, "n_tokens": len(s.vectors)}
-                 for r in activation_quantization(s.vectors, settings.quant_bits, settings.quant_top_k,
+    for layer, all_samples in samples.items():
+        train, held = _split(all_samples, n_train)
+        massive = massive_tokens(held.vectors, _mask_options(settings.mask, train)["massive_above"])
+        rows += [{"layer": layer, "variant": f"int{r['bits']}-{r['granularity']}", **r,
+                  "n_tokens": len(held.vectors)}
+                 for r in activation_quantization(held.vectors, settings.quant_bits, settings.quant_top_k,
                                                   {"massive": massive, "other": ~massive})]
     ce_fp = lm_loss(lm, held_tokens, settings.batch_size)
     model_row: dict[str, Any] = {"variant": "w8a8", "ce_fp": ce_fp, "ppl_fp": math.exp(ce_fp)}
@@ -346,37 +309,46 @@ def rows_table(rows: list[dict]) -> pa.Table:
     return table
 
 
+def eval_split(eval_tokens: PromptSet) -> int:
+    """How many of the token set's sequences (the first) are for training; the rest are held out."""
+    n_train = eval_tokens.source.get("n_train")
+    if not isinstance(n_train, int) or not 0 < n_train < len(eval_tokens.tokens):
+        raise ValueError(f"token set {eval_tokens.set_id} is not an evaluation token set (n_train={n_train!r} "
+                         f"for {len(eval_tokens.tokens)} sequences); build it with prompts.build_eval_tokens")
+    return n_train
+
+
 def evaluate_to_store(store: Store, source: CheckpointSource, model: str, step: int, kind: str, prompt_set: str,
-                      tokens: np.ndarray, settings: EvalSettings, device: str = "auto", dtype: str = "float32",
+                      eval_tokens: PromptSet, settings: EvalSettings, device: str = "auto", dtype: str = "float32",
                       force: bool = False, checkpoint: CheckpointHandle | None = None) -> dict[str, Any]:
-    """Evaluate (model, step) with one kind unless the store holds it with the same inputs (``force``:
-    anyway); say which happened. ``checkpoint``: a handle shared with other work on the same
-    checkpoint, of this ``dtype``; without one, the checkpoint is loaded here and released after."""
+    """Evaluate (model, step) with one kind on ``eval_tokens`` unless the store holds it with the same
+    inputs (``force``: anyway); say which happened. ``checkpoint``: a handle shared with other work on
+    the same checkpoint, of this ``dtype``; without one, the checkpoint is loaded here and released after."""
     if checkpoint is not None and checkpoint.dtype != dtype:
         raise ValueError(f"the shared checkpoint is loaded in {checkpoint.dtype}, the evaluation asks for {dtype}")
-    activations = samples_hash(store, model, step)
-    inputs = eval_inputs(model, step, kind, source, prompt_set, activations, settings, dtype)
+    n_train = eval_split(eval_tokens)
+    inputs = eval_inputs(model, step, kind, source, prompt_set, eval_tokens.set_id, settings, dtype)
     dataset, part = f"{EVALS}/{kind}", {"model": model, "step": step}
-    if not force and (stored := stored_evaluation(store, source, model, step, kind, prompt_set, settings, dtype,
-                                                  activations)):
+    if not force and (stored := stored_evaluation(store, source, model, step, kind, prompt_set, eval_tokens.set_id,
+                                                  settings, dtype)):
         return stored
-    train_seqs, held_seqs = split_sequences(len(tokens), settings.heldout_fraction, settings.seed)
-    layers = [layer for layer in sampled_layers(store, model, step) if layer >= 0 or kind == "quant"]
-    samples = {layer: read_samples(store, model, step, layer) for layer in layers}
     handle = checkpoint or CheckpointHandle(source, model, step, device=device, dtype=dtype)
     torch.manual_seed(settings.seed)
     try:
         lm = handle.get().model
-        held_tokens = np.asarray(tokens)[held_seqs]
+        first = -1 if kind == "quant" else 0  # -1: the embedding output
+        samples = LayerActivations(lm, eval_tokens.tokens, list(range(first, len(find_parts(lm).blocks))),
+                                   settings.batch_size)
+        held_tokens = eval_tokens.tokens[n_train:]
         if kind == "quant":
-            rows, model_row = quant_rows(samples, lm, held_tokens, settings)
+            rows, model_row = quant_rows(samples, lm, held_tokens, n_train, settings)
             store.write_partition(QUANT_MODEL, part, rows_table([model_row]), inputs=inputs,
                                   code_modules=CODE_MODULES, overwrite=True)
         elif kind == "sae":
-            rows = sae_rows(samples, Splicer(lm, held_tokens, settings.batch_size), train_seqs, settings,
+            rows = sae_rows(samples, Splicer(lm, held_tokens, settings.batch_size), n_train, settings,
                             saved=lambda sae, layer, variant: keep_sae(store, sae, model, step, layer, variant, inputs))
         else:
-            rows = itda_rows(samples, Splicer(lm, held_tokens, settings.batch_size), train_seqs, settings)
+            rows = itda_rows(samples, Splicer(lm, held_tokens, settings.batch_size), n_train, settings)
     finally:
         if checkpoint is None:
             handle.release()

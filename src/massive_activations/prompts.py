@@ -72,8 +72,11 @@ def first_token_for(requested: str, tokenizer: Any, folder_source: bool) -> str:
 
 def build_prompt_set(name: str, texts: Sequence[str], tokenizer: Any, n_sequences: int = 10,
                      length: int = 2048, seed: int = 0, source: dict[str, Any] | None = None,
-                     first: str = "eos") -> PromptSet:
-    """Seeded choice of documents, cut into sequences whose position 0 is ``first`` (module docstring)."""
+                     first: str = "eos", skip_documents: int = 0) -> PromptSet:
+    """Seeded choice of documents, cut into sequences whose position 0 is ``first`` (module docstring).
+
+    ``skip_documents``: leave out the first documents of the seeded order (those another set took).
+    How many documents the set takes, whole or cut, is recorded as ``documents`` (with the skip)."""
     if n_sequences < 1:
         raise ValueError(f"a prompt set needs at least one sequence, got n_sequences={n_sequences}")
     if length < 2:
@@ -87,11 +90,15 @@ def build_prompt_set(name: str, texts: Sequence[str], tokenizer: Any, n_sequence
         raise ValueError(f"prompt set {name!r}: the tokenizer has no {first} token")
     body = length - (lead is not None)
     need = n_sequences * body
+    if not 0 <= skip_documents < len(texts):
+        raise ValueError(f"prompt set {name!r}: skip_documents={skip_documents} leaves none of {len(texts)} texts")
     order = np.random.default_rng(seed).permutation(len(texts))
     stream: list[int] = []
-    for i in order:
+    taken = skip_documents
+    for i in order[skip_documents:]:
         ids = tokenizer(texts[i] if first == "eos" else texts[i] + "\n\n", add_special_tokens=False)["input_ids"]
         stream.extend([lead, *ids] if first == "eos" else ids)
+        taken += 1
         if len(stream) >= need + (first == "eos"):
             break
     start = 1 if first == "eos" else 0  # the first document's own leading end-of-text is the first sequence's
@@ -102,8 +109,46 @@ def build_prompt_set(name: str, texts: Sequence[str], tokenizer: Any, n_sequence
     if lead is not None:
         tokens = np.concatenate([np.full((n_sequences, 1), lead, np.int64), tokens], axis=1)
     info = {"n_texts": len(texts), "n_sequences": n_sequences, "length": length, "seed": seed,
-            "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__), "position0": first}
+            "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__), "position0": first,
+            "skip_documents": skip_documents, "documents": taken}
     return PromptSet(name=name, tokens=tokens, source=info | (source or {}))
+
+
+def build_eval_tokens(prompts: PromptSet, prompt_texts: Sequence[str], tokenizer: Any, train_tokens: int,
+                      heldout_tokens: int, texts: Sequence[str] | None = None) -> PromptSet:
+    """The evaluation token set: sequences of the prompt set's length, the first ``n_train`` (recorded
+    in its source) for training, the rest held out.
+
+    From ``prompt_texts`` (the default), it continues the prompts' seeded document order after the
+    documents they took; from other ``texts``, it leaves out any document the prompts took. Either
+    way it shares no document with the prompts, and every token of every sequence is used: nothing
+    is oversampled."""
+    info = prompts.source
+    if "documents" not in info:
+        raise ValueError(f"prompt set {prompts.set_id} does not record the documents it took; rebuild it "
+                         "with build_prompt_set")
+    length = prompts.tokens.shape[1]
+    if train_tokens < length or heldout_tokens < length:
+        raise ValueError(f"evaluation budgets of {train_tokens} training and {heldout_tokens} held-out tokens "
+                         f"must each hold one {length}-token sequence")
+    n_train, n_held = -(-train_tokens // length), -(-heldout_tokens // length)
+    seed = info["seed"]
+    if texts is None:
+        texts, skip = prompt_texts, info["documents"]
+    else:
+        order = np.random.default_rng(seed).permutation(len(prompt_texts))
+        taken = {prompt_texts[i] for i in order[info.get("skip_documents", 0):info["documents"]]}
+        texts, skip = [t for t in texts if t not in taken], 0
+    name = f"{prompts.name}-eval-t{n_train}-h{n_held}"
+    try:
+        built = build_prompt_set(name, texts, tokenizer, n_train + n_held, length, seed, first=info["position0"],
+                                 skip_documents=skip)
+    except ValueError as err:
+        raise ValueError(f"evaluation tokens for {prompts.set_id}: {train_tokens} training and {heldout_tokens} "
+                         f"held-out tokens do not fit in the texts left after the prompts' documents ({err}); "
+                         "lower the budgets or give more text") from None
+    return PromptSet(name=built.name, tokens=built.tokens,
+                     source=built.source | {"n_train": n_train, "prompt_set": prompts.set_id})
 
 
 def texts_from_file(path: str | Path, column: str = "text") -> list[str]:
@@ -143,7 +188,7 @@ def load_prompt_set(store: Store, set_id: str) -> PromptSet:
     table = store.read_partition(DATASET, {"set": set_id})
     meta = store.partition_metadata(DATASET, {"set": set_id}) or {}
     tokens = np.asarray(table.column("tokens").to_pylist(), dtype=np.int64)
-    loaded = PromptSet(name=set_id.rsplit("-", 1)[0], tokens=tokens, source=meta.get("inputs", {}))
+    loaded = PromptSet(name=set_id.rsplit("-", 1)[0], tokens=tokens, source=meta.get("inputs", {}).get("source", {}))
     if loaded.set_id != set_id:
         raise ValueError(f"prompt set {set_id} on {store.url} does not match its content hash "
                          f"({loaded.content_hash}); it was altered after it was stored")

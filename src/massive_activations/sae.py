@@ -242,7 +242,11 @@ def reconstruction_metrics(x: torch.Tensor, x_hat: torch.Tensor, codes: torch.Te
     return out
 
 
-def massive_bar(vectors: np.ndarray, massive_abs: float | None, massive_rel: float | None) -> float | None:
+MEDIAN_SAMPLE = 2**24  # values the median |h| is estimated from, drawn with a fixed seed, when there are more
+
+
+def massive_bar(vectors: np.ndarray | torch.Tensor, massive_abs: float | None,
+                massive_rel: float | None) -> float | None:
     """The |h| a token's largest value must exceed to be massive: above ``massive_abs`` and above
     ``massive_rel`` × the median |h| of these vectors (the capture's criterion); None: no token is."""
     if massive_abs is None and massive_rel is None:
@@ -250,7 +254,10 @@ def massive_bar(vectors: np.ndarray, massive_abs: float | None, massive_rel: flo
     for name, value in (("massive_abs", massive_abs), ("massive_rel", massive_rel)):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be > 0 or None, got {value}")
-    return max(massive_abs or 0.0, (massive_rel or 0.0) * float(np.median(np.abs(vectors))))
+    values = np.abs(np.asarray(vectors, dtype=np.float32)).ravel()
+    if values.size > MEDIAN_SAMPLE:
+        values = values[np.random.default_rng(0).integers(0, values.size, MEDIAN_SAMPLE)]
+    return max(massive_abs or 0.0, (massive_rel or 0.0) * float(np.median(values)))
 
 
 def massive_tokens(vectors: torch.Tensor, bar: float | None) -> torch.Tensor:
