@@ -1,0 +1,98 @@
+"""The evaluation token set: drawn from text, disjoint from the prompts, every token used, none oversampled."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from massive_activations.activations import LayerActivations
+from massive_activations.checkpoints import FolderSource
+from massive_activations.eval_run import EvalSettings, MaskSettings, evaluate_to_store
+from massive_activations.prompts import build_eval_tokens, build_prompt_set, load_prompt_set, save_prompt_set
+from massive_activations.store import Store
+from tests.tiny_models import byte_tokenizer, tiny_model
+
+MARK = re.compile(r"<(\d{3})>")
+
+
+def _texts(n: int, seed: int = 0, planted: str = "", p: float = 0.0) -> list[str]:
+    """Documents that name themselves (<017>) and hold ``planted`` at each character with probability p."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghij klmnop qrstuvwxyz "))
+    docs = []
+    for i in range(n):
+        chars = rng.choice(letters, 400)
+        if planted:
+            chars[rng.random(400) < p] = planted
+        docs.append(f"<{i:03d}> " + "".join(chars))
+    return docs
+
+
+def _documents(tokenizer, tokens: np.ndarray) -> set[str]:
+    return set(MARK.findall(tokenizer.decode(tokens.reshape(-1).tolist())))
+
+
+def test_evaluation_tokens_share_no_document_with_the_prompts():
+    tok, texts = byte_tokenizer(), _texts(60)
+    prompts = build_prompt_set("m-n4-len32", texts, tok, n_sequences=4, length=32, seed=3)
+    evals = build_eval_tokens(prompts, texts, tok, train_tokens=2000, heldout_tokens=500)
+    assert evals.tokens.shape == (63 + 16, 32) and evals.source["n_train"] == 63  # whole sequences, rounded up
+    assert evals.source["prompt_set"] == prompts.set_id and evals.name == "m-n4-len32-eval-t63-h16"
+    taken = _documents(tok, prompts.tokens)
+    assert taken and not taken & _documents(tok, evals.tokens)
+    # texts of their own lose the prompts' documents (here: the same list, in another order)
+    other = build_eval_tokens(prompts, texts, tok, 2000, 500, texts=list(reversed(texts)))
+    assert not taken & _documents(tok, other.tokens)
+    with pytest.raises(ValueError, match=r"2000000 training and 500 held-out tokens do not fit in the texts left"):
+        build_eval_tokens(prompts, texts, tok, 2_000_000, 500)
+    with pytest.raises(ValueError, match="must each hold one 32-token sequence"):
+        build_eval_tokens(prompts, texts, tok, 2000, 8)
+
+
+def test_layer_activations_are_every_tokens_hidden_state_in_any_grouping():
+    model = tiny_model("gpt_neox", layers=3, d=32)
+    tokens = np.random.default_rng(0).integers(1, 257, size=(5, 16))
+    with torch.no_grad():
+        hidden = model(input_ids=torch.as_tensor(tokens), output_hidden_states=True).hidden_states
+    one_pass = LayerActivations(model, tokens, [-1, 0, 1], batch_size=2)
+    per_layer = LayerActivations(model, tokens, [-1, 0, 1], batch_size=3, max_bytes=1)  # one layer a pass
+    for layer in (-1, 0, 1):  # hidden_states[0] is the embedding, [i + 1] block i's output
+        expected = hidden[layer + 1].reshape(-1, 32)
+        for got in (one_pass[layer], per_layer[layer]):
+            torch.testing.assert_close(got.vectors, expected, rtol=1e-5, atol=1e-5)
+            assert got.seq.tolist() == np.repeat(np.arange(5), 16).tolist()
+            assert got.pos.tolist() == np.tile(np.arange(16), 5).tolist()
+            assert got.token_id.tolist() == tokens.reshape(-1).tolist()
+    with pytest.raises(ValueError, match=r"layers \[3\] are not hooked layers"):
+        LayerActivations(model, tokens, [0, 3])
+
+
+def test_a_planted_massive_token_is_in_the_pool_at_its_frequency_in_text(tmp_path):
+    """The old pool added every sequence's top-1 token; now the share of massive tokens is the text's."""
+    p, tok = 0.03, byte_tokenizer()
+    (planted,) = tok("@", add_special_tokens=False)["input_ids"]
+    model = tiny_model("gpt_neox", layers=2, d=32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[planted] *= 1000.0  # '@' alone is massive, from the embedding on
+    model.save_pretrained(tmp_path / "suite" / "m" / "step0")
+    tok.save_pretrained(tmp_path / "suite" / "m" / "step0")
+    texts = _texts(200, seed=1, planted="@", p=p)
+    store = Store(tmp_path / "store")
+    prompts = build_prompt_set("m-n4-len32", texts, tok, n_sequences=4, length=32)
+    evals = build_eval_tokens(prompts, texts, tok, train_tokens=2**14, heldout_tokens=2**13)
+    settings = EvalSettings(train_tokens=2**14, heldout_tokens=2**13,
+                            mask=MaskSettings(massive_abs=None, massive_rel=100.0))
+    evaluate_to_store(store, FolderSource(str(tmp_path / "suite")), "m", 0, "quant", save_prompt_set(store, prompts),
+                      load_prompt_set(store, save_prompt_set(store, evals)), settings, device="cpu")
+    held = evals.tokens[evals.source["n_train"]:]
+    in_text = int((held == planted).sum())
+    rows = [r for r in store.read_partition("evals/quant", {"model": "m", "step": 0}).to_pylist()
+            if r["variant"] == "int8-tensor"]
+    assert {r["layer"] for r in rows} == {-1, 0, 1}
+    n = held.size
+    for r in rows:
+        assert r["n_tokens"] == n and r["n_massive"] == in_text  # every held-out token, each counted once
+    assert abs(in_text / n - p) < 4 * np.sqrt(p * (1 - p) / n)  # the text's own frequency
