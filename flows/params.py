@@ -128,6 +128,8 @@ class EvalParams(BaseModel):
     itda_tau: float | None = Field(None, gt=0, description="Add threshold; empty: calibrate to itda_target_size")
     itda_target_size: int = Field(64, ge=1, le=1_000_000, description="Dictionary size τ is calibrated to")
     itda_max_atoms: int | None = Field(None, ge=1, description="Crop the dictionary at this size")
+    itda_train_tokens: int | None = Field(2**14, ge=1, description="ITDA builds from the first this many "
+                                                                   "training tokens (empty: all)")
     quant_bits: tuple[int, ...] = Field((8, 4), description="Bit widths of the activation fake-quantization")
     quant_top_k: int = Field(16, ge=1, description="Top-|x| values whose share of the error is reported")
 
@@ -142,6 +144,6 @@ class EvalParams(BaseModel):
             "mask": {"bos_id": self.mask_bos_id, "position0": self.mask_position0,
                      "massive_abs": self.mask_massive_abs, "massive_rel": self.mask_massive_rel},
             "itda": {"k": self.itda_k, "tau": self.itda_tau, "target_size": self.itda_target_size,
-                     "max_atoms": self.itda_max_atoms},
+                     "max_atoms": self.itda_max_atoms, "train_tokens": self.itda_train_tokens},
             "quant_bits": self.quant_bits, "quant_top_k": self.quant_top_k})
         return asdict(settings)

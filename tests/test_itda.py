@@ -47,6 +47,26 @@ def test_tau_calibrates_to_the_target_size_and_crop_caps_it():
     assert len(cropped) == 10 and cropped.labels == built.labels[:10]
 
 
+def test_calibration_stops_runaway_trial_builds_and_itda_reads_its_token_budget(monkeypatch):
+    from massive_activations import itda as module
+
+    x = torch.randn(4000, 16)
+    labels = [(i // 100, i % 100) for i in range(4000)]
+    sizes: list[int] = []
+    real = module.build_dictionary
+
+    def counted(*args, **kwargs):
+        built = real(*args, **kwargs)
+        sizes.append(len(built))
+        return built
+
+    monkeypatch.setattr(module, "build_dictionary", counted)
+    built = itda(x, labels, ITDASettings(k=4, target_size=48, train_tokens=None))
+    assert abs(len(built) - 48) <= 4 and max(sizes) <= 4 * 48 + 1  # no trial grew past 4 × the target
+    early = itda(x, labels, ITDASettings(k=4, target_size=48, train_tokens=500))
+    assert early.labels and max(labels.index(lab) for lab in early.labels) < 500  # atoms from the first 500 only
+
+
 def test_jaccard_and_layer_matching():
     a = {0: [(0, 1), (0, 2)], 1: [(1, 1), (1, 2)]}
     assert jaccard(a[0], [(0, 1), (0, 3)]) == pytest.approx(1 / 3)

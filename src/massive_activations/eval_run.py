@@ -247,6 +247,7 @@ def itda_rows(samples: Mapping[int, LayerSamples], splicer: Splicer, n_train: in
                                   _mask_options(settings.mask, train)["massive_above"])
         ce = splicer.score(layer, reconstruct, None)
         rows.append({"layer": layer, "variant": "itda", "size": len(dictionary), "tau": dictionary.tau,
+                     "n_train": min(len(train.vectors), settings.itda.train_tokens or len(train.vectors)),
                      **metrics, **ce, "build_seconds": seconds,
                      "atom_seq": [s for s, _ in dictionary.labels], "atom_pos": [p for _, p in dictionary.labels]})
     return rows

@@ -28,6 +28,7 @@ class ITDASettings:
     k: int = 8  # matching-pursuit steps (the paper's default is 40, for d_model ≥ 512)
     tau: float | None = None  # add threshold; None: calibrate to target_size
     target_size: int = 64  # atoms wanted when calibrating τ
+    train_tokens: int | None = 2**14  # built from the first this many training tokens; None: all of them
     max_atoms: int | None = None  # crop: stop adding atoms once the dictionary has this many
     batch_size: int = 32
 
@@ -39,6 +40,8 @@ class ITDASettings:
         if self.target_size < 1 or self.batch_size < 1:
             raise ValueError(f"ITDA target_size and batch_size must be >= 1, got {self.target_size}, "
                              f"{self.batch_size}")
+        if self.train_tokens is not None and self.train_tokens < 1:
+            raise ValueError(f"ITDA train_tokens must be >= 1 or None, got {self.train_tokens}")
         if self.max_atoms is not None and self.max_atoms < 1:
             raise ValueError(f"ITDA max_atoms must be >= 1 or None, got {self.max_atoms}")
 
@@ -109,23 +112,30 @@ def build_dictionary(x: torch.Tensor, labels: list[tuple[int, int]], k: int, tau
 
 def calibrate_tau(x: torch.Tensor, labels: list[tuple[int, int]], k: int, target_size: int,
                   batch_size: int = 32, iterations: int = 14) -> ITDADictionary:
-    """Bisect log τ so that the dictionary has about ``target_size`` atoms; the closest one built."""
+    """Bisect log τ so that the dictionary has about ``target_size`` atoms; the closest one built.
+
+    A trial build stops once it passes 4 × ``target_size`` atoms (τ is then too low whatever follows):
+    a low τ would otherwise grow a dictionary of thousands, each token matched against all of them."""
     d = x.shape[1]
     lo, hi = 1e-6 / d, 4.0 / d  # τ ≥ 4/d never adds (the loss cannot exceed it)
+    cap = 4 * target_size + 1
     best: ITDADictionary | None = None
     for _ in range(iterations):
         tau = float(np.sqrt(lo * hi))
-        built = build_dictionary(x, labels, k, tau, batch_size)
-        if best is None or abs(len(built) - target_size) < abs(len(best) - target_size):
+        built = build_dictionary(x, labels, k, tau, batch_size, max_atoms=cap)
+        if len(built) < cap and (best is None or abs(len(built) - target_size) < abs(len(best) - target_size)):
             best = built
         if len(built) == target_size:
             break
         lo, hi = (tau, hi) if len(built) > target_size else (lo, tau)
-    assert best is not None
-    return best
+    return best if best is not None else build_dictionary(x, labels, k, hi, batch_size)
 
 
 def itda(x: torch.Tensor, labels: list[tuple[int, int]], settings: ITDASettings) -> ITDADictionary:
+    """A dictionary from the first ``settings.train_tokens`` of ``x``: building is sequential, and τ's
+    calibration rebuilds it about 14 times, so on a CPU ITDA gets a share of the SAEs' tokens."""
+    if settings.train_tokens is not None:
+        x, labels = x[:settings.train_tokens], labels[:settings.train_tokens]
     if settings.tau is not None:
         return build_dictionary(x, labels, settings.k, settings.tau, settings.batch_size, settings.max_atoms)
     built = calibrate_tau(x, labels, settings.k, settings.target_size, settings.batch_size)
