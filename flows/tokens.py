@@ -59,9 +59,7 @@ def prepare_tokens(store: Store, source, model: str, first_step: int, prompts: P
     first = first_token_for(prompts.first_token, tokenizer, folder_source)
     name = f"{model}-n{prompts.n_sequences}-len{length}" + ("" if first == "eos" else f"-{first}")
     built = build_prompt_set(name, texts, tokenizer, prompts.n_sequences, length, prompts.seed, first=first)
-    prompt_set = save_prompt_set(store, built)
-    if evals is None:
-        return prompt_set, None
-    eval_tokens = build_eval_tokens(built, texts, tokenizer, evals.train_tokens, evals.heldout_tokens,
-                                    _texts(evals.eval_text_file, evals.eval_hub_dataset, evals.eval_hub_file))
-    return prompt_set, save_prompt_set(store, eval_tokens)
+    eval_tokens = None if evals is None else build_eval_tokens(
+        built, texts, tokenizer, evals.train_tokens, evals.heldout_tokens,
+        _texts(evals.eval_text_file, evals.eval_hub_dataset, evals.eval_hub_file))  # both built before either is stored
+    return save_prompt_set(store, built), None if eval_tokens is None else save_prompt_set(store, eval_tokens)

@@ -77,8 +77,8 @@ def test_capture_flow_rejects_bad_input_before_work(prefect_server, micro_root, 
         _run(str(tmp_path / "s"), micro_root, device="gpu")
     with pytest.raises(Exception, match="unknown dtype 'float8'"):
         _run(str(tmp_path / "s"), micro_root, dtype="float8")
-    with pytest.raises(Exception, match="evaluations read the capture's activation samples"):
-        _run(str(tmp_path / "s"), micro_root, evaluations=("sae",), settings=CaptureParams(samples_per_layer=0))
+    with pytest.raises(Exception, match="65536 training and 8192 held-out tokens do not fit in the texts left"):
+        _run(str(tmp_path / "s"), micro_root, evaluations=("sae",))  # the micro suite's texts are short
     assert not Store(tmp_path / "s").list("stats") and not Store(tmp_path / "s").list("prompts")
 
 

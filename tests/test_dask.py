@@ -12,7 +12,7 @@ import pytest
 
 from flows.capture import capture
 from flows.evaluate import evaluate
-from flows.params import CaptureParams, PromptParams, SourceParams
+from flows.params import CaptureParams, EvalParams, PromptParams, SourceParams
 from flows.runner import RunnerParams, task_runner
 from massive_activations.store import Store
 from tests.conftest import content_hashes, flow_run_logs
@@ -40,8 +40,8 @@ def test_dask_runner_matches_the_thread_runner(prefect_server, micro_root, tmp_p
         lines = flow_run_logs(state.state_details.flow_run_id, until=lambda ls: captured_lines(ls) == 3)
         assert captured_lines(lines) == 3, kind
         evaluated = evaluate.with_options(task_runner=task_runner(RunnerParams(kind=kind, max_workers=2)))(
-            models=[MODEL], steps="24,48", store=store.url, kinds=("quant",),
-            device="cpu")
+            models=[MODEL], steps="24,48", store=store.url, kinds=("quant",), suite="micro",
+            settings=EvalParams(train_tokens=1024, heldout_tokens=256), device="cpu")
         assert all(s["evaluated"] == 2 for s in evaluated["summary"].values())
         stores[kind] = store
     for dataset in ("stats", "ratios", "activations", "evals/quant", "evals/quant_model"):

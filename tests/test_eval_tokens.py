@@ -96,3 +96,46 @@ def test_a_planted_massive_token_is_in_the_pool_at_its_frequency_in_text(tmp_pat
     for r in rows:
         assert r["n_tokens"] == n and r["n_massive"] == in_text  # every held-out token, each counted once
     assert abs(in_text / n - p) < 4 * np.sqrt(p * (1 - p) / n)  # the text's own frequency
+
+
+def test_l0_and_ce_loss_score_are_split_by_token_group(tmp_path):
+    from massive_activations.eval_run import Splicer, by_token_group
+    from massive_activations.sae import massive_tokens
+
+    x = torch.ones(6, 4)
+    x[[1, 4]] *= 500.0  # two massive tokens
+    codes = torch.zeros(6, 10)
+    codes[:, 0] = 1.0
+    codes[[1, 4], 1:3] = 2.0
+    groups = by_token_group(x, x, bar=100.0, codes=codes)
+    assert (groups["l0_massive"], groups["l0_other"], groups["n_massive"]) == (3.0, 1.0, 2)
+
+    tok = byte_tokenizer()
+    (planted,) = tok("@", add_special_tokens=False)["input_ids"]
+    model = tiny_model("gpt_neox", layers=2, d=32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[planted] *= 1000.0
+    tokens = np.asarray(tok("".join(_texts(1, planted="@", p=0.1)), add_special_tokens=False)["input_ids"][:96])
+    tokens = tokens.reshape(3, 32)
+    splicer = Splicer(model, tokens, batch_size=2)
+    h = LayerActivations(model, tokens, [0])[0].vectors
+    massive = massive_tokens(h, 100.0 * float(h.abs().median()))
+    assert massive.sum() == (tokens == planted).sum() > 0
+    exact = splicer.score(0, lambda rows: rows, None, massive)
+    assert exact["ce_loss_score_massive"] == pytest.approx(1.0) and exact["ce_loss_score_other"] == pytest.approx(1.0)
+    ablated = splicer.score(0, torch.zeros_like, None, massive)
+    assert ablated["ce_loss_score_massive"] == pytest.approx(0.0)
+    assert ablated["ce_loss_score_other"] == pytest.approx(0.0)
+    # the massive group is the positions holding '@' (each predicting the next token)
+    from massive_activations.splice import ce_loss_score, token_losses_with_layer
+
+    flags = (tokens == planted)[:, :-1]
+    half = splicer.score(0, lambda rows: rows * 0.5, None, massive)
+    ce = token_losses_with_layer(model, tokens, 0, lambda h, _ids: h * 0.5, 2)
+    for name, rows in (("massive", flags), ("other", ~flags)):
+        expected = ce_loss_score(splicer.original[rows].mean(), ce[rows].mean(), splicer.zero(0)[rows].mean())
+        assert half[f"ce_loss_score_{name}"] == pytest.approx(expected)
+    assert half["ce_loss_score_massive"] != pytest.approx(half["ce_loss_score_other"], abs=1e-3)
+    none = splicer.score(0, lambda rows: rows * 0.5, None, torch.zeros_like(massive))
+    assert np.isnan(none["ce_loss_score_massive"]) and none["ce_loss_score_other"] == pytest.approx(
+        none["ce_loss_score"])

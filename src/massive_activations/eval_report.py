@@ -42,9 +42,11 @@ CHECKPOINT_LAYER = -2
 # dataset -> metrics joined with the ratio
 METRICS = {
     f"{EVALS}/sae": ("explained_variance", "fvu", "mse", "cosine", "l0", "dead_fraction", "dead_fraction_train",
-                     "ce_loss_score", "explained_variance_massive", "explained_variance_other"),
+                     "ce_loss_score", "explained_variance_massive", "explained_variance_other", "l0_massive",
+                     "l0_other", "ce_loss_score_massive", "ce_loss_score_other"),
     f"{EVALS}/itda": ("size", "l0", "explained_variance", "ce_loss_score", "build_seconds",
-                      "explained_variance_massive", "explained_variance_other"),
+                      "explained_variance_massive", "explained_variance_other", "ce_loss_score_massive",
+                      "ce_loss_score_other"),
     ITDA_SIMILARITY: ("jaccard_final", "layer_matching_final"),
     f"{EVALS}/quant": ("sqnr_db", "topk_error_share", "sqnr_db_massive", "sqnr_db_other"),
     QUANT_MODEL: ("ce_delta_token", "ce_delta_tensor", "ppl_delta_token", "ppl_delta_tensor", "n_outlier_dims"),

@@ -27,7 +27,7 @@ import torch
 from massive_activations.activations import LayerActivations, LayerSamples
 from massive_activations.checkpoints import CheckpointHandle, CheckpointSource
 from massive_activations.itda import ITDADictionary, ITDASettings, itda, jaccard, layer_matching_score, matching_pursuit
-from massive_activations.model_parts import find_parts
+from massive_activations.model_parts import find_parts, input_device
 from massive_activations.prompts import PromptSet
 from massive_activations.provenance import library_versions, module_version
 from massive_activations.quantization import activation_quantization, outlier_dims, w8a8
@@ -41,7 +41,7 @@ from massive_activations.sae import (
     token_mask,
     train_sae,
 )
-from massive_activations.splice import ce_loss_score, lm_loss, loss_with_layer, zero_ablation
+from massive_activations.splice import ce_loss_score, lm_loss, token_losses, token_losses_with_layer, zero_ablation
 from massive_activations.store import Store
 
 EVALS = "evals"
@@ -136,16 +136,20 @@ class Splicer:
 
     def __init__(self, lm: Any, tokens: np.ndarray, batch_size: int):
         self.lm, self.tokens, self.batch_size = lm, tokens, batch_size
-        self.original = lm_loss(lm, tokens, batch_size)
-        self._zero: dict[int, float] = {}
+        self.original = token_losses(lm, tokens, batch_size)
+        self._zero: dict[int, np.ndarray] = {}
 
-    def zero(self, layer: int) -> float:
+    def zero(self, layer: int) -> np.ndarray:
         if layer not in self._zero:
-            self._zero[layer] = loss_with_layer(self.lm, self.tokens, layer, zero_ablation, self.batch_size)
+            self._zero[layer] = token_losses_with_layer(self.lm, self.tokens, layer, zero_ablation, self.batch_size)
         return self._zero[layer]
 
-    def score(self, layer: int, reconstruct, masked_bar: dict | None) -> dict[str, float]:
-        """CE with ``reconstruct`` (rows → rows) spliced in; masked tokens, when given, pass through unchanged."""
+    def score(self, layer: int, reconstruct, masked_bar: dict | None,
+              massive: torch.Tensor | None = None) -> dict[str, float]:
+        """CE with ``reconstruct`` (rows → rows) spliced in; masked tokens, when given, pass through
+        unchanged. ``massive`` (one flag per held-out token, ordered by sequence and position): the
+        CE-loss score is also given over the positions whose token is massive at this layer, and
+        over the others (a position's loss is that of predicting the next token)."""
         def replace(h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
             flat = h.reshape(-1, h.shape[-1]).float()
             out = reconstruct(flat).to(flat.dtype)
@@ -155,9 +159,17 @@ class Splicer:
                 out[passed] = flat[passed]
             return out.reshape(h.shape)
 
-        ce = loss_with_layer(self.lm, self.tokens, layer, replace, self.batch_size)
-        return {"ce_original": self.original, "ce_zero": self.zero(layer), "ce_reconstructed": ce,
-                "ce_loss_score": ce_loss_score(self.original, ce, self.zero(layer))}
+        ce = token_losses_with_layer(self.lm, self.tokens, layer, replace, self.batch_size)
+        original, zero = self.original, self.zero(layer)
+        out = {"ce_original": float(original.mean()), "ce_zero": float(zero.mean()),
+               "ce_reconstructed": float(ce.mean()),
+               "ce_loss_score": ce_loss_score(float(original.mean()), float(ce.mean()), float(zero.mean()))}
+        if massive is not None:
+            flags = massive.numpy().reshape(self.tokens.shape)[:, :-1]  # the last position predicts nothing
+            for name, rows in (("massive", flags), ("other", ~flags)):
+                out[f"ce_loss_score_{name}"] = (ce_loss_score(float(original[rows].mean()), float(ce[rows].mean()),
+                                                              float(zero[rows].mean())) if rows.any() else float("nan"))
+        return out
 
 
 def _mask_options(settings: MaskSettings, train: LayerSamples) -> dict[str, Any]:
@@ -165,10 +177,12 @@ def _mask_options(settings: MaskSettings, train: LayerSamples) -> dict[str, Any]
     return {"bos_id": settings.bos_id, "position0": settings.position0, "massive_above": bar}
 
 
-def by_token_group(x: torch.Tensor, x_hat: torch.Tensor, bar: float | None) -> dict[str, float]:
+def by_token_group(x: torch.Tensor, x_hat: torch.Tensor, bar: float | None,
+                   codes: torch.Tensor | None = None) -> dict[str, float]:
     """Reconstruction on the held-out tokens that are massive (largest |h| above ``bar``) and on the
     others: explained variance against the variance of all held-out tokens (so the groups compare),
-    MSE per element, cosine, and how many tokens each group has (NaN metrics for an empty group)."""
+    MSE per element, cosine, L0 (with ``codes``), and how many tokens each group has (NaN metrics for
+    an empty group)."""
     x, x_hat = x.double(), x_hat.double()
     massive = massive_tokens(x, bar)
     var = ((x - x.mean(dim=0)) ** 2).sum(dim=1).mean()
@@ -179,6 +193,8 @@ def by_token_group(x: torch.Tensor, x_hat: torch.Tensor, bar: float | None) -> d
         cos = torch.nn.functional.cosine_similarity(x[rows], x_hat[rows], dim=1, eps=1e-12).mean() if n else err
         out.update({f"explained_variance_{name}": float(1 - err / var) if var > 0 else float("nan"),
                     f"mse_{name}": float(err / x.shape[1]), f"cosine_{name}": float(cos), f"n_{name}": n})
+        if codes is not None:
+            out[f"l0_{name}"] = float((codes[rows] != 0).sum(dim=1).double().mean()) if n else float("nan")
     return out
 
 
@@ -207,14 +223,16 @@ def sae_rows(samples: Mapping[int, LayerSamples], splicer: Splicer, n_train: int
             for kind in settings.sae_kinds:
                 sae_settings = SAESettings(**{**asdict(settings.sae), "kind": kind})
                 started = time.perf_counter()
-                sae = train_sae(tr.vectors, sae_settings)
+                sae = train_sae(tr.vectors, sae_settings, device=input_device(splicer.lm))
                 seconds = time.perf_counter() - started
                 with torch.no_grad():
                     codes = sae.encode(ho.vectors)
                     metrics = reconstruction_metrics(ho.vectors, sae.decode(codes), codes)
-                    groups = by_token_group(held.vectors, sae(held.vectors), options["massive_above"])
+                    held_codes = sae.encode(held.vectors)
+                    groups = by_token_group(held.vectors, sae.decode(held_codes), options["massive_above"], held_codes)
                     ce = splicer.score(layer, lambda x, sae=sae: sae(x.cpu()).to(x.device),
-                                       options if masked else None)
+                                       options if masked else None,
+                                       massive_tokens(held.vectors, options["massive_above"]))
                 variant = f"{kind}-{'masked' if masked else 'unmasked'}"
                 if saved is not None:
                     saved(sae, layer, variant)
@@ -243,9 +261,9 @@ def itda_rows(samples: Mapping[int, LayerSamples], splicer: Splicer, n_train: in
         coef = matching_pursuit(held.vectors, atoms, k)
         metrics = reconstruction_metrics(held.vectors, (coef @ atoms).float(), coef)
         metrics.pop("dead_fraction")
-        metrics |= by_token_group(held.vectors, (coef @ atoms).float(),
-                                  _mask_options(settings.mask, train)["massive_above"])
-        ce = splicer.score(layer, reconstruct, None)
+        bar = _mask_options(settings.mask, train)["massive_above"]
+        metrics |= by_token_group(held.vectors, (coef @ atoms).float(), bar, coef)
+        ce = splicer.score(layer, reconstruct, None, massive_tokens(held.vectors, bar))
         rows.append({"layer": layer, "variant": "itda", "size": len(dictionary), "tau": dictionary.tau,
                      "n_train": min(len(train.vectors), settings.itda.train_tokens or len(train.vectors)),
                      **metrics, **ce, "build_seconds": seconds,

@@ -135,26 +135,27 @@ def auxk_loss(pre: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor, w_d
     return error / (residual ** 2).sum(dim=1).mean().clamp_min(1e-12)
 
 
-def train_sae(x: torch.Tensor, settings: SAESettings) -> SparseAutoencoder:
-    """Train on rows of ``x`` (tokens × d_model), seeded (module docstring)."""
+def train_sae(x: torch.Tensor, settings: SAESettings, device: str | torch.device = "cpu") -> SparseAutoencoder:
+    """Train on rows of ``x`` (tokens × d_model), seeded (module docstring). ``x`` stays where it is;
+    the SAE and each minibatch go to ``device`` (the model's GPU), and the SAE comes back on the CPU."""
     if x.ndim != 2 or len(x) < 2:
         raise ValueError(f"SAE training needs a (tokens >= 2, d_model) matrix, got shape {tuple(x.shape)}")
     x = x.float()
     torch.manual_seed(settings.seed)
-    sae = SparseAutoencoder(x.shape[1], settings, mean=x.mean(dim=0))
+    sae = SparseAutoencoder(x.shape[1], settings, mean=x.mean(dim=0)).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=settings.lr)
     gen = torch.Generator().manual_seed(settings.seed)
     batch_size = min(settings.batch_size, len(x))
     per_epoch = math.ceil(len(x) / batch_size)
     total = settings.steps or settings.epochs * per_epoch
     aux_k = settings.aux_latents(sae.n_latents)
-    since_fired = torch.zeros(sae.n_latents, dtype=torch.long)  # training tokens since each latent last fired
-    scale = ((x - x.mean(dim=0)) ** 2).sum(dim=1).mean().clamp_min(1e-12)  # loss in units of the data variance
+    since_fired = torch.zeros(sae.n_latents, dtype=torch.long, device=device)  # tokens since each last fired
+    scale = ((x - x.mean(dim=0)) ** 2).sum(dim=1).mean().clamp_min(1e-12).to(device)  # in units of the variance
     order = torch.randperm(len(x), generator=gen)
     for step in range(total):
         if step % per_epoch == 0 and step:
             order = torch.randperm(len(x), generator=gen)
-        batch = x[order[(step % per_epoch) * batch_size:(step % per_epoch + 1) * batch_size]]
+        batch = x[order[(step % per_epoch) * batch_size:(step % per_epoch + 1) * batch_size]].to(device)
         for group in opt.param_groups:
             group["lr"] = settings.lr * lr_factor(step, total)
         pre = sae.pre_activations(batch)
@@ -174,7 +175,7 @@ def train_sae(x: torch.Tensor, settings: SAESettings) -> SparseAutoencoder:
         opt.step()
         sae.normalise_decoder()
     sae.dead_fraction = float((since_fired >= min(settings.dead_tokens, sae.tokens_seen)).double().mean())
-    return sae.eval()
+    return sae.cpu().eval()
 
 
 def save_sae_lens(sae: SparseAutoencoder, folder: str | Path, hook_name: str, model_name: str,

@@ -41,11 +41,18 @@ def replaced_layer(model: Any, layer: int, replace: Replace, tokens: list[torch.
 
 def lm_loss(model: Any, tokens: np.ndarray, batch_size: int = 8, current: list[torch.Tensor] | None = None) -> float:
     """Mean next-token cross-entropy over all predicted positions of the (sequences, length) prompts."""
+    return float(token_losses(model, tokens, batch_size, current).mean())
+
+
+def token_losses(model: Any, tokens: np.ndarray, batch_size: int = 8,
+                 current: list[torch.Tensor] | None = None) -> np.ndarray:
+    """Next-token cross-entropy at every predicted position: (sequences, length − 1); position t
+    predicts token t + 1, so a loss can be averaged over the positions of a token group."""
     tokens = np.asarray(tokens, dtype=np.int64)
     if tokens.ndim != 2 or tokens.shape[1] < 2 or len(tokens) == 0:
         raise ValueError(f"lm_loss needs (sequences >= 1, length >= 2) tokens, got shape {tokens.shape}")
     device = input_device(model)
-    total, count = 0.0, 0
+    out = np.empty((len(tokens), tokens.shape[1] - 1))
     with torch.inference_mode():
         for start in range(0, len(tokens), batch_size):
             ids = torch.as_tensor(tokens[start:start + batch_size], device=device)
@@ -53,16 +60,21 @@ def lm_loss(model: Any, tokens: np.ndarray, batch_size: int = 8, current: list[t
                 current[0] = ids
             logits = model(input_ids=ids, use_cache=False).logits.float()
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                     ids[:, 1:].reshape(-1), reduction="sum")
-            total += float(loss)
-            count += ids[:, 1:].numel()
-    return total / count
+                                                     ids[:, 1:].reshape(-1), reduction="none")
+            out[start:start + len(ids)] = loss.reshape(len(ids), -1).double().cpu().numpy()
+    return out
 
 
 def loss_with_layer(model: Any, tokens: np.ndarray, layer: int, replace: Replace, batch_size: int = 8) -> float:
+    return float(token_losses_with_layer(model, tokens, layer, replace, batch_size).mean())
+
+
+def token_losses_with_layer(model: Any, tokens: np.ndarray, layer: int, replace: Replace,
+                            batch_size: int = 8) -> np.ndarray:
+    """:func:`token_losses` with decoder layer ``layer``'s output replaced."""
     current: list[torch.Tensor] = [torch.empty(0)]
     with replaced_layer(model, layer, replace, current):
-        return lm_loss(model, tokens, batch_size, current)
+        return token_losses(model, tokens, batch_size, current)
 
 
 def zero_ablation(h: torch.Tensor, _ids: torch.Tensor) -> torch.Tensor:
