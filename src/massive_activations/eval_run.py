@@ -228,7 +228,7 @@ def sae_rows(samples: Mapping[int, LayerSamples], splicer: Splicer, n_train: int
                 with torch.no_grad():
                     codes = sae.encode(ho.vectors)
                     metrics = reconstruction_metrics(ho.vectors, sae.decode(codes), codes)
-                    held_codes = sae.encode(held.vectors)
+                    held_codes = sae.encode(held.vectors) if masked else codes  # unmasked: ho is held
                     groups = by_token_group(held.vectors, sae.decode(held_codes), options["massive_above"], held_codes)
                     ce = splicer.score(layer, lambda x, sae=sae: sae(x.cpu()).to(x.device),
                                        options if masked else None,
