@@ -4,7 +4,8 @@
 huggingface_hub reads (ETag, X-Repo-Commit, Content-Length) and its error codes (RepoNotFound,
 RevisionNotFound, EntryNotFound). The real huggingface_hub client code runs against it; faults can
 be planted: the next N requests fail with 503, or the next download is cut short; ``bandwidth``
-(bytes/s) throttles every body to one shared link, as a real network would.
+(bytes/s) throttles every body to one shared link, as a real network would. ``black_hole`` is an
+endpoint that accepts connections and never answers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -153,3 +155,13 @@ class FakeHub:
             with self._link:  # one link: concurrent downloads share the bandwidth
                 time.sleep(len(piece) / self.bandwidth)
             req.wfile.write(piece)
+
+
+def black_hole() -> tuple[socket.socket, str]:
+    """A server that accepts connections and never answers: the slowest way for an endpoint to be dead."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: [held.append(server.accept()[0]) for _ in iter(int, 1)], daemon=True).start()
+    return server, f"http://127.0.0.1:{server.getsockname()[1]}"

@@ -153,11 +153,11 @@ def test_a_run_killed_during_a_checkpoints_evaluations_resumes_without_redoing_f
 def test_a_dead_endpoint_fails_the_capture_run_within_the_documented_bound(prefect_server, tmp_path):
     import huggingface_hub.constants as constants
 
-    from tests.test_hub_cache import _black_hole
+    from tests.hub_server import black_hole
 
     constants_offline = constants.HF_HUB_OFFLINE
     constants.HF_HUB_OFFLINE = False
-    server, url = _black_hole()
+    server, url = black_hole()
     try:
         source = SourceParams(kind="hub", endpoint=url, cache_dir=str(tmp_path / "hub"), download_retries=1,
                               download_timeout_s=0.5)

@@ -56,18 +56,41 @@ def test_a_user_family_is_data():
         family("gpt5")
 
 
-def test_the_loopback_hub_lists_a_familys_checkpoints_through_the_refs_api(fake_hub):
-    from massive_activations.families import hub_checkpoints
+def test_the_loopback_hub_lists_a_familys_checkpoints_through_the_refs_api(fake_hub, tmp_path):
+    from massive_activations.checkpoints import CheckpointNotFoundError, HubSource
 
     names = ["stage2-ingredient1-step1000-tokens5B", "stage1-step150-tokens1B", "stage1-step10000-tokens21B"]
     for name in names:
         fake_hub.add("allenai/OLMo-2-0425-1B", name, {"config.json": b"{}"})
-    found = hub_checkpoints(family("olmo2"), "OLMo-2-0425-1B", endpoint=fake_hub.url)
-    assert [r.name for r in found] == [names[1], names[2], names[0]]  # main listed by the Hub, left out here
+    source = HubSource(cache_dir=tmp_path / "hub", endpoint=fake_hub.url)
+    assert source.schedule("allenai/OLMo-2-0425-1B") == {150: names[1], 10000: names[2]}  # stage 1; main left out
     assert ("GET", "api/models/allenai/OLMo-2-0425-1B/refs", 200) in fake_hub.log
-    amber_naming = Family("amber-like", "allenai/{model}", r"ckpt_(?P<step>\d+)", ("ckpt_000",))
-    with pytest.raises(ValueError, match=r"has no branch that fits family 'amber-like' .*'main'"):
-        hub_checkpoints(amber_naming, "OLMo-2-0425-1B", endpoint=fake_hub.url)
+    amber_naming = {"name": "amber-like", "repo": "allenai/{model}", "revision": r"ckpt_(?P<step>\d+)",
+                    "examples": ["ckpt_000"]}
+    with pytest.raises(CheckpointNotFoundError, match=r"has no revision of family 'amber-like' .*ckpt_000"):
+        HubSource(cache_dir=tmp_path / "hub", endpoint=fake_hub.url, family=amber_naming).steps(
+            "allenai/OLMo-2-0425-1B")
+
+
+def test_listing_revisions_is_retried_in_the_downloads_layer_and_bounded_like_them(fake_hub, tmp_path):
+    import time
+
+    from massive_activations.checkpoints import HubSource, TransientSourceError
+    from tests.hub_server import black_hole
+
+    fake_hub.add("allenai/OLMo-2-0425-1B", "stage1-step150-tokens1B", {"config.json": b"{}"})
+    fake_hub.fail_next = 2  # two 503s, then the listing answers
+    source = HubSource(cache_dir=tmp_path / "hub", endpoint=fake_hub.url, retries=2, backoff_s=0.05, seed=0)
+    assert source.steps("allenai/OLMo-2-0425-1B") == [150]
+    assert [status for _, path, status in fake_hub.log if path.endswith("/refs")] == [503, 503, 200]
+
+    silent, url = black_hole()
+    dead = HubSource(cache_dir=tmp_path / "hub", endpoint=url, retries=1, timeout_s=0.5, backoff_s=0.2, seed=0)
+    started = time.monotonic()
+    with pytest.raises(TransientSourceError, match="listing its revisions: still failing after 2 attempts"):
+        dead.steps("allenai/OLMo-2-0425-1B")
+    assert 2 * 0.5 <= time.monotonic() - started <= dead.worst_case_s() + 1.0
+    silent.close()
 
 
 def test_model_names_repositories_and_families():

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +18,7 @@ from massive_activations.checkpoints import HubSource, TransientSourceError
 from massive_activations.hub_cache import CacheTooSmallError
 from massive_activations.store import Store
 from tests.conftest import serve_micro_as_pythia
+from tests.hub_server import black_hole
 
 MODEL = "nx-l2-d32-h2"
 STEPS = (0, 1, 2, 4, 8, 16, 32)  # the micro suite's steps that are on Pythia's schedule
@@ -122,21 +121,11 @@ def test_capture_and_evaluate_with_4_workers_on_a_tight_cache_all_succeed(prefec
     assert all(s["evaluated"] == len(STEPS) and not s["failed"] for s in result["summary"].values())
 
 
-def _black_hole() -> tuple[socket.socket, str]:
-    """A server that accepts connections and never answers: the slowest way for an endpoint to be dead."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-    threading.Thread(target=lambda: [held.append(server.accept()[0]) for _ in iter(int, 1)], daemon=True).start()
-    return server, f"http://127.0.0.1:{server.getsockname()[1]}"
-
-
 def test_a_dead_endpoint_fails_within_the_documented_worst_case_and_then_at_once(tmp_path, monkeypatch):
     import huggingface_hub.constants as constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    server, url = _black_hole()
+    server, url = black_hole()
     hub = HubSource(cache_dir=tmp_path / "hub", endpoint=url, retries=2, timeout_s=0.5, backoff_s=0.2, seed=0)
     bound = hub.worst_case_s()
     assert bound == pytest.approx(3 * 0.5 + 1.5 * (0.2 + 0.4))

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -43,6 +43,7 @@ from massive_activations.store import Store, StoreError
 from massive_activations.weights import in_dtype
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 WEIGHT_CANDIDATES = ("model.safetensors", "model.safetensors.index.json",
                      "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -224,7 +225,8 @@ class HubSource:
     Downloads are retried in exactly one layer, this class: each attempt is one metadata request
     without huggingface_hub's own retries (``timeout_s``), then the download; ``retries`` more
     attempts follow with jittered exponential backoff. Worst case before a file fails:
-    ``worst_case_s()``. Prefect does not retry a download again.
+    ``worst_case_s()``. Prefect does not retry a download again. Listing a repository's branches
+    goes through the same layer, with the same worst case.
     """
 
     kind = "hub"
@@ -275,21 +277,20 @@ class HubSource:
 
     def _branches(self, repo: str) -> list[str]:
         """The repository's branches (the Hub's refs API); offline, the revisions in the download cache."""
-        from huggingface_hub import HfApi, constants
-        from huggingface_hub.errors import RepositoryNotFoundError
+        from huggingface_hub import constants
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
         if constants.HF_HUB_OFFLINE:
             refs = self.cache_dir / f"models--{repo.replace('/', '--')}" / "refs"
             return sorted(p.name for p in refs.iterdir()) if refs.is_dir() else []
-        try:
-            refs = HfApi(endpoint=self.endpoint).list_repo_refs(repo)
-        except RepositoryNotFoundError as err:
-            raise CheckpointNotFoundError(f"no repository {repo!r} on {self.describe()['endpoint']}") from err
-        except Exception as err:  # noqa: BLE001 - classified just below
-            if reason := unreachable_reason(err):
-                raise HubUnreachableError(f"{repo}: listing its revisions: {reason}") from err
-            raise
-        return [b.name for b in refs.branches]
+
+        def listing() -> list[str]:  # HfApi.list_repo_refs waits without a timeout: a silent endpoint would hang
+            response = get_session().get(f"{self.describe()['endpoint']}/api/models/{repo}/refs",
+                                         headers=build_hf_headers(), timeout=self.timeout_s)
+            hf_raise_for_status(response)
+            return [branch["name"] for branch in response.json()["branches"]]
+
+        return self._retrying(listing, repo, None, f"{repo}: listing its revisions")
 
     def worst_case_s(self) -> float:
         """Seconds before a file on an endpoint that never answers fails: every attempt's metadata
@@ -323,30 +324,35 @@ class HubSource:
 
     def _download(self, repo: str, filename: str, revision: str,
                   before: Callable[[int], None] | None = None) -> Path:
+        return self._retrying(lambda: self._attempt(repo, filename, revision, before), repo, revision,
+                              f"{repo}@{revision}/{filename}")
+
+    def _retrying(self, call: Callable[[], _T], repo: str, revision: str | None, what: str) -> _T:
+        """The one retry layer: every request to the endpoint (a file, the refs listing) goes through it."""
         from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
         for attempt in range(self.retries + 1):
             if reason := self._endpoint_failed():
-                raise TransientSourceError(f"{repo}@{revision}/{filename}: {reason}")
+                raise TransientSourceError(f"{what}: {reason}")
             try:
-                return self._attempt(repo, filename, revision, before)
+                return call()
             except RevisionNotFoundError as err:
                 raise CheckpointNotFoundError(f"{repo} has no revision {revision!r}") from err
             except RepositoryNotFoundError as err:
                 raise CheckpointNotFoundError(f"no repository {repo!r} on {self.describe()['endpoint']}") from err
             except Exception as err:  # noqa: BLE001 - classified just below
                 if reason := unreachable_reason(err):
-                    raise HubUnreachableError(f"{repo}@{revision}/{filename}: {reason}") from err
+                    raise HubUnreachableError(f"{what}: {reason}") from err
                 if not (isinstance(err, TransientSourceError) or _is_transient(err)):
                     raise
                 if attempt == self.retries:
                     with _failed_lock:
                         _failed_endpoints[self.describe()["endpoint"]] = time.monotonic()
-                    raise TransientSourceError(f"{repo}@{revision}/{filename}: still failing after "
-                                               f"{self.retries + 1} attempts: {err}") from err
+                    raise TransientSourceError(f"{what}: still failing after {self.retries + 1} attempts: {err}") \
+                        from err
                 delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + self._jitter.random())
-                log.warning("%s@%s/%s: %s; retrying in %.1fs (attempt %d/%d)", repo, revision, filename,
-                            type(err).__name__, delay, attempt + 1, self.retries)
+                log.warning("%s: %s; retrying in %.1fs (attempt %d/%d)", what, type(err).__name__, delay,
+                            attempt + 1, self.retries)
                 time.sleep(delay)
         raise AssertionError("unreachable")
 

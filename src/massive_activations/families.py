@@ -142,18 +142,6 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 )}
 
 
-def hub_checkpoints(fam: Family, model: str, endpoint: str | None = None) -> list[Revision]:
-    """The model's checkpoints on the Hub (its branches, through the Hub's refs API), in training order."""
-    from huggingface_hub import HfApi
-
-    refs = HfApi(endpoint=endpoint).list_repo_refs(fam.repo_id(model))
-    found = fam.checkpoints([b.name for b in refs.branches])
-    if not found:
-        raise ValueError(f"{fam.repo_id(model)} has no branch that fits family {fam.name!r} "
-                         f"({', '.join(fam.examples)}); its branches: {sorted(b.name for b in refs.branches)[:10]}")
-    return found
-
-
 def model_key(name: str) -> str:
     """The store's name of a model: a catalogued Pythia name (given bare or as EleutherAI/…) as it is,
     any other repository ``org/name`` as ``org--name``; a bare name outside the catalogue is an error."""
