@@ -79,6 +79,27 @@ def test_prompt_set_round_trip_and_tamper_check(tokenizer, any_store: Store):
         load_prompt_set(any_store, set_id)
 
 
+def test_runs_saving_one_prompt_set_at_once_all_get_its_id(tokenizer, tmp_path):
+    """Two runs on one store build the same content-addressed set: whichever writes second finds it
+    there (after its own check said it was not), and that is success, not PartitionExistsError."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = Store(tmp_path / "store")
+    for seed in range(6):
+        prompts = build_prompt_set("t", TEXTS, tokenizer, n_sequences=3, length=16, seed=seed)
+        start = threading.Barrier(8)
+
+        def save(_: int, prompts=prompts, start=start) -> str:
+            start.wait()
+            return save_prompt_set(store, prompts)
+
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(save, range(8)))
+        assert ids == [prompts.set_id] * 8
+        assert np.array_equal(load_prompt_set(store, prompts.set_id).tokens, prompts.tokens)
+
+
 def test_bad_prompt_requests(tokenizer):
     with pytest.raises(ValueError, match="at least one sequence"):
         build_prompt_set("t", TEXTS, tokenizer, n_sequences=0, length=16)

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from massive_activations.store import Store, table_hash
+from massive_activations.store import PartitionExistsError, Store, table_hash
 
 DATASET = "prompts"
 FIRST_TOKENS = ("eos", "bos", "text")
@@ -175,12 +175,17 @@ def texts_from_hub_dataset(repo: str, filename: str, column: str = "text", revis
 
 
 def save_prompt_set(store: Store, prompts: PromptSet) -> str:
-    """Store a prompt set under its content-addressed id (idempotent) and return that id."""
+    """Store a prompt set under its content-addressed id (idempotent) and return that id. Another run
+    may store the same set between the check and the write: the id names the content, so what it
+    stored is this set, and its write stands."""
     partition = {"set": prompts.set_id}
     if store.partition_metadata(DATASET, partition) is None:
-        store.write_partition(DATASET, partition, prompts.to_table(),
-                              inputs={"name": prompts.name, "source": prompts.source},
-                              code_modules=("massive_activations.prompts",))
+        try:
+            store.write_partition(DATASET, partition, prompts.to_table(),
+                                  inputs={"name": prompts.name, "source": prompts.source},
+                                  code_modules=("massive_activations.prompts",))
+        except PartitionExistsError:
+            pass
     return prompts.set_id
 
 
