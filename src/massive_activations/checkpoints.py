@@ -265,15 +265,17 @@ class HubSource:
         key = (self.describe()["endpoint"], repo, fam)
         with _schedules_lock:
             if key not in _schedules:
-                _schedules[key] = fam.schedule(self._branches(repo))
-            found = _schedules[key]
-        if not found:
-            from huggingface_hub import constants
+                branches = self._branches(repo)
+                found = fam.schedule(branches)
+                if not found:  # not remembered: the branches may appear (or a download cache fill) later
+                    from huggingface_hub import constants
 
-            offline = " (HF_HUB_OFFLINE is set: only revisions already in the download cache are known)"
-            raise CheckpointNotFoundError(f"{repo} has no revision of family {fam.name!r} (they look like "
-                                          f"{', '.join(fam.examples)}){offline if constants.HF_HUB_OFFLINE else ''}")
-        return found
+                    offline = " (HF_HUB_OFFLINE is set: only revisions already in the download cache are known)"
+                    raise CheckpointNotFoundError(
+                        f"{repo} has no revision of family {fam.name!r} (they look like {', '.join(fam.examples)}); "
+                        f"its branches: {sorted(branches)[:10]}{offline if constants.HF_HUB_OFFLINE else ''}")
+                _schedules[key] = found
+            return _schedules[key]
 
     def _branches(self, repo: str) -> list[str]:
         """The repository's branches (the Hub's refs API); offline, the revisions in the download cache."""
