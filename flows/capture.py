@@ -14,16 +14,23 @@ from flows.params import DEFAULT_STORE, CaptureParams, EvalParams, Kind, PromptP
 from flows.tokens import prepare_tokens, prompt_texts
 from massive_activations.catalog import select_steps
 from massive_activations.checkpoints import make_source, resolve_device, resolve_dtype
+from massive_activations.errors import BadInputError
 from massive_activations.families import model_key
-from massive_activations.offline_suite import suite_prefix
+from massive_activations.offline_suite import SUITES, built_models, get_suite, suite_prefix
+from massive_activations.prompts import EVAL_BUDGETS
 from massive_activations.store import Store
 from tasks.capture import plot_ratios
 from tasks.progress import Progress
 
 
 def resolve_source(source: SourceParams, store: Store, suite: str) -> dict:
+    """The source's values; the default folder is the offline suite on the store, which must be built."""
     values = source.checkout()
     if source.kind == "folder" and not source.root:
+        if not built_models(get_suite(suite), store):
+            raise BadInputError(f"offline suite {suite!r} is not built on {store.url}: build it with `python -m "
+                                f"flows.offline_suite --suite {suite} --store {store.url}` (the pipeline builds it "
+                                f"too); suites: {', '.join(SUITES)}")
         values["root"] = store.url_for(suite_prefix(suite))
     return values
 
@@ -68,22 +75,27 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     src = make_source(**source_values)
     if models is None:
         if source.kind != "folder":
-            raise ValueError("name the models to capture (e.g. ['pythia-70m']) when reading from the Hub")
+            raise BadInputError("name the models to capture (e.g. ['pythia-70m']) when reading from the Hub")
         models = src.models()
     if not models:
-        raise ValueError(f"no models to capture under {source_values.get('root')}")
+        raise BadInputError(f"no models to capture under {source_values.get('root')}")
     if source.kind == "hub":  # org/name -> org--name, the store's model name (catalogued Pythia names stay)
         models = list(dict.fromkeys(model_key(m) for m in models))
     plan = {m: select_steps(steps, src.steps(m)) for m in models}  # validates before any heavy work
     evaluated = {m: set(select_steps(eval_steps, s)) if kinds else set() for m, s in plan.items()}
     texts = prompt_texts(prompts, suite, source.kind)
-    jobs = []
+    jobs, budgets = [], {}
     for model, model_steps in plan.items():
-        prompt_set, eval_tokens = prepare_tokens(target, src, model, model_steps[0], prompts, texts,
-                                                 folder_source=source.kind == "folder",
-                                                 evals=eval_settings if kinds else None)
+        prompt_set, eval_tokens, budget = prepare_tokens(target, src, model, model_steps[0], prompts, texts,
+                                                         folder_source=source.kind == "folder",
+                                                         evals=eval_settings if kinds else None)
         logger.info("%s: %d checkpoints with prompt set %s%s", model, len(model_steps), prompt_set,
                     f"; {len(evaluated[model])} also evaluated ({', '.join(kinds)})" if kinds else "")
+        if budget:
+            budgets[model] = {k: budget[k] for k in ("train_tokens", "heldout_tokens")}
+            logger.info("%s: evaluation tokens %d training, %d held-out%s", model, budget["train_tokens"],
+                        budget["heldout_tokens"], " (the default, cut to what the texts hold)"
+                        if None in budget["asked"] and budget["train_tokens"] < EVAL_BUDGETS[0] else "")
         for step in model_steps:
             job_kinds = kinds if step in evaluated[model] else ()
             jobs.append(Job(model, step, source_values,
@@ -95,10 +107,11 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     summary: dict = tally(results, "capture", ("captured", "skipped"))
     if kinds:
         summary["evaluations"] = {kind: tally(results, kind, ("evaluated", "skipped")) for kind in kinds}
+        summary["eval_tokens"] = budgets
     if summary["captured"] + summary["skipped"]:
         summary["figure"] = plot_ratios(target.url, list(plan))
     counted = {k: v if not isinstance(v, list) else len(v) for k, v in summary.items()
-               if k not in ("figure", "evaluations")}
+               if k not in ("figure", "evaluations", "eval_tokens")}
     figure = (figures_markdown([("Ratio of top-1 |h| to median |h| per layer vs step",
                                  target.read_bytes(summary["figure"]), target.url_for(summary["figure"]))])
               if "figure" in summary else "")
@@ -119,12 +132,19 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     return summary
 
 
+def eval_token_lines(capture_result: dict) -> list[str]:
+    """The evaluation budgets each model got, for a summary."""
+    return [f"evaluation tokens of {model}: {b['train_tokens']} training, {b['heldout_tokens']} held-out"
+            for model, b in capture_result.get("eval_tokens", {}).items()]
+
+
 def summary(result: dict, params: dict) -> str:
     store = Store(params["store"])
     lines = [f"captured {result['captured']}, skipped (already on the store) {result['skipped']}, "
              f"failed {len(result['failed'])}", f"data: {store.url_for('ratios')}"]
     for kind, s in result.get("evaluations", {}).items():
         lines.append(f"{kind}: evaluated {s['evaluated']}, skipped {s['skipped']}, failed {len(s['failed'])}")
+    lines += eval_token_lines(result)
     if "figure" in result:
         lines.append(f"figure: {store.url_for(result['figure'])}")
     return "\n".join(lines)

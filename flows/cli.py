@@ -4,7 +4,9 @@ Conventions (the README's "Command line"): each parameter is ``--name``; each fi
 is ``--group-field``, and also ``--field`` where no other option has that name; a parameter without a
 default is positional. Lists are comma-separated; an empty value clears an optional setting. Results are
 printed for a person, or as JSON with ``--json``. Exit codes: 0 done, 1 the run failed, 2 bad input
-(one line, no traceback unless ``--debug``).
+(``BadInputError``, wherever it is raised); either is one line, with no traceback unless ``--debug``.
+The console shows the project's own log lines only; Prefect's (engine states, server start-up, links)
+stay in the run's logs on the API unless ``--verbose``.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ import math
 import sys
 import typing
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydantic
 from prefect import Flow
+
+from flows.params import PROJECT_ROOT
+from flows.prechecks import precheck
+from massive_activations.errors import BadInputError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 Summary = Callable[[dict, dict], str]
@@ -123,7 +128,9 @@ def build_parser(flow: Flow, description: str, opts: list[Option]) -> argparse.A
                 kwargs["choices"] = list(opt.choices) + ([""] if opt.nullable else [])
         parser.add_argument(*flags, **kwargs)
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a summary")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--verbose", action="store_true", help="also show Prefect's own log lines (run states, "
+                        "server start-up) on the console")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and every log line")
     return parser
 
 
@@ -134,7 +141,7 @@ def parameters(defaults: dict, opts: list[Option], args: argparse.Namespace) -> 
     given = [opt for opt in opts if hasattr(args, opt.dest)]
     whole = {o.path[0] for o in given if len(o.path) == 1}
     if clash := sorted((o.path[0], o.flag) for o in given if len(o.path) > 1 and o.path[0] in whole):
-        raise ValueError(f"give either --{clash[0][0].replace('_', '-')} or its fields "
+        raise BadInputError(f"give either --{clash[0][0].replace('_', '-')} or its fields "
                          f"{', '.join(flag for _, flag in clash)}, not both")
     for opt in given:
         raw = getattr(args, opt.dest)
@@ -165,7 +172,7 @@ def validate(flow: Flow, params: dict) -> None:
         def flag(loc: tuple) -> str:
             parts = [str(x) for x in loc if isinstance(x, str) and x.islower() and "[" not in x]
             return "--" + "-".join(parts).replace("_", "-")
-        raise ValueError("; ".join(f"{flag(e['loc'])}: {e['msg']} (got {e['input']!r})"
+        raise BadInputError("; ".join(f"{flag(e['loc'])}: {e['msg']} (got {e['input']!r})"
                                    for e in err.errors())) from None
 
 
@@ -173,10 +180,11 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-class _NoTraceback(logging.Formatter):
-    """Formats as the wrapped formatter does, leaving tracebacks out of the console (they stay in the API's logs)."""
+class _Console(logging.Formatter):
+    """The console's format: Prefect's own (``--verbose``) or the bare message; never a traceback
+    (tracebacks stay in the API's logs; ``--debug`` shows them)."""
 
-    def __init__(self, inner: logging.Formatter) -> None:
+    def __init__(self, inner: logging.Formatter | None) -> None:
         super().__init__()
         self.inner = inner
 
@@ -184,48 +192,51 @@ class _NoTraceback(logging.Formatter):
         saved = record.exc_info, record.exc_text, record.stack_info
         record.exc_info = record.exc_text = record.stack_info = None
         try:
-            return self.inner.format(record)
+            return self.inner.format(record) if self.inner else record.getMessage()
         finally:
             record.exc_info, record.exc_text, record.stack_info = saved
 
 
-@contextmanager
-def _quiet_tracebacks() -> Iterator[None]:
-    from prefect.logging.handlers import PrefectConsoleHandler
+_OURS = tuple(str(PROJECT_ROOT / part) + "/" for part in ("flows", "tasks", "src", "deployments"))
 
+
+def _ours(record: logging.LogRecord) -> bool:
+    """Logged by the project's code (progress, results), not by Prefect or another library."""
+    return record.pathname.startswith(_OURS)
+
+
+def _console(verbose: bool, debug: bool = False) -> None:
+    """Set what the console shows from here to the process's end (the ephemeral server's stop notice
+    comes at exit): the project's own lines, plainly; with ``verbose``, Prefect's too, in its format;
+    with ``debug``, also tracebacks. What the API's log handler receives is unchanged."""
     loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
                                       if isinstance(v, logging.Logger))]
-    handlers = {id(h): h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}
-    saved = {key: h.formatter for key, h in handlers.items()}
-    for h in handlers.values():
-        h.setFormatter(_NoTraceback(h.formatter or logging.Formatter()))
-    try:
-        yield
-    finally:
-        for key, h in handlers.items():
-            h.setFormatter(saved[key])
+    consoles = {id(h): h for lg in loggers for h in lg.handlers  # Prefect's console and debug handlers
+                if isinstance(h, logging.StreamHandler) and type(h).__module__.startswith("prefect")}
+    for h in consoles.values():
+        prefect_format = h.formatter.inner if isinstance(h.formatter, _Console) else h.formatter
+        h.setFormatter(prefect_format if debug else _Console(prefect_format if verbose else None))
+        if verbose or debug:
+            h.removeFilter(_ours)
+        else:
+            h.addFilter(_ours)
 
 
 def run(flow: Flow, summary: Summary, argv: list[str] | None = None, description: str | None = None) -> int:
-    """Parse, validate, run, print; the exit code (argparse itself exits with 2 on a malformed command)."""
+    """Parse, check, run, print; the exit code (argparse itself exits with 2 on a malformed command)."""
     schema = flow.parameters.model_dump()
     opts = _options(schema)
     parser = build_parser(flow, description or (flow.fn.__doc__ or flow.name).strip().splitlines()[0], opts)
     args = parser.parse_args(argv)
     try:
         params = parameters(schema["properties"], opts, args)
-        validate(flow, params)  # bad values fail here, before any server or work starts
-    except ValueError as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    resolved = {name: prop["default"] for name, prop in schema["properties"].items() if "default" in prop} | params
-    try:
-        if args.debug:
-            result = flow(**params)
-        else:
-            with _quiet_tracebacks():
-                result = flow(**params)
-    except ValueError as err:  # includes StoreConfigError and pydantic's errors
+        validate(flow, params)
+        resolved = {name: prop["default"] for name, prop in schema["properties"].items()
+                    if "default" in prop} | params
+        precheck(resolved)  # what the values alone show is bad fails here, before any server or work starts
+        _console(args.verbose, args.debug)
+        result = flow(**params)
+    except BadInputError as err:
         if args.debug:
             raise
         print(f"error: {_one_line(err)}", file=sys.stderr)

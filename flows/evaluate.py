@@ -16,6 +16,7 @@ from flows.tokens import prepare_tokens, prompt_texts
 from massive_activations.capture_run import STATS
 from massive_activations.catalog import select_steps
 from massive_activations.checkpoints import make_source, resolve_device, resolve_dtype
+from massive_activations.errors import BadInputError
 from massive_activations.families import model_key
 from massive_activations.prompts import DATASET as PROMPTS
 from massive_activations.store import Store
@@ -32,7 +33,7 @@ def plan_evaluations(target: Store, models: list[str] | None, steps: str) -> dic
     models = [model_key(m) if "/" in m else m for m in models or sorted(captured)]  # org/name: as stored
     missing = [m for m in models if m not in captured]
     if missing or not models:
-        raise ValueError(f"nothing captured on {target.url} for {missing or models}; captured: {sorted(captured)}")
+        raise BadInputError(f"nothing captured on {target.url} for {missing or models}; captured: {sorted(captured)}")
     return {m: select_steps(steps, sorted(captured[m])) for m in models}
 
 
@@ -71,7 +72,7 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
     logger = get_run_logger()
     kinds = tuple(dict.fromkeys(kinds))
     if not kinds:
-        raise ValueError("choose at least one evaluation: sae, itda, quant")
+        raise BadInputError("choose at least one evaluation: sae, itda, quant")
     resolve_device(device)  # before any download or load
     resolve_dtype(dtype)
     values = settings.to_settings()
@@ -85,16 +86,16 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
         first = captured[model_steps[0]]
         mixed = sorted({c["prompt_set"] for c in captured.values()})
         if len(mixed) > 1:
-            raise ValueError(f"{model}: the selected checkpoints were captured with different prompt sets {mixed}; "
+            raise BadInputError(f"{model}: the selected checkpoints were captured with different prompt sets {mixed}; "
                              "recapture them with one")
         checkout = {**first["source"], **source.downloads()}
         kind = first["source"]["kind"]
         used = prompts or captured_prompts(target, mixed[0])
-        prompt_set, eval_tokens = prepare_tokens(target, make_source(**checkout), model, model_steps[0], used,
+        prompt_set, eval_tokens, _ = prepare_tokens(target, make_source(**checkout), model, model_steps[0], used,
                                                  prompt_texts(used, suite, kind), folder_source=kind == "folder",
                                                  evals=settings)
         if prompt_set != mixed[0]:
-            raise ValueError(f"{model} was captured with prompt set {mixed[0]}; these prompt settings give "
+            raise BadInputError(f"{model} was captured with prompt set {mixed[0]}; these prompt settings give "
                              f"{prompt_set}: pass the capture's prompts (and suite) so the evaluation tokens share "
                              "no document with its prompts")
         for step in model_steps:

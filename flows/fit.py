@@ -15,6 +15,7 @@ from flows import cli
 from flows.artifacts import figures_markdown
 from flows.params import DEFAULT_STORE, FitParams
 from massive_activations.emergence import PEAK_CLASSES, FitSettings
+from massive_activations.errors import BadInputError
 from massive_activations.families import model_key
 from massive_activations.fit_run import COMPARISON, FITS, check_series_names
 from massive_activations.store import Store
@@ -55,10 +56,13 @@ def fit(models: list[str] | None = None, series: tuple[str, ...] = ("ratio", "to
     fit_settings = FitSettings(**settings.model_dump())
     target = Store(store)
     present = sorted({p["model"] for p in target.partitions("ratios")})
+    if not present:
+        raise BadInputError(f"nothing captured on {target.url}: run `python -m flows.capture --store {target.url}` "
+                            "first (or the pipeline, which captures and fits)")
     models = [model_key(m) if "/" in m else m for m in models or present]  # org/name: as stored
     missing = [m for m in models if m not in present]
     if missing:
-        raise ValueError(f"no ratios on {target.url} for {missing}; captured models: {present}")
+        raise BadInputError(f"no ratios on {target.url} for {missing}; captured models: {present}")
     fit_task = on_store(fit_model_task, target)
     results = {model: fit_task(target.url, model, series, asdict(fit_settings), force=refresh) for model in models}
     figures = {model: result["figures"] for model, result in results.items()}

@@ -18,6 +18,7 @@ from flows.fit import fit
 from flows.params import DEFAULT_STORE, CaptureParams, PromptParams, SourceParams
 from massive_activations.checkpoints import make_source
 from massive_activations.emergence import MIN_POINTS
+from massive_activations.errors import BadInputError
 from massive_activations.store import Store
 from tasks.monitor import forecast_task
 
@@ -27,7 +28,7 @@ def split_run_url(checkpoints: str) -> tuple[str, str]:
     trimmed = checkpoints.rstrip("/")
     parent, _, name = trimmed.rpartition("/")
     if not name or not parent:
-        raise ValueError(f"checkpoints {checkpoints!r} must be a folder path like /runs/my-run or s3://bucket/my-run")
+        raise BadInputError(f"checkpoints {checkpoints!r} must be a folder path like /runs/my-run or s3://bucket/my-run")
     return parent, name
 
 

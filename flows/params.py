@@ -96,9 +96,13 @@ class EvalParams(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    train_tokens: int = Field(2**16, ge=2, le=2**32, description="Evaluation tokens to train SAEs and ITDA on "
-                                                                  "(whole sequences of the prompt length)")
-    heldout_tokens: int = Field(2**13, ge=2, le=2**32, description="Evaluation tokens held out to measure on")
+    train_tokens: int | None = Field(None, ge=2, le=2**32,
+                                     description="Evaluation tokens to train SAEs and ITDA on (whole sequences of the "
+                                                 "prompt length); empty: 65536, or fewer when the texts hold fewer "
+                                                 "(a small suite's held-out text), keeping 8:1 to the held-out ones")
+    heldout_tokens: int | None = Field(None, ge=2, le=2**32,
+                                       description="Evaluation tokens held out to measure on; empty: 8192, or fewer "
+                                                   "as above")
     eval_text_file: str | None = Field(None, description="Evaluation texts (.txt, .jsonl, .parquet); empty: the "
                                                          "prompt texts after the documents the prompts took")
     eval_hub_dataset: str | None = Field(None, description="Or a Hub dataset repo for the evaluation texts")

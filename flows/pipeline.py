@@ -11,11 +11,11 @@ import sys
 import time
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows import cli
-from flows.capture import capture
+from flows.capture import capture, eval_token_lines
 from flows.evaluate import evaluate
 from flows.fit import fit
 from flows.offline_suite import offline_suite
@@ -66,7 +66,6 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
         refresh: Stages to recompute and rewrite, whatever the store holds.
         until: The last stage to run (e.g. capture, to collect data now and analyse later).
     """
-    logger = get_run_logger()
     again = set(refresh or ())
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -94,16 +93,16 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
         out["fit"] = timed("fit", fit(models=captured, store=store, settings=fit_settings, refresh="fit" in again))
     if last >= STAGES.index("regress"):
         out["regress"] = timed("regress", regress(store=store, refresh="regress" in again))
-        out["predict"] = timed("predict", predict(architecture=unseen, store=store))
+        if out["regress"]["status"] != "not trained":
+            out["predict"] = timed("predict", predict(architecture=unseen, store=store))
     if evaluating:  # the evaluations are on the store now: this reports them across checkpoints
         out["evaluate"] = timed("evaluate", evaluate.with_options(task_runner=task_runner(runner))(
             models=captured, steps=eval_steps, store=store, kinds=evaluations, settings=eval_settings,
             device=device, source=source, suite=suite, prompts=prompts))
     target = Store(store)
-    out["where"] = {name: target.url_for(name) for name in OUTPUTS}
+    out["where"] = {name: target.url_for(name) for name in OUTPUTS if target.exists(name)}  # what this store holds
     out["timings"] = timings
     create_markdown_artifact(_report(out, target), key="pipeline-report")
-    logger.info("results on the store:\n%s", "\n".join(f"  {k:22s} {v}" for k, v in out["where"].items()))
     return out
 
 
@@ -115,8 +114,8 @@ def _report(out: dict, target: Store) -> str:
             f"; {k} evaluated {s['evaluated']}, skipped {s['skipped']}" for k, s in r.get("evaluations", {}).items()),
         "fit": lambda r: f"mean R² {r['mean_r2']:.3f}; " + ", ".join(
             f"{m} {x['status']}" for m, x in r["results"].items()),
-        "regress": lambda r: "best LOMO R² " + ", ".join(f"{k} {v:.2f}" for k, v in r["best_lomo_r2"].items()
-                                                         if math.isfinite(v)),
+        "regress": lambda r: r.get("reason") or "best LOMO R² " + ", ".join(
+            f"{k} {v:.2f}" for k, v in r["best_lomo_r2"].items() if math.isfinite(v)),
         "predict": lambda r: f"figure `{target.url_for(r['figure'])}`",
         "evaluate": lambda r: f"reports of {len(r['figures'])} models",
     }
@@ -153,14 +152,18 @@ def summary(result: dict, params: dict) -> str:
     cap = result["capture"]
     lines.append(f"Checkpoints captured {cap['captured']}, skipped (already on the store) {cap['skipped']}, "
                  f"failed {len(cap['failed'])}")
+    lines += [line[0].upper() + line[1:] for line in eval_token_lines(cap)]
     if "fit" in result:
         lines.append(f"Mean R² of the emergence fit (ratio, all layers): {result['fit']['mean_r2']:.3f} (paper: 0.984)")
         lines += _fit_lines(store)
-    if "regress" in result:
+    if result.get("regress", {}).get("status") == "not trained":
+        lines.append(f"No regressors trained: {result['regress']['reason']}")
+    elif "regress" in result:
         lines.append(_table3_line(store))
         lomo = ", ".join(f"{k} {v:.2f}" for k, v in result["regress"]["best_lomo_r2"].items() if math.isfinite(v))
         lines.append(f"Architecture → emergence, best leave-one-model-out R² per target (untrained ones left out): "
                      f"{lomo}")
+        lines += [f"Regress: {line}" for line in result["regress"]["skipped_parts"]]
         lines.append(f"Prediction for an unseen architecture: {store.url_for(result['predict']['figure'])}")
     if "evaluate" in result:
         lines.append(f"Evaluation figures (metric vs step, ratio dashed): {store.url_for('plots/evals')}")

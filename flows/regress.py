@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows import cli
 from flows.artifacts import figures_markdown
 from flows.params import DEFAULT_STORE
+from massive_activations.errors import BadInputError
 from massive_activations.regress_run import PAPER_TABLE3
 from massive_activations.regression import CONFIGS, RAW_TARGETS, REGRESSORS, TARGETS
 from massive_activations.store import Store
@@ -61,12 +62,21 @@ def regress(store: str = DEFAULT_STORE, series: str = "ratio", seed: int = 0,
     """
     target = Store(store)
     models = sorted({p["model"] for p in target.partitions("fits")})
-    if len(models) < 2:
-        raise ValueError(f"need fits of at least 2 models on {target.url}, found {models}")
+    if not models:
+        raise BadInputError(f"nothing fitted on {target.url}: run `python -m flows.fit --store {target.url}` after a "
+                            "capture (or the pipeline, which does both)")
     result = on_store(train_regressors, target)(target.url, series, seed, list(regressors), force=refresh)
     if result["left_out"]:
         get_run_logger().info("left out (no known architecture, e.g. monitored runs): %s", result["left_out"])
+    if result["status"] == "not trained":
+        get_run_logger().info("regress: nothing trained: %s", result["reason"])
+        return {"status": result["status"], "reason": result["reason"], "chosen": {}, "best_lomo_r2": {},
+                "skipped_parts": [], "model_key": None, "left_out": result["left_out"],
+                "mean_best_lomo_r2": float("nan")}
     scores = result["scores"]
+    skipped = skipped_parts(scores)
+    for line in skipped:
+        get_run_logger().info("regress: %s", line)
     create_table_artifact(scores, key="regression-scores", description="R², MAE, RMSE per protocol, target, model")
     classes = "\n".join(f"- {c['protocol']}: accuracy {c['accuracy']:.2f} on {c['n_test']} rows (majority class "
                         f"{c['majority_share']:.2f}), confusion "
@@ -92,19 +102,35 @@ def regress(store: str = DEFAULT_STORE, series: str = "ratio", seed: int = 0,
     best_lomo = best_lomo_r2(scores)
     get_run_logger().info("best leave-one-model-out R² per target: %s",
                           {t: round(v, 3) for t, v in best_lomo.items()})
-    return {"chosen": result["chosen"], "best_lomo_r2": best_lomo, "model_key": result["model_key"],
-            "left_out": result["left_out"],
+    return {"status": result["status"], "chosen": result["chosen"], "best_lomo_r2": best_lomo,
+            "model_key": result["model_key"], "left_out": result["left_out"], "skipped_parts": skipped,
             "mean_best_lomo_r2": float(np.mean(raw)) if (raw := [best_lomo[t] for t in RAW_TARGETS
                                                                    if np.isfinite(best_lomo[t])]) else float("nan")}
 
 
+def skipped_parts(scores: list[dict]) -> list[str]:
+    """What was not scored, and why: one line per (configuration, protocol, reason), naming the targets."""
+    parts: dict[tuple[str, str, str], list[str]] = {}
+    for r in scores:
+        if not np.isfinite(r["r2"]):
+            targets = parts.setdefault((r["config"], r["protocol"], r["note"] or "no score"), [])
+            if r["target"] not in targets:
+                targets.append(r["target"])
+    return [f"{config} configuration, {protocol}: {', '.join(targets)} skipped ({note})"
+            for (config, protocol, note), targets in parts.items()]
+
+
 def summary(result: dict, params: dict) -> str:
-    rows = [{"target": t, "best LOMO R²": r2, "chosen": result["chosen"].get(t)}
-            for t, r2 in result["best_lomo_r2"].items()]
-    lines = [cli.table(rows)]
+    lines = []
+    if result["status"] == "not trained":
+        lines.append(f"no regressors trained: {result['reason']}")
+    else:
+        rows = [{"target": t, "best LOMO R²": r2, "chosen": result["chosen"].get(t)}
+                for t, r2 in result["best_lomo_r2"].items()]
+        lines += [cli.table(rows), *result["skipped_parts"],
+                  f"regressors: {Store(params['store']).url_for(result['model_key'])}"]
     if result["left_out"]:
         lines.append(f"left out (no known architecture): {', '.join(result['left_out'])}")
-    lines.append(f"regressors: {Store(params['store']).url_for(result['model_key'])}")
     return "\n".join(lines)
 
 

@@ -8,6 +8,8 @@ from urllib.parse import urlparse
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
+from massive_activations.errors import BadInputError
+
 
 class RunnerParams(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -39,12 +41,12 @@ def task_runner(params: RunnerParams) -> TaskRunner:
     api = reporting_api()
     if params.dask_address:
         if not api or urlparse(api).hostname in ("127.0.0.1", "localhost", "::1"):
-            raise ValueError(f"a Dask cluster at {params.dask_address} cannot reach this machine's Prefect API "
+            raise BadInputError(f"a Dask cluster at {params.dask_address} cannot reach this machine's Prefect API "
                              f"({api or 'an ephemeral one'}): start `prefect server start --host <reachable "
                              "address>` and set PREFECT_API_URL here and on the workers")
         return DaskTaskRunner(address=params.dask_address)
     if not api:
-        raise ValueError("runner=dask needs a Prefect API its workers can reach: call it from a running flow "
+        raise BadInputError("runner=dask needs a Prefect API its workers can reach: call it from a running flow "
                          "(the pipeline does), or set PREFECT_API_URL")
     return DaskTaskRunner(cluster_kwargs={"n_workers": params.max_workers, "threads_per_worker": 1,
                                          "processes": True, "dashboard_address": None,

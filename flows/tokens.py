@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flows.params import EvalParams, PromptParams
 from massive_activations.corpus import stdlib_docstrings
+from massive_activations.errors import BadInputError
 from massive_activations.model_parts import check_config
 from massive_activations.offline_suite import SUITES, split_documents
 from massive_activations.prompts import (
@@ -27,7 +28,7 @@ def _texts(text_file: str | None, hub_dataset: str | None, hub_file: str | None)
         return texts_from_file(text_file)
     if hub_dataset:
         if not hub_file:
-            raise ValueError(f"hub_dataset {hub_dataset!r} needs hub_file: the dataset file to read texts from")
+            raise BadInputError(f"hub_dataset {hub_dataset!r} needs hub_file: the dataset file to read texts from")
         return texts_from_hub_dataset(hub_dataset, hub_file)
     return None
 
@@ -44,8 +45,9 @@ def prompt_texts(prompts: PromptParams, suite: str, source_kind: str) -> list[st
 
 
 def prepare_tokens(store: Store, source, model: str, first_step: int, prompts: PromptParams, texts: list[str],
-                   folder_source: bool, evals: EvalParams | None = None) -> tuple[str, str | None]:
-    """The ids of the model's prompt set and (with ``evals``) its evaluation token set, both stored."""
+                   folder_source: bool, evals: EvalParams | None = None) -> tuple[str, str | None, dict | None]:
+    """The ids of the model's prompt set and (with ``evals``) its evaluation token set, both stored, and
+    the evaluation set's budget (the tokens it holds, and what was asked)."""
     from transformers import AutoConfig, AutoTokenizer
 
     with source.checkout(model, first_step, weights=False) as path:  # config and tokenizer only
@@ -55,11 +57,13 @@ def prepare_tokens(store: Store, source, model: str, first_step: int, prompts: P
         tokenizer = AutoTokenizer.from_pretrained(path)
     length = prompts.length or min(context, 2048)
     if length > context:
-        raise ValueError(f"prompt length {length} exceeds {model}'s context of {context} tokens")
+        raise BadInputError(f"prompt length {length} exceeds {model}'s context of {context} tokens")
     first = first_token_for(prompts.first_token, tokenizer, folder_source)
     name = f"{model}-n{prompts.n_sequences}-len{length}" + ("" if first == "eos" else f"-{first}")
     built = build_prompt_set(name, texts, tokenizer, prompts.n_sequences, length, prompts.seed, first=first)
     eval_tokens = None if evals is None else build_eval_tokens(
         built, texts, tokenizer, evals.train_tokens, evals.heldout_tokens,
         _texts(evals.eval_text_file, evals.eval_hub_dataset, evals.eval_hub_file))  # both built before either is stored
-    return save_prompt_set(store, built), None if eval_tokens is None else save_prompt_set(store, eval_tokens)
+    if eval_tokens is None:
+        return save_prompt_set(store, built), None, None
+    return save_prompt_set(store, built), save_prompt_set(store, eval_tokens), eval_tokens.source["budget"]

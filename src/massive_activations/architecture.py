@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from massive_activations.catalog import PYTHIA, Architecture, CatalogError, pythia_model
+from massive_activations.errors import BadInputError
 from massive_activations.provenance import stable_hash
 
 FEATURES = ("rel_depth", "rel_depth2", "rel_depth3", "rel_depth_sqrt", "heads_per_dim", "mlp_ratio",
@@ -31,7 +32,7 @@ PAPER_FEATURES = FEATURES[:10]
 
 def layer_features(arch: Architecture, layer: int) -> dict[str, float]:
     if not 0 <= layer < arch.n_layers:
-        raise ValueError(f"{arch.name}: layer {layer} outside 0..{arch.n_layers - 1}")
+        raise BadInputError(f"{arch.name}: layer {layer} outside 0..{arch.n_layers - 1}")
     r = (layer + 1) / arch.n_layers
     return {
         "rel_depth": r, "rel_depth2": r**2, "rel_depth3": r**3, "rel_depth_sqrt": math.sqrt(r),

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from massive_activations.errors import BadInputError
 from massive_activations.model_parts import ModelParts, block_output, find_parts, input_device
 
 CODE_MODULES = ("massive_activations.capture", "massive_activations.model_parts")
@@ -44,13 +45,13 @@ class CaptureSettings:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise BadInputError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.samples_per_layer < 0:
-            raise ValueError(f"samples_per_layer must be >= 0, got {self.samples_per_layer}")
+            raise BadInputError(f"samples_per_layer must be >= 0, got {self.samples_per_layer}")
         if self.sample_dtype not in ("float16", "float32"):
-            raise ValueError(f"sample_dtype must be float16 or float32, got {self.sample_dtype!r}")
+            raise BadInputError(f"sample_dtype must be float16 or float32, got {self.sample_dtype!r}")
         if self.massive_abs <= 0 or self.massive_rel <= 0:
-            raise ValueError("massive_abs and massive_rel must be positive")
+            raise BadInputError("massive_abs and massive_rel must be positive")
 
 
 @dataclass
@@ -155,7 +156,7 @@ def capture(model: Any, tokens: np.ndarray, settings: CaptureSettings = CaptureS
         raise ValueError(f"tokens must be a non-empty (sequences, length) array, got shape {tokens.shape}")
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and tokens.shape[1] > context:
-        raise ValueError(f"prompt length {tokens.shape[1]} exceeds the model's context of {context} tokens")
+        raise BadInputError(f"prompt length {tokens.shape[1]} exceeds the model's context of {context} tokens")
     vocab = model.config.vocab_size
     if tokens.min() < 0 or tokens.max() >= vocab:
         raise ValueError(f"token ids must lie in [0, {vocab}), got [{tokens.min()}, {tokens.max()}]")

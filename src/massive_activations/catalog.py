@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from massive_activations.errors import BadInputError
+
 PYTHIA_VOCAB = 50304
 PYTHIA_CONTEXT = 2048
 TOKENS_PER_STEP = 2_097_152
@@ -18,7 +20,7 @@ TOKENS_PER_STEP = 2_097_152
 PYTHIA_STEPS: tuple[int, ...] = (0, *(2**i for i in range(10)), *range(1000, 143001, 1000))
 
 
-class CatalogError(ValueError):
+class CatalogError(BadInputError):
     """An unknown model or a step selection that does not fit the schedule."""
 
 

@@ -36,6 +36,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from massive_activations.catalog import Architecture, select_steps
+from massive_activations.errors import BadInputError
 from massive_activations.families import repo_of, resolve_family
 from massive_activations.hub_cache import HubCache
 from massive_activations.model_parts import check_config
@@ -126,11 +127,11 @@ def device_map_of(device: str) -> dict[str, Any] | None:
         try:
             convert_file_size_to_int(size)
         except ValueError as err:
-            raise ValueError(f"device {device!r}: size {size!r} of {where!r} is not a size like 20GiB") from err
+            raise BadInputError(f"device {device!r}: size {size!r} of {where!r} is not a size like 20GiB") from err
         if not sep or not (isinstance(key, int) or key == "cpu"):
-            raise ValueError(f"device {device!r}: each cap is <gpu index>=<size> or cpu=<size>, got {item!r}")
+            raise BadInputError(f"device {device!r}: each cap is <gpu index>=<size> or cpu=<size>, got {item!r}")
         if isinstance(key, int) and key >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: GPU {key} asked for, but this machine has "
+            raise BadInputError(f"device {device!r}: GPU {key} asked for, but this machine has "
                              f"{torch.cuda.device_count()}")
         memory[key] = size
     return {"device_map": "auto", **({"max_memory": memory} if memory else {})}
@@ -146,15 +147,16 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as err:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or map[:0=20GiB,cpu=64GiB]") from err
+        raise BadInputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or "
+                            "map[:0=20GiB,cpu=64GiB]") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available on this machine")
+        raise BadInputError(f"device {device!r} asked for, but CUDA is not available on this machine")
     return dev
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        raise BadInputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -237,7 +239,7 @@ class HubSource:
                  max_backoff_s: float = 60.0, timeout_s: float = 30.0, seed: int | None = None,
                  family: str | dict[str, Any] | None = None):
         if max_cache_gb <= 0 or retries < 0 or timeout_s <= 0:
-            raise ValueError(f"need max_cache_gb > 0, retries >= 0, timeout_s > 0; got {max_cache_gb}, {retries}, "
+            raise BadInputError(f"need max_cache_gb > 0, retries >= 0, timeout_s > 0; got {max_cache_gb}, {retries}, "
                              f"{timeout_s}")
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE / "hub")
         self.max_cache_bytes = int(max_cache_gb * 2**30)
@@ -613,6 +615,6 @@ def make_source(kind: str, root: str | None = None, endpoint: str | None = None,
                          timeout_s=download_timeout_s, family=family)
     if kind == "folder":
         if not root:
-            raise ValueError("a folder source needs a root URL (a local folder or s3://bucket/prefix)")
+            raise BadInputError("a folder source needs a root URL (a local folder or s3://bucket/prefix)")
         return FolderSource(Store(root, storage_options=storage_options), cache_dir=cache_dir)
-    raise ValueError(f"unknown checkpoint source kind {kind!r}; use 'hub' or 'folder'")
+    raise BadInputError(f"unknown checkpoint source kind {kind!r}; use 'hub' or 'folder'")

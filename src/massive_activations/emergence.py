@@ -42,6 +42,8 @@ import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit, least_squares
 from scipy.special import expit, lambertw
 
+from massive_activations.errors import BadInputError
+
 PARAMS = ("A", "lam", "gamma", "t0", "K")
 MIN_POINTS = 6
 LAM_MAX, SCALE_MAX = 50.0, 1e6
@@ -52,7 +54,7 @@ AMPLITUDE_SCALE = 1e4
 DESCRIPTORS = ("y_first", "y_last", "rise", "t_half", "t_peak", "peak_value", "K_identified")
 
 
-class SeriesError(ValueError):
+class SeriesError(BadInputError):
     """A series that cannot be fitted as given."""
 
 
@@ -66,7 +68,7 @@ class FitSettings:
 
     def __post_init__(self) -> None:
         if self.n_random_starts < 0 or self.n_grid_starts < 1:
-            raise ValueError("need n_random_starts >= 0 and n_grid_starts >= 1")
+            raise BadInputError("need n_random_starts >= 0 and n_grid_starts >= 1")
 
 
 @dataclass

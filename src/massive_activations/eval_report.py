@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 from scipy.stats import spearmanr
 
+from massive_activations.errors import BadInputError
 from massive_activations.eval_run import CODE_MODULES as EVAL_MODULES
 from massive_activations.eval_run import EVALS, ITDA_SIMILARITY, QUANT_MODEL
 from massive_activations.plots import plot_eval_metrics
@@ -77,7 +78,7 @@ def joined_view(store: Store, models: list[str]) -> pa.Table:
                                  "variant": rec.get("variant", kind), "metric": metric,
                                  "value": float(rec[metric]), "ratio": against})
     if not rows:
-        raise ValueError(f"no evaluations on {store.url} for {models}")
+        raise BadInputError(f"no evaluations on {store.url} for {models}")
     return pa.Table.from_pylist(rows)
 
 

@@ -26,6 +26,7 @@ import torch
 
 from massive_activations.activations import LayerActivations, LayerSamples
 from massive_activations.checkpoints import CheckpointHandle, CheckpointSource
+from massive_activations.errors import BadInputError
 from massive_activations.itda import ITDADictionary, ITDASettings, itda, jaccard, layer_matching_score, matching_pursuit
 from massive_activations.model_parts import find_parts, input_device
 from massive_activations.prompts import PromptSet
@@ -70,16 +71,17 @@ class MaskSettings:
         for name in ("massive_abs", "massive_rel"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0 or None, got {value}")
+                raise BadInputError(f"{name} must be > 0 or None, got {value}")
 
 
 @dataclass(frozen=True)
 class EvalSettings:
     """``train_tokens``/``heldout_tokens``: the evaluation token set's budgets (whole sequences of the
-    prompt length, rounded up), which the flows build it with."""
+    prompt length, rounded up), which the flows build it with; None: the default, cut to what the
+    texts hold (``prompts.eval_budget``)."""
 
-    train_tokens: int = 2**16
-    heldout_tokens: int = 2**13
+    train_tokens: int | None = None
+    heldout_tokens: int | None = None
     seed: int = 0
     sae_kinds: tuple[str, ...] = ("topk", "relu")
     sae: SAESettings = field(default_factory=SAESettings)
@@ -90,15 +92,15 @@ class EvalSettings:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        if self.train_tokens < 2 or self.heldout_tokens < 2:
-            raise ValueError(f"train_tokens and heldout_tokens must be >= 2, got {self.train_tokens}, "
+        if any(n is not None and n < 2 for n in (self.train_tokens, self.heldout_tokens)):
+            raise BadInputError(f"train_tokens and heldout_tokens must be >= 2 or None, got {self.train_tokens}, "
                              f"{self.heldout_tokens}")
         for kind in self.sae_kinds:
             SAESettings(**{**asdict(self.sae), "kind": kind})  # validates each kind
         if not self.quant_bits or min(self.quant_bits) < 2:
-            raise ValueError(f"quant_bits must be bit widths >= 2, got {self.quant_bits}")
+            raise BadInputError(f"quant_bits must be bit widths >= 2, got {self.quant_bits}")
         if self.quant_top_k < 1 or self.batch_size < 1:
-            raise ValueError(f"quant_top_k and batch_size must be >= 1, got {self.quant_top_k}, {self.batch_size}")
+            raise BadInputError(f"quant_top_k and batch_size must be >= 1, got {self.quant_top_k}, {self.batch_size}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EvalSettings:
@@ -116,7 +118,7 @@ class EvalSettings:
 def eval_inputs(model: str, step: int, kind: str, source: CheckpointSource, prompt_set: str, eval_tokens: str,
                 settings: EvalSettings, dtype: str = "float32") -> dict[str, Any]:
     if kind not in KINDS:
-        raise ValueError(f"unknown evaluation {kind!r}; choose from {', '.join(KINDS)}")
+        raise BadInputError(f"unknown evaluation {kind!r}; choose from {', '.join(KINDS)}")
     return {"model": model, "step": step, "kind": kind, "source": source.describe(), "prompt_set": prompt_set,
             "eval_tokens": eval_tokens, "settings": asdict(settings), "dtype": dtype}
 
@@ -381,7 +383,7 @@ def itda_similarity(store: Store, model: str) -> pa.Table:
     """Per (step, layer): Jaccard of the dictionary's labels with the final checkpoint's; per step, layer matching."""
     table = store.read_dataset(f"{EVALS}/itda", where={"model": model})
     if table.num_rows == 0:
-        raise ValueError(f"no ITDA evaluations for {model} on {store.url}")
+        raise BadInputError(f"no ITDA evaluations for {model} on {store.url}")
     by_step: dict[int, dict[int, list[tuple[int, int]]]] = {}
     for row in table.select(["step", "layer", "atom_seq", "atom_pos"]).to_pylist():
         by_step.setdefault(row["step"], {})[row["layer"]] = list(zip(row["atom_seq"], row["atom_pos"], strict=True))

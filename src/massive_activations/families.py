@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from massive_activations.catalog import PYTHIA, PYTHIA_STEPS, CatalogError, pythia_model
+from massive_activations.errors import BadInputError
 
 _UNITS = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
 
@@ -53,21 +54,21 @@ class Family:
         try:
             pattern = re.compile(self.revision)
         except re.error as err:
-            raise ValueError(f"family {self.name!r}: revision pattern {self.revision!r} is not a regex "
+            raise BadInputError(f"family {self.name!r}: revision pattern {self.revision!r} is not a regex "
                              f"({err})") from err
         if "step" not in pattern.groupindex:
-            raise ValueError(f"family {self.name!r}: revision pattern {self.revision!r} needs a named group "
+            raise BadInputError(f"family {self.name!r}: revision pattern {self.revision!r} needs a named group "
                              "(?P<step>…)")
         if "{model}" not in self.repo or "/" not in self.repo:
-            raise ValueError(f"family {self.name!r}: repo {self.repo!r} needs an organisation and {{model}}, "
+            raise BadInputError(f"family {self.name!r}: repo {self.repo!r} needs an organisation and {{model}}, "
                              "as in 'me/{model}'")
         for what, value in (("match", self.match), ("trajectory", self.trajectory)):
             try:
                 re.compile(value)
             except re.error as err:
-                raise ValueError(f"family {self.name!r}: {what} {value!r} is not a regex ({err})") from err
+                raise BadInputError(f"family {self.name!r}: {what} {value!r} is not a regex ({err})") from err
         if bool(self.steps) != bool(self.step_name):
-            raise ValueError(f"family {self.name!r}: a known schedule needs both steps and step_name")
+            raise BadInputError(f"family {self.name!r}: a known schedule needs both steps and step_name")
 
     @property
     def organisation(self) -> str:
@@ -82,7 +83,7 @@ class Family:
         known = ("name", "repo", "revision", "examples", "models", "match", "trajectory", "steps", "step_name")
         unknown = set(values) - set(known)
         if unknown:
-            raise ValueError(f"unknown family fields {sorted(unknown)}; use {', '.join(known)}")
+            raise BadInputError(f"unknown family fields {sorted(unknown)}; use {', '.join(known)}")
         return cls(**{**values, **{k: tuple(values.get(k, ())) for k in ("examples", "models", "steps")}})
 
     def repo_id(self, model: str) -> str:
@@ -92,14 +93,14 @@ class Family:
         """The revision's place in training; a name that does not fit is an error naming the pattern."""
         found = re.fullmatch(self.revision, name)
         if found is None:
-            raise ValueError(f"revision {name!r} does not fit family {self.name!r} (pattern {self.revision}); "
+            raise BadInputError(f"revision {name!r} does not fit family {self.name!r} (pattern {self.revision}); "
                              f"its revisions look like {', '.join(self.examples)}")
         groups = {k: v for k, v in found.groupdict().items() if v is not None}
         tokens = None
         if "tokens" in groups:
             number = re.fullmatch(r"(\d+(?:\.\d+)?)([KMBT])", groups["tokens"])
             if number is None:
-                raise ValueError(f"revision {name!r}: tokens {groups['tokens']!r} is not a number with K, M, B or T")
+                raise BadInputError(f"revision {name!r}: tokens {groups['tokens']!r} is not a number with K, M, B or T")
             tokens = float(number.group(1)) * _UNITS[number.group(2)]
         return Revision(stage=int(groups.get("stage", 0)), ingredient=int(groups.get("ingredient", 0)),
                         step=int(groups["step"]), tokens=tokens, name=name)
@@ -116,7 +117,7 @@ class Family:
         out: dict[int, str] = {}
         for r in run:
             if r.step in out:
-                raise ValueError(f"family {self.name!r}: revisions {out[r.step]!r} and {r.name!r} both hold step "
+                raise BadInputError(f"family {self.name!r}: revisions {out[r.step]!r} and {r.name!r} both hold step "
                                  f"{r.step}; restrict the family to one training run with a trajectory regex")
             out[r.step] = r.name
         return out
@@ -170,7 +171,7 @@ def family_of(repo: str, families: dict[str, Family] = FAMILIES) -> Family:
     """The one family whose organisation and model-name pattern fit ``repo``."""
     found = [f for f in families.values() if f.owns(repo)]
     if len(found) != 1:
-        raise ValueError(f"{repo}: {'several' if found else 'no'} model families fit "
+        raise BadInputError(f"{repo}: {'several' if found else 'no'} model families fit "
                          f"({', '.join(f.name for f in found) or 'built in: ' + ', '.join(families)}); name one "
                          "(source family: a built-in name, or your own as JSON with name, repo, revision, examples)")
     return found[0]
@@ -184,15 +185,15 @@ def resolve_family(spec: str | dict[str, Any] | None, repo: str) -> Family:
         try:
             spec = json.loads(spec)
         except json.JSONDecodeError as err:
-            raise ValueError(f"family {spec!r} is neither a built-in name nor valid JSON ({err})") from err
+            raise BadInputError(f"family {spec!r} is neither a built-in name nor valid JSON ({err})") from err
     fam = Family.from_dict(spec) if isinstance(spec, dict) else family(spec)
     if repo.partition("/")[0] != fam.organisation:
-        raise ValueError(f"{repo} is not in family {fam.name!r}'s organisation ({fam.repo})")
+        raise BadInputError(f"{repo} is not in family {fam.name!r}'s organisation ({fam.repo})")
     return fam
 
 
 def family(name: str) -> Family:
     if name not in FAMILIES:
-        raise ValueError(f"unknown model family {name!r}; built in: {', '.join(FAMILIES)} (or give your own: name, "
+        raise BadInputError(f"unknown model family {name!r}; built in: {', '.join(FAMILIES)} (or give your own: name, "
                          "repo, revision pattern, examples)")
     return FAMILIES[name]

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from massive_activations.emergence import FitSettings, SeriesError, curve_grid, fit_emergence
+from massive_activations.errors import BadInputError
 from massive_activations.plots import plot_depth_curves, plot_layer_fits
 from massive_activations.store import Store
 
@@ -28,7 +29,7 @@ SHAPES = ("emergence", "log", "step", "step2", "logistic")
 def check_series_names(series: list[str]) -> list[str]:
     unknown = [s for s in series if s not in SERIES]
     if unknown or not series:
-        raise ValueError(f"unknown series {unknown or series}; choose from {', '.join(SERIES)}")
+        raise BadInputError(f"unknown series {unknown or series}; choose from {', '.join(SERIES)}")
     return series
 
 
@@ -36,7 +37,7 @@ def ratios_hash(store: Store, model: str) -> str:
     """One hash over the content hashes of all of a model's ratios partitions."""
     found = store.partitions_hash("ratios", {"model": model})
     if found is None:
-        raise ValueError(f"no ratios for model {model!r} on {store.url}; run the capture first")
+        raise BadInputError(f"no ratios for model {model!r} on {store.url}; run the capture first")
     return found
 
 

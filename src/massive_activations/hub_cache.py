@@ -24,11 +24,13 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from massive_activations.errors import BadInputError
+
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname().replace(".", "_")
 
 
-class CacheTooSmallError(ValueError):
+class CacheTooSmallError(BadInputError):
     """The cache cap cannot hold even the checkpoint being fetched."""
 
 

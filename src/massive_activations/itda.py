@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from massive_activations.errors import BadInputError
+
 
 @dataclass(frozen=True)
 class ITDASettings:
@@ -34,16 +36,16 @@ class ITDASettings:
 
     def __post_init__(self) -> None:
         if self.k < 1:
-            raise ValueError(f"ITDA k must be >= 1, got {self.k}")
+            raise BadInputError(f"ITDA k must be >= 1, got {self.k}")
         if self.tau is not None and not self.tau > 0:
-            raise ValueError(f"ITDA tau must be > 0, got {self.tau}")
+            raise BadInputError(f"ITDA tau must be > 0, got {self.tau}")
         if self.target_size < 1 or self.batch_size < 1:
-            raise ValueError(f"ITDA target_size and batch_size must be >= 1, got {self.target_size}, "
+            raise BadInputError(f"ITDA target_size and batch_size must be >= 1, got {self.target_size}, "
                              f"{self.batch_size}")
         if self.train_tokens is not None and self.train_tokens < 1:
-            raise ValueError(f"ITDA train_tokens must be >= 1 or None, got {self.train_tokens}")
+            raise BadInputError(f"ITDA train_tokens must be >= 1 or None, got {self.train_tokens}")
         if self.max_atoms is not None and self.max_atoms < 1:
-            raise ValueError(f"ITDA max_atoms must be >= 1 or None, got {self.max_atoms}")
+            raise BadInputError(f"ITDA max_atoms must be >= 1 or None, got {self.max_atoms}")
 
 
 @dataclass

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from massive_activations.errors import BadInputError
+
 # the first projection of attention and of the MLP, by the names transformers gives them
 INPUT_PROJECTIONS: dict[str, tuple[str, ...]] = {
     "attention": ("query_key_value", "qkv_proj", "Wqkv", "c_attn", "att_proj", "q_proj"),
@@ -30,7 +32,7 @@ INPUT_PROJECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(BadInputError):
     """The model's blocks, embedding or projections are not where any supported layout keeps them."""
 
 

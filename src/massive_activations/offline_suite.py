@@ -28,6 +28,7 @@ import torch
 from massive_activations.capture import CaptureSettings, capture, layer_ratios
 from massive_activations.catalog import Architecture
 from massive_activations.corpus import Corpus, stdlib_docstrings
+from massive_activations.errors import BadInputError
 from massive_activations.provenance import provenance, stable_hash
 from massive_activations.store import Store
 
@@ -70,16 +71,16 @@ class SuiteSpec:
 
     def __post_init__(self) -> None:
         if not self.models:
-            raise ValueError(f"suite {self.name!r} has no models")
+            raise BadInputError(f"suite {self.name!r} has no models")
         if self.total_steps < 1 or self.save_interval < 1 or self.total_steps % self.save_interval:
-            raise ValueError(f"suite {self.name!r}: total_steps={self.total_steps} must be a positive "
+            raise BadInputError(f"suite {self.name!r}: total_steps={self.total_steps} must be a positive "
                              f"multiple of save_interval={self.save_interval}")
         for m in self.models:
             Architecture(name=m.name, n_layers=m.n_layers, d_model=m.d_model, n_heads=m.n_heads,
                          d_ff=4 * m.d_model, vocab_size=self.vocab_size, context=self.seq_len)
             rotary = (m.d_model // m.n_heads) // 4
             if rotary < 2 or rotary % 2:
-                raise ValueError(f"{m.name}: head dim {m.d_model // m.n_heads} gives {rotary} rotary dims; "
+                raise BadInputError(f"{m.name}: head dim {m.d_model // m.n_heads} gives {rotary} rotary dims; "
                                  "25% of the head dim must be an even number >= 2")
 
     @property
@@ -91,7 +92,7 @@ class SuiteSpec:
         for m in self.models:
             if m.name == name:
                 return m
-        raise ValueError(f"suite {self.name!r} has no model {name!r}; it has {[m.name for m in self.models]}")
+        raise BadInputError(f"suite {self.name!r} has no model {name!r}; it has {[m.name for m in self.models]}")
 
     def model_hash(self, model: SuiteModel) -> str:
         """What determines one model's checkpoints (its siblings do not)."""
@@ -121,7 +122,7 @@ SUITES: dict[str, SuiteSpec] = {
 
 def get_suite(name: str) -> SuiteSpec:
     if name not in SUITES:
-        raise ValueError(f"unknown offline suite {name!r}; valid: {', '.join(SUITES)}")
+        raise BadInputError(f"unknown offline suite {name!r}; valid: {', '.join(SUITES)}")
     return SUITES[name]
 
 

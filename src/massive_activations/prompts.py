@@ -28,10 +28,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from massive_activations.errors import BadInputError
 from massive_activations.store import PartitionExistsError, Store, table_hash
 
 DATASET = "prompts"
 FIRST_TOKENS = ("eos", "bos", "text")
+EVAL_BUDGETS = (2**16, 2**13)  # the evaluation set's default training and held-out tokens
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,35 @@ def first_token_for(requested: str, tokenizer: Any, folder_source: bool) -> str:
     if requested == "auto":
         return "eos" if folder_source else "bos" if adds_bos(tokenizer) else "text"
     if requested not in FIRST_TOKENS:
-        raise ValueError(f"first token must be auto or one of {FIRST_TOKENS}, got {requested!r}")
+        raise BadInputError(f"first token must be auto or one of {FIRST_TOKENS}, got {requested!r}")
     return requested
+
+
+def _lead(name: str, tokenizer: Any, first: str) -> int | None:
+    """The id position 0 holds (None: text)."""
+    if first not in FIRST_TOKENS:
+        raise BadInputError(f"prompt set {name!r}: first token must be one of {FIRST_TOKENS}, got {first!r}")
+    lead = {"eos": tokenizer.eos_token_id, "bos": tokenizer.bos_token_id, "text": None}[first]
+    if first != "text" and lead is None:
+        raise BadInputError(f"prompt set {name!r}: the tokenizer has no {first} token")
+    return lead
+
+
+def _stream(texts: Sequence[str], tokenizer: Any, seed: int, first: str, lead: int | None, skip_documents: int,
+            need: int | None) -> tuple[list[int], int]:
+    """The seeded documents' tokens (from the first sequence's first body token) until ``need`` of them
+    (None: all), and how many documents that took (with the skip)."""
+    order = np.random.default_rng(seed).permutation(len(texts))
+    stream: list[int] = []
+    taken = skip_documents
+    for i in order[skip_documents:]:
+        ids = tokenizer(texts[i] if first == "eos" else texts[i] + "\n\n", add_special_tokens=False)["input_ids"]
+        stream.extend([lead, *ids] if first == "eos" else ids)
+        taken += 1
+        if need is not None and len(stream) >= need + (first == "eos"):
+            break
+    start = 1 if first == "eos" else 0  # the first document's own leading end-of-text is the first sequence's
+    return stream[start:], taken
 
 
 def build_prompt_set(name: str, texts: Sequence[str], tokenizer: Any, n_sequences: int = 10,
@@ -78,34 +107,21 @@ def build_prompt_set(name: str, texts: Sequence[str], tokenizer: Any, n_sequence
     ``skip_documents``: leave out the first documents of the seeded order (those another set took).
     How many documents the set takes, whole or cut, is recorded as ``documents`` (with the skip)."""
     if n_sequences < 1:
-        raise ValueError(f"a prompt set needs at least one sequence, got n_sequences={n_sequences}")
+        raise BadInputError(f"a prompt set needs at least one sequence, got n_sequences={n_sequences}")
     if length < 2:
-        raise ValueError(f"prompt length must be at least 2 tokens, got {length}")
+        raise BadInputError(f"prompt length must be at least 2 tokens, got {length}")
     if not texts:
-        raise ValueError(f"prompt set {name!r}: no texts to build from")
-    if first not in FIRST_TOKENS:
-        raise ValueError(f"prompt set {name!r}: first token must be one of {FIRST_TOKENS}, got {first!r}")
-    lead = {"eos": tokenizer.eos_token_id, "bos": tokenizer.bos_token_id, "text": None}[first]
-    if first != "text" and lead is None:
-        raise ValueError(f"prompt set {name!r}: the tokenizer has no {first} token")
+        raise BadInputError(f"prompt set {name!r}: no texts to build from")
+    lead = _lead(name, tokenizer, first)
     body = length - (lead is not None)
     need = n_sequences * body
     if not 0 <= skip_documents < len(texts):
-        raise ValueError(f"prompt set {name!r}: skip_documents={skip_documents} leaves none of {len(texts)} texts")
-    order = np.random.default_rng(seed).permutation(len(texts))
-    stream: list[int] = []
-    taken = skip_documents
-    for i in order[skip_documents:]:
-        ids = tokenizer(texts[i] if first == "eos" else texts[i] + "\n\n", add_special_tokens=False)["input_ids"]
-        stream.extend([lead, *ids] if first == "eos" else ids)
-        taken += 1
-        if len(stream) >= need + (first == "eos"):
-            break
-    start = 1 if first == "eos" else 0  # the first document's own leading end-of-text is the first sequence's
-    if len(stream) < need + start:
-        raise ValueError(f"prompt set {name!r}: texts give {len(stream) - start} tokens, fewer than the "
-                         f"{need} needed for {n_sequences} × {length}")
-    tokens = np.asarray(stream[start:need + start], dtype=np.int64).reshape(n_sequences, body)
+        raise BadInputError(f"prompt set {name!r}: skip_documents={skip_documents} leaves none of {len(texts)} texts")
+    stream, taken = _stream(texts, tokenizer, seed, first, lead, skip_documents, need)
+    if len(stream) < need:
+        raise BadInputError(f"prompt set {name!r}: texts give {len(stream)} tokens, fewer than the "
+                            f"{need} needed for {n_sequences} × {length}")
+    tokens = np.asarray(stream[:need], dtype=np.int64).reshape(n_sequences, body)
     if lead is not None:
         tokens = np.concatenate([np.full((n_sequences, 1), lead, np.int64), tokens], axis=1)
     info = {"n_texts": len(texts), "n_sequences": n_sequences, "length": length, "seed": seed,
@@ -114,10 +130,40 @@ def build_prompt_set(name: str, texts: Sequence[str], tokenizer: Any, n_sequence
     return PromptSet(name=name, tokens=tokens, source=info | (source or {}))
 
 
-def build_eval_tokens(prompts: PromptSet, prompt_texts: Sequence[str], tokenizer: Any, train_tokens: int,
-                      heldout_tokens: int, texts: Sequence[str] | None = None) -> PromptSet:
+def eval_budget(train_tokens: int | None, heldout_tokens: int | None, length: int,
+                capacity: int) -> tuple[int, int]:
+    """Training and held-out sequences of ``length`` tokens for the evaluation set, of the ``capacity``
+    sequences the texts hold.
+
+    A budget given is used as is (and must fit). One left as None is the default
+    (``EVAL_BUDGETS``), cut to what the texts hold, the two defaults keeping their 8:1 ratio: so a
+    small suite's few held-out documents still evaluate, and a large one gets the full budget."""
+    for tokens in (train_tokens, heldout_tokens):
+        if tokens is not None and tokens < length:
+            raise BadInputError(f"evaluation budgets of {train_tokens} training and {heldout_tokens} held-out "
+                                f"tokens must each hold one {length}-token sequence")
+    given = [None if t is None else -(-t // length) for t in (train_tokens, heldout_tokens)]
+    wanted = [g if g is not None else -(-d // length) for g, d in zip(given, EVAL_BUDGETS, strict=True)]
+    if sum(wanted) <= capacity or None not in given:
+        return wanted[0], wanted[1]
+    if given == [None, None]:
+        held = max(1, capacity * wanted[1] // sum(wanted))
+        train = capacity - held
+    elif given[0] is None:
+        held, train = given[1], capacity - given[1]
+    else:
+        train, held = given[0], capacity - given[0]
+    if train < 1 or held < 1:
+        raise BadInputError(f"the texts hold {capacity} sequences of {length} tokens: too few for "
+                            f"{train_tokens or 'the default'} training and {heldout_tokens or 'the default'} "
+                            "held-out tokens; give more text or smaller budgets")
+    return train, held
+
+
+def build_eval_tokens(prompts: PromptSet, prompt_texts: Sequence[str], tokenizer: Any, train_tokens: int | None,
+                      heldout_tokens: int | None, texts: Sequence[str] | None = None) -> PromptSet:
     """The evaluation token set: sequences of the prompt set's length, the first ``n_train`` (recorded
-    in its source) for training, the rest held out.
+    in its source) for training, the rest held out; budgets left as None by :func:`eval_budget`.
 
     From ``prompt_texts`` (the default), it continues the prompts' seeded document order after the
     documents they took; from other ``texts``, it leaves out any document the prompts took. Either
@@ -128,10 +174,6 @@ def build_eval_tokens(prompts: PromptSet, prompt_texts: Sequence[str], tokenizer
         raise ValueError(f"prompt set {prompts.set_id} does not record the documents it took; rebuild it "
                          "with build_prompt_set")
     length = prompts.tokens.shape[1]
-    if train_tokens < length or heldout_tokens < length:
-        raise ValueError(f"evaluation budgets of {train_tokens} training and {heldout_tokens} held-out tokens "
-                         f"must each hold one {length}-token sequence")
-    n_train, n_held = -(-train_tokens // length), -(-heldout_tokens // length)
     seed = info["seed"]
     if texts is None:
         texts, skip = prompt_texts, info["documents"]
@@ -139,16 +181,24 @@ def build_eval_tokens(prompts: PromptSet, prompt_texts: Sequence[str], tokenizer
         order = np.random.default_rng(seed).permutation(len(prompt_texts))
         taken = {prompt_texts[i] for i in order[info.get("skip_documents", 0):info["documents"]]}
         texts, skip = [t for t in texts if t not in taken], 0
+    first = info["position0"]
+    capacity = 0
+    if (train_tokens is None or heldout_tokens is None) and 0 <= skip < len(texts):
+        lead = _lead(prompts.name, tokenizer, first)
+        capacity = len(_stream(texts, tokenizer, seed, first, lead, skip, None)[0]) // (length - (lead is not None))
+    n_train, n_held = eval_budget(train_tokens, heldout_tokens, length, capacity)
     name = f"{prompts.name}-eval-t{n_train}-h{n_held}"
     try:
-        built = build_prompt_set(name, texts, tokenizer, n_train + n_held, length, seed, first=info["position0"],
+        built = build_prompt_set(name, texts, tokenizer, n_train + n_held, length, seed, first=first,
                                  skip_documents=skip)
     except ValueError as err:
-        raise ValueError(f"evaluation tokens for {prompts.set_id}: {train_tokens} training and {heldout_tokens} "
-                         f"held-out tokens do not fit in the texts left after the prompts' documents ({err}); "
-                         "lower the budgets or give more text") from None
+        raise BadInputError(f"evaluation tokens for {prompts.set_id}: {n_train * length} training and "
+                            f"{n_held * length} held-out tokens do not fit in the texts left after the prompts' "
+                            f"documents ({err}); lower the budgets or give more text") from None
+    budget = {"train_tokens": n_train * length, "heldout_tokens": n_held * length,
+              "asked": [train_tokens, heldout_tokens]}
     return PromptSet(name=built.name, tokens=built.tokens,
-                     source=built.source | {"n_train": n_train, "prompt_set": prompts.set_id})
+                     source=built.source | {"n_train": n_train, "prompt_set": prompts.set_id, "budget": budget})
 
 
 def texts_from_file(path: str | Path, column: str = "text") -> list[str]:
@@ -157,7 +207,7 @@ def texts_from_file(path: str | Path, column: str = "text") -> list[str]:
     if path.suffix == ".parquet":
         table = pq.read_table(path)
         if column not in table.column_names:
-            raise ValueError(f"{path}: no column {column!r}; it has {table.column_names}")
+            raise BadInputError(f"{path}: no column {column!r}; it has {table.column_names}")
         return [t for t in table.column(column).to_pylist() if t]
     if path.suffix in {".jsonl", ".json"}:
         return [json.loads(line)[column] for line in path.read_text().splitlines() if line.strip()]

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from massive_activations.errors import BadInputError
 from massive_activations.model_parts import find_parts, input_device
 
 GRANULARITIES = ("tensor", "token", "channel")
@@ -31,9 +32,9 @@ GRANULARITIES = ("tensor", "token", "channel")
 def fake_quantize(x: torch.Tensor, bits: int, granularity: str) -> torch.Tensor:
     """Q(x) for a 2-D (tokens × channels) tensor; all-zero groups stay zero."""
     if bits < 2:
-        raise ValueError(f"bits must be >= 2, got {bits}")
+        raise BadInputError(f"bits must be >= 2, got {bits}")
     if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        raise BadInputError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     if x.ndim != 2:
         raise ValueError(f"fake_quantize expects a 2-D tensor, got shape {tuple(x.shape)}")
     qmax = 2 ** (bits - 1) - 1
@@ -83,7 +84,7 @@ def activation_quantization(x: torch.Tensor, bits: tuple[int, ...] = (8, 4), top
 def w8a8(model: Any, activations: str = "token") -> Iterator[None]:
     """Within the block, the decoder's Linears compute with int8 weights (per channel) and int8 inputs."""
     if activations not in ("token", "tensor"):
-        raise ValueError(f"W8A8 activations must be quantized per 'token' or per 'tensor', got {activations!r}")
+        raise BadInputError(f"W8A8 activations must be quantized per 'token' or per 'tensor', got {activations!r}")
     linears = find_parts(model).linears()
     saved = [m.weight.data.clone() for m in linears]
 

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from massive_activations import regression as R
 from massive_activations.architecture import FEATURES, feature_matrix
 from massive_activations.catalog import PYTHIA, Architecture, architecture_key, pythia_model
+from massive_activations.errors import BadInputError
 from massive_activations.fit_run import FITS
 from massive_activations.plots import plot_partial_dependence, plot_predicted_curves
 from massive_activations.provenance import library_versions, module_version
@@ -47,7 +48,7 @@ def architecture_of(store: Store, model: str) -> Architecture:
             return Architecture.from_dict(store.read_json(key)["architecture"])
     if store.exists(key := architecture_key(model)):
         return Architecture.from_dict(store.read_json(key))
-    raise ValueError(f"no architecture for {model!r}: not a Pythia model, no suite manifest and no {key} on "
+    raise BadInputError(f"no architecture for {model!r}: not a Pythia model, no suite manifest and no {key} on "
                      f"{store.url}")
 
 
@@ -65,12 +66,12 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
     ``report`` hears of each finished part (it takes minutes on a small CPU)."""
     unknown = [r for r in regressors if r not in R.REGRESSORS]
     if unknown or not regressors:
-        raise ValueError(f"unknown regressors {unknown or regressors}; choose from {', '.join(R.REGRESSORS)}")
+        raise BadInputError(f"unknown regressors {unknown or regressors}; choose from {', '.join(R.REGRESSORS)}")
     project = dataclasses.replace(R.CONFIGS["project"], regressors=tuple(regressors))
     fits = store.read_dataset(FITS)
     rows = fits.filter(pc.equal(fits.column("series"), series)).to_pylist()
     if not rows:
-        raise ValueError(f"no fits of series {series!r} on {store.url}; run the fit flow first")
+        raise BadInputError(f"no fits of series {series!r} on {store.url}; run the fit flow first")
     known, left_out = {}, []
     for model in sorted({r["model"] for r in rows}):
         try:
@@ -79,6 +80,10 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
             left_out.append(model)  # e.g. a monitored training run: its fits do not change what is learnt
     rows = [r for r in rows if r["model"] in known]
     models = sorted(known)
+    if len(models) < 2:
+        return {"series": series, "status": "not trained", "left_out": left_out, "n_rows": len(rows),
+                "chosen": {}, "reason": f"learning across architectures needs fits of at least 2 models with a "
+                                        f"known architecture; {store.url} has {models or 'none'}"}
     inputs = {"series": series, "seed": seed, "regressors": list(regressors),
               "fits_hash": store.partitions_hash(FITS, {"model": models}), "models": models}
     part = {"series": series}
@@ -141,6 +146,8 @@ def _importance(bundle: dict[str, dict[str, Any]], data: R.Dataset, seed: int) -
         if target not in R.TARGETS:
             continue
         have = np.isfinite(data.y[target])
+        if not np.all(np.isfinite(R.predictions(entry["final"], data.X[have]))):
+            continue  # its scores say why (not finite); an importance of NaN predictions means nothing
         result = permutation_importance(entry["final"], data.X[have], data.y[target][have], n_repeats=10,
                                         random_state=seed)
         for i, name in enumerate(FEATURES):
@@ -157,7 +164,7 @@ def has_regressors(store: Store, series: str = "ratio") -> bool:
 def load_regressors(store: Store, series: str = "ratio") -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     prefix = f"regressors/series={series}"
     if not has_regressors(store, series):
-        raise ValueError(f"no trained regressors for series {series!r} on {store.url}; run the regress flow first")
+        raise BadInputError(f"no trained regressors for series {series!r} on {store.url}; run the regress flow first")
     return R.load_bundle(store.read_bytes(f"{prefix}/model.skops")), store.read_json(f"{prefix}/metadata.json")
 
 
@@ -172,7 +179,7 @@ def predict(store: Store, arch: Architecture, total_steps: int | None = None, se
     feature_matrix(arch)  # validates the architecture before anything is written
     total = int(total_steps or metadata["max_step"])
     if total < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total}")
+        raise BadInputError(f"total_steps must be >= 1, got {total}")
     steps = np.unique(np.concatenate([[0.0], np.geomspace(1, total, 60), np.linspace(0, total, 144)]))
     rows = R.predict_layers(bundle, arch, steps)
     table = pa.Table.from_pylist(rows)
@@ -182,7 +189,7 @@ def predict(store: Store, arch: Architecture, total_steps: int | None = None, se
     stored = (store.partition_metadata("predictions", part) or {}).get("inputs", {}).get("architecture")
     # as the architecture, not as the dict: one stored before a field existed has that field's default
     if stored is not None and Architecture.from_dict(stored) != arch:
-        raise ValueError(f"predictions/arch={arch.name} already holds a different architecture ({stored}); "
+        raise BadInputError(f"predictions/arch={arch.name} already holds a different architecture ({stored}); "
                          "give this one another name")
     written = store.write_partition("predictions", part, table, inputs=inputs, code_modules=CODE_MODULES,
                                     overwrite=True)

@@ -203,19 +203,35 @@ def _meaningful(y_test: np.ndarray) -> str:
 
 
 def _scores(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    """R², MAE, RMSE; none where a prediction is not finite (the target transform's inverse can overflow
+    on a target spanning many decades, e.g. an unidentified A), which the note says."""
+    if not np.all(np.isfinite(pred)):
+        bad = int(np.sum(~np.isfinite(pred)))
+        return {"r2": float("nan"), "mae": float("nan"), "rmse": float("nan"),
+                "note": f"not scored: {bad} of {len(pred)} predictions are not finite (the target transform's "
+                        "inverse overflowed)"}
     return {"r2": float(r2_score(y, pred)) if len(y) > 1 else float("nan"),
             "mae": float(mean_absolute_error(y, pred)), "rmse": float(np.sqrt(mean_squared_error(y, pred))),
             "note": _meaningful(y)}
 
 
-def _inner_groups_cv(groups: np.ndarray) -> Any:
-    """Selection folds inside a training set: by model when it holds several, else by row."""
+def predictions(model: Any, X: np.ndarray) -> np.ndarray:  # noqa: N803
+    """Predictions, NaN where the target transform's inverse is undefined: ``_scores`` reports those, so
+    scikit-learn's warning about them is not repeated on the console."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Some values in column .* inverse-transformed data are NaN")
+        return model.predict(X)
+
+
+def _inner_groups_cv(groups: np.ndarray) -> tuple[Any, dict[str, Any]]:
+    """Selection folds inside a training set, and the fit arguments they need: by model (the groups go
+    to ``fit``) when it holds several, else by row (no groups: KFold ignores them)."""
     n = len(np.unique(groups))
     if n >= 2:
-        return GroupKFold(n_splits=min(5, n))
+        return GroupKFold(n_splits=min(5, n)), {"groups": groups}
     if len(groups) < 2:
         raise ValueError("a training fold holds a single row; too few layers to select a model")
-    return KFold(n_splits=min(3, len(groups)))
+    return KFold(n_splits=min(3, len(groups))), {}
 
 
 @quiet_convergence
@@ -238,7 +254,7 @@ def paper_protocol(data: Dataset, config: Config = CONFIGS["project"], seed: int
         inner = KFold(n_splits=min(5, len(train)), shuffle=True, random_state=seed)
         for name in config.regressors:
             model = make_regressor(name, transformer, inner, seed).fit(X[train], y[train])
-            score = _scores(y[test], model.predict(X[test]))
+            score = _scores(y[test], predictions(model, X[test]))
             score["note"] = "; ".join(n for n in (score["note"], note) if n)
             rows.append({"protocol": "random_80_20", "config": config.name, "target": target, "regressor": name,
                          **score, "n_test": len(test)})
@@ -264,9 +280,10 @@ def leave_one_model_out(data: Dataset, config: Config = CONFIGS["project"], seed
             pred = np.empty_like(y)
             models = fold_models[(target, name)] = []
             for train, test in outer.split(Xh, y, groups):
-                model = make_regressor(name, transformer, _inner_groups_cv(groups[train]), seed)
-                model.fit(Xh[train], y[train], groups=groups[train])
-                pred[test] = model.predict(Xh[test])
+                inner, fit_args = _inner_groups_cv(groups[train])
+                model = make_regressor(name, transformer, inner, seed)
+                model.fit(Xh[train], y[train], **fit_args)
+                pred[test] = predictions(model, Xh[test])
                 models.append(model)
             score = _scores(y, pred)
             score["note"] = "; ".join(n for n in (score["note"], note) if n)
@@ -334,8 +351,9 @@ def fit_final(data: Dataset, best: dict[str, str], lomo_rows: list[dict], seed: 
     for target, name in best.items():
         have, _ = _target_rows(data, target)
         transformer, _ = target_transformer(config.transforms[target], data.y[target][have])
-        model = make_regressor(name, transformer, _inner_groups_cv(data.groups[have]), seed)
-        model.fit(X[have], data.y[target][have], groups=data.groups[have])
+        inner, fit_args = _inner_groups_cv(data.groups[have])
+        model = make_regressor(name, transformer, inner, seed)
+        model.fit(X[have], data.y[target][have], **fit_args)
         bundle[target] = {"regressor": name, "final": model, "rmse_unseen": float(rmse[(target, name)])}
     if len(np.unique(data.peak_class)) > 1:
         bundle["peak_class"] = {"regressor": "random_forest_classifier",

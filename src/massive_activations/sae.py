@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from massive_activations.errors import BadInputError
+
 AUXK_WEIGHT = 1 / 32
 
 
@@ -56,16 +58,16 @@ class SAESettings:
 
     def __post_init__(self) -> None:
         if self.kind not in ("topk", "relu"):
-            raise ValueError(f"SAE kind must be 'topk' or 'relu', got {self.kind!r}")
+            raise BadInputError(f"SAE kind must be 'topk' or 'relu', got {self.kind!r}")
         for name in ("expansion", "k", "epochs", "batch_size", "dead_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"SAE {name} must be >= 1, got {getattr(self, name)}")
+                raise BadInputError(f"SAE {name} must be >= 1, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"SAE steps must be >= 1 (or None: epochs), got {self.steps}")
+            raise BadInputError(f"SAE steps must be >= 1 (or None: epochs), got {self.steps}")
         if self.aux_k is not None and self.aux_k < 0:
-            raise ValueError(f"SAE aux_k must be >= 0 (or None: the default), got {self.aux_k}")
+            raise BadInputError(f"SAE aux_k must be >= 0 (or None: the default), got {self.aux_k}")
         if self.lr <= 0 or self.l1 < 0:
-            raise ValueError(f"SAE lr must be > 0 and l1 >= 0, got lr={self.lr}, l1={self.l1}")
+            raise BadInputError(f"SAE lr must be > 0 and l1 >= 0, got lr={self.lr}, l1={self.l1}")
 
     def aux_latents(self, n_latents: int) -> int:
         if self.aux_k is not None:
@@ -78,7 +80,8 @@ class SparseAutoencoder(nn.Module):
         super().__init__()
         n = settings.expansion * d_model
         if settings.kind == "topk" and settings.k > n:
-            raise ValueError(f"SAE k={settings.k} exceeds the {n} latents (expansion {settings.expansion} × {d_model})")
+            raise BadInputError(f"SAE k={settings.k} exceeds the {n} latents "
+                                f"(expansion {settings.expansion} × {d_model})")
         self.settings = settings
         gen = torch.Generator().manual_seed(settings.seed)
         w_dec = torch.randn(d_model, n, generator=gen)
@@ -207,12 +210,12 @@ def load_sae_lens(folder: str | Path) -> SparseAutoencoder:
     folder = Path(folder)
     cfg = json.loads((folder / "cfg.json").read_text())
     if cfg.get("architecture") not in ("topk", "standard") or cfg.get("normalize_activations", "none") != "none":
-        raise ValueError(f"{folder}: architecture {cfg.get('architecture')!r} with normalisation "
+        raise BadInputError(f"{folder}: architecture {cfg.get('architecture')!r} with normalisation "
                          f"{cfg.get('normalize_activations')!r} is not one this project reads (topk or standard, none)")
     weights = load_file(str(folder / "sae_weights.safetensors"))
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
     if d_sae % d_in:
-        raise ValueError(f"{folder}: d_sae={d_sae} is not a multiple of d_in={d_in}")
+        raise BadInputError(f"{folder}: d_sae={d_sae} is not a multiple of d_in={d_in}")
     known = cfg.get("metadata", {}).get("settings", {})
     settings = SAESettings(**{**known, "kind": "topk" if cfg["architecture"] == "topk" else "relu",
                               "expansion": d_sae // d_in, "k": cfg.get("k", known.get("k", 8))})
@@ -254,7 +257,7 @@ def massive_bar(vectors: np.ndarray | torch.Tensor, massive_abs: float | None,
         return None
     for name, value in (("massive_abs", massive_abs), ("massive_rel", massive_rel)):
         if value is not None and not value > 0:
-            raise ValueError(f"{name} must be > 0 or None, got {value}")
+            raise BadInputError(f"{name} must be > 0 or None, got {value}")
     values = np.abs(np.asarray(vectors, dtype=np.float32)).ravel()
     if values.size > MEDIAN_SAMPLE:
         values = values[np.random.default_rng(0).integers(0, values.size, MEDIAN_SAMPLE)]

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from massive_activations.errors import BadInputError
 from massive_activations.provenance import module_version, provenance, stable_hash
 
 METADATA_KEY = b"massive_activations"
@@ -35,13 +36,15 @@ SUPPORTED_SCHEMES = ("file", "s3")
 # Types of partition keys; a key not listed here is read back as a string.
 PARTITION_TYPES: dict[str, pa.DataType] = {"step": pa.int64(), "layer": pa.int64()}
 _SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+# S3's rule for bucket names (3–63 lowercase letters, digits, dots and hyphens, letter or digit at both ends)
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class StoreError(Exception):
     """A store operation that cannot succeed as asked (bad URL, bad key, missing data)."""
 
 
-class StoreConfigError(StoreError, ValueError):
+class StoreConfigError(StoreError, BadInputError):
     """A store URL that cannot be used at all: bad input, refused before any work."""
 
 
@@ -107,6 +110,9 @@ class Store:
         else:
             if not parsed.netloc:
                 raise StoreConfigError(f"store URL {url!r} names no bucket; use s3://bucket/prefix")
+            if not _BUCKET.match(parsed.netloc):
+                raise StoreConfigError(f"invalid S3 bucket name {parsed.netloc!r} in {url!r}: use 3 to 63 lowercase "
+                                       "letters, digits, '.' and '-', starting and ending with a letter or digit")
             self.root = (parsed.netloc + parsed.path).rstrip("/")
             self.fs = fsspec.filesystem("s3", **self.storage_options)
             self.url = "s3://" + self.root
@@ -128,7 +134,9 @@ class Store:
             try:
                 self.fs.ls(bucket)
             except FileNotFoundError as err:
-                raise StoreConfigError(f"bucket {bucket!r} of store {self.url} does not exist") from err
+                raise StoreConfigError(f"bucket {bucket!r} of store {self.url} does not exist; the store never "
+                                       f"creates buckets: create it first (e.g. `aws s3 mb s3://{bucket}`, with "
+                                       "--endpoint-url for a non-AWS server)") from err
         else:
             self.fs.makedirs(self.root, exist_ok=True)
 
