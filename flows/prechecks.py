@@ -1,9 +1,10 @@
 """Checks that need only the values: the command line runs them before any server or flow run starts.
 
 They read the parameters every flow names the same way (``store``, ``suite``, ``source``, ``models``,
-``steps``, ``eval_steps``), so one function serves every flow. The flows check the same things again
-when they run (a deployment or a UI run reaches them without this command line); what needs the
-store's contents or the network (a missing bucket, a suite not built yet) is the flow's alone.
+``steps``, ``eval_steps``, ``device``, ``dtype``), so one function serves every flow. The flows check
+the same things again when they run (a deployment or a UI run reaches them without this command
+line); what needs the store's contents or the network (a missing bucket, a suite not built yet) is
+the flow's alone.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from massive_activations.catalog import PYTHIA_STEPS, select_steps
+from massive_activations.checkpoints import resolve_device, resolve_dtype
 from massive_activations.errors import BadInputError
 from massive_activations.families import model_key, repo_of, resolve_family
 from massive_activations.offline_suite import get_suite
@@ -46,6 +48,10 @@ def precheck(params: dict[str, Any]) -> None:
     """Raise BadInputError naming the first bad value; ``params``: the flow's resolved parameters."""
     if isinstance(params.get("store"), str):
         Store(params["store"])  # scheme and bucket name
+    if isinstance(params.get("device"), str):
+        resolve_device(params["device"])  # e.g. cuda on a machine without it
+    if isinstance(params.get("dtype"), str):
+        resolve_dtype(params["dtype"])
     schedule = _schedule(params)
     if schedule is not None:
         for name in ("steps", "eval_steps"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flows.capture import capture
-from flows.params import CaptureParams, PromptParams, SourceParams
+from flows.params import CaptureParams, EvalParams, PromptParams, SourceParams
 from massive_activations.store import Store
 from tests.conftest import new_bucket, serve_micro_as_pythia
 
@@ -78,7 +78,8 @@ def test_capture_flow_rejects_bad_input_before_work(prefect_server, micro_root, 
     with pytest.raises(Exception, match="unknown dtype 'float8'"):
         _run(str(tmp_path / "s"), micro_root, dtype="float8")
     with pytest.raises(Exception, match="65536 training and 8192 held-out tokens do not fit in the texts left"):
-        _run(str(tmp_path / "s"), micro_root, evaluations=("sae",))  # the micro suite's texts are short
+        _run(str(tmp_path / "s"), micro_root, evaluations=("sae",),  # budgets given: used as is, and too big
+             eval_settings=EvalParams(train_tokens=2**16, heldout_tokens=2**13))
     assert not Store(tmp_path / "s").list("stats") and not Store(tmp_path / "s").list("prompts")
 
 

@@ -61,6 +61,16 @@ def test_every_flow_module_has_a_cli_with_the_forms_options():
      ["give either --architecture or its fields --architecture-n-layers, not both"]),
     (["flows.monitor"], ["the following arguments are required: CHECKPOINTS"]),
     (["flows.monitor", "/runs/x", "--stor", "y"], ["unrecognized arguments: --stor y"]),
+    # values the checks before any server judge (--verbose: a server's start-up lines would show)
+    (["flows.pipeline", "--store", "s3://My_Bucket!/x", "--verbose"], ["invalid S3 bucket name 'My_Bucket!'"]),
+    (["flows.capture", "--suite", "nano", "--verbose"], ["unknown offline suite 'nano'; valid: default, micro"]),
+    (["flows.pipeline", "--suite", "micro", "--models", "nx-l2-d32-h2,pythia-70m", "--verbose"],
+     ["unknown model 'pythia-70m' of offline suite 'micro'; it has nx-l2-d32-h2, nx-l3-d32-h4"]),
+    (["flows.capture", "--suite", "micro", "--steps", "0,5", "--verbose"], ["step 5 is not on the schedule"]),
+    (["flows.capture", "--source-kind", "hub", "--models", "pythia-71m", "--verbose"],
+     ["unknown Pythia model 'pythia-71m'"]),
+    (["flows.predict", "--n-layers", "-2"],
+     ["error: --architecture-n-layers: Input should be greater than or equal to 1 (got '-2')\n"]),
 ])
 def test_bad_input_is_one_line_and_exit_code_2_before_anything_starts(args, says):
     [(code, out, err)] = _run_all([args])
@@ -121,3 +131,21 @@ def test_monitor_cli_writes_to_the_store_it_is_given(prefect_server, micro_root,
                            "forecast")
     assert sorted(p["step"] for p in store.partitions("ratios")) == steps
     assert not default.exists()
+
+
+def test_exit_codes_follow_the_cause_not_the_exception_type(prefect_server, capsys):
+    """BadInputError, wherever raised, is exit 2; any other error (scikit-learn's ValueError included)
+    is a failed run, exit 1; each is printed once."""
+    from prefect import flow
+
+    from massive_activations.errors import BadInputError
+
+    @flow(name="cli-exit-codes")
+    def broken(cause: str = "bad") -> dict:
+        """Fails as told."""
+        raise BadInputError("bad value 'x'") if cause == "bad" else ValueError("Input contains NaN.")
+
+    assert cli.run(broken, lambda r, p: "", ["--cause", "bad"]) == cli.EXIT_BAD_INPUT
+    assert capsys.readouterr().err.splitlines()[-1] == "error: bad value 'x'"
+    assert cli.run(broken, lambda r, p: "", ["--cause", "internal"]) == cli.EXIT_FAILED
+    assert capsys.readouterr().err.splitlines()[-1] == "error: the run failed: Input contains NaN."

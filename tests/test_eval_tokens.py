@@ -10,8 +10,15 @@ import torch
 
 from massive_activations.activations import LayerActivations
 from massive_activations.checkpoints import FolderSource
+from massive_activations.errors import BadInputError
 from massive_activations.eval_run import EvalSettings, MaskSettings, evaluate_to_store
-from massive_activations.prompts import build_eval_tokens, build_prompt_set, load_prompt_set, save_prompt_set
+from massive_activations.prompts import (
+    build_eval_tokens,
+    build_prompt_set,
+    eval_budget,
+    load_prompt_set,
+    save_prompt_set,
+)
 from massive_activations.store import Store
 from tests.tiny_models import byte_tokenizer, tiny_model
 
@@ -50,6 +57,38 @@ def test_evaluation_tokens_share_no_document_with_the_prompts():
         build_eval_tokens(prompts, texts, tok, 2_000_000, 500)
     with pytest.raises(ValueError, match="must each hold one 32-token sequence"):
         build_eval_tokens(prompts, texts, tok, 2000, 8)
+
+
+@pytest.mark.parametrize(("given", "capacity", "expected"), [
+    ((None, None), 10_000, (2048, 256)),  # 65536 / 32 and 8192 / 32: the defaults fit
+    ((None, None), 246, (219, 27)),  # cut to the text, 8:1 kept: 246 · 256 // 2304 = 27 held out
+    ((None, 320), 246, (236, 10)),  # a held-out budget given stays; training takes what is left
+    ((3200, None), 246, (100, 146)),  # and the other way round
+    ((3200, 320), 5, (100, 10)),  # both given: as asked (building them says they do not fit)
+])
+def test_evaluation_budgets_default_to_what_the_text_holds(given, capacity, expected):
+    assert eval_budget(*given, 32, capacity) == expected
+
+
+def test_a_text_too_small_for_any_budget_is_bad_input():
+    with pytest.raises(BadInputError, match="the texts hold 1 sequences of 32 tokens"):
+        eval_budget(None, None, 32, 1)
+
+
+def test_default_budgets_take_every_sequence_a_small_text_holds():
+    """The micro suite's case: the default 2^16 + 2^13 tokens do not fit, so the set is every whole
+    sequence the documents after the prompts' hold, split 8:1, and it says so."""
+    tok, texts = byte_tokenizer(), _texts(60)
+    prompts = build_prompt_set("m-n4-len32", texts, tok, n_sequences=4, length=32, seed=3)
+    order = np.random.default_rng(3).permutation(len(texts))  # the seeded document order
+    rest = [texts[i] for i in order[prompts.source["documents"]:]]
+    tokens = sum(len(tok(doc, add_special_tokens=False)["input_ids"]) + 1 for doc in rest) - 1  # one EOT each
+    capacity = tokens // 31  # 31 body tokens after each sequence's leading EOT
+    evals = build_eval_tokens(prompts, texts, tok, None, None)
+    held = capacity * 256 // 2304
+    assert evals.tokens.shape == (capacity, 32) and evals.source["n_train"] == capacity - held
+    assert evals.source["budget"] == {"train_tokens": (capacity - held) * 32, "heldout_tokens": held * 32,
+                                      "asked": [None, None]}
 
 
 def test_layer_activations_are_every_tokens_hidden_state_in_any_grouping():

@@ -202,3 +202,38 @@ def test_untrusted_types_are_refused():
 
     with pytest.raises(ValueError, match="unexpected types"):
         R.load_bundle(sio.dumps({"x": pythia_model("70m")}))
+
+
+# The micro suite's fits of the ratio (two models, five layers), as make test's pipeline stored them:
+# an unidentified A of -1.3e17, and y_first on so narrow a range that a fitted Yeo-Johnson cannot invert
+# every prediction.
+MICRO_FITS = [("nx-l2-d32-h2", 0, -15703.6, 6.303, 0.02608, 0.9979, 4.901, 4.962),
+              ("nx-l2-d32-h2", 1, -1.2985e17, 33.51, 0.004511, 1.0012, 5.869, 5.461),
+              ("nx-l3-d32-h4", 0, -27244.9, 6.668, 0.03056, 0.9849, 4.970, 5.554),
+              ("nx-l3-d32-h4", 1, -15986.2, 5.759, 0.03423, 0.9894, 4.793, 5.363),
+              ("nx-l3-d32-h4", 2, -2755.67, 4.205, 0.04863, 0.9798, 4.530, 5.442)]
+
+
+def test_two_small_models_are_scored_where_they_can_be_and_each_gap_says_why():
+    """No error and no warning (KFold is never given groups it ignores); a score that cannot be had is
+    NaN with its reason, never a crash on NaN predictions."""
+    import warnings
+
+    archs = {"nx-l2-d32-h2": Architecture("nx-l2-d32-h2", 2, 32, 2, 128),
+             "nx-l3-d32-h4": Architecture("nx-l3-d32-h4", 3, 32, 4, 128)}
+    rows = [{"model": m, "layer": layer, "A": a, "lam": lam, "gamma": g, "t0": t0, "K": k, "y_first": y0,
+             "peak_class": "dip"} for m, layer, a, lam, g, t0, k, y0 in MICRO_FITS]
+    data = R.build_dataset(rows, archs)
+    chosen = config("ridge", "lasso", "xgboost", targets=("A", "K", "y_first", "t_peak"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = R.paper_protocol(data, chosen) + R.leave_one_model_out(data, chosen)[0]
+        bundle = R.fit_final(data, R.choose_best([r for r in out if r["protocol"] == "leave_one_model_out"]),
+                             out, config=chosen)
+    assert {r["target"] for r in out} == {"A", "K", "y_first", "t_peak"} and "K" in bundle
+    for r in out:
+        assert math.isfinite(r["r2"]) or r["note"].startswith(("not meaningful", "not trained", "not scored")), r
+    assert any(r["note"].startswith("not scored: ") and "predictions are not finite" in r["note"] for r in out)
+    assert all(math.isnan(r["r2"]) for r in out if r["note"].startswith("not scored"))
+    lomo_k = [r for r in out if (r["protocol"], r["target"]) == ("leave_one_model_out", "K")]
+    assert lomo_k and all(math.isfinite(r["r2"]) for r in lomo_k)  # LOMO over two models does score

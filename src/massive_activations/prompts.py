@@ -192,9 +192,9 @@ def build_eval_tokens(prompts: PromptSet, prompt_texts: Sequence[str], tokenizer
         built = build_prompt_set(name, texts, tokenizer, n_train + n_held, length, seed, first=first,
                                  skip_documents=skip)
     except ValueError as err:
-        raise BadInputError(f"evaluation tokens for {prompts.set_id}: {n_train * length} training and "
-                            f"{n_held * length} held-out tokens do not fit in the texts left after the prompts' "
-                            f"documents ({err}); lower the budgets or give more text") from None
+        raise BadInputError(f"evaluation tokens for {prompts.set_id}: {train_tokens or n_train * length} training "
+                            f"and {heldout_tokens or n_held * length} held-out tokens do not fit in the texts left "
+                            f"after the prompts' documents ({err}); lower the budgets or give more text") from None
     budget = {"train_tokens": n_train * length, "heldout_tokens": n_held * length,
               "asked": [train_tokens, heldout_tokens]}
     return PromptSet(name=built.name, tokens=built.tokens,

@@ -177,7 +177,9 @@ def make_regressor(name: str, transformer: Any, inner_cv: Any, seed: int) -> Tra
         estimator.set_params(random_state=seed)
     search = GridSearchCV(Pipeline([("scale", StandardScaler()), ("model", estimator)]), grid, cv=inner_cv,
                           scoring="neg_mean_squared_error")
-    return TransformedTargetRegressor(regressor=search, transformer=clone(transformer))
+    # check_inverse off: the transforms are exact inverses in arithmetic; where floating point cannot invert
+    # (Yeo-Johnson on a narrow or huge range) the predictions are NaN, which _scores reports per score
+    return TransformedTargetRegressor(regressor=search, transformer=clone(transformer), check_inverse=False)
 
 
 def _target_rows(data: Dataset, target: str) -> tuple[np.ndarray, str]:
@@ -220,6 +222,8 @@ def predictions(model: Any, X: np.ndarray) -> np.ndarray:  # noqa: N803
     scikit-learn's warning about them is not repeated on the console."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Some values in column .* inverse-transformed data are NaN")
+        warnings.filterwarnings("ignore", message="(invalid value|overflow) encountered in power",
+                                category=RuntimeWarning)
         return model.predict(X)
 
 

@@ -1,0 +1,204 @@
+"""Every command the README shows works as written, or fails fast with the message the README gives.
+
+Commands are extracted from the README's ``bash`` blocks (continuation lines joined). Each flow
+command is parsed by the flow's own generated command line, its values validated and prechecked,
+so a flag that does not exist, or a value the flow refuses, fails here. Then each is run:
+
+- the fast ones for real, in a scratch folder (``data`` there is the store), after the README's micro
+  pipeline (``RUN``: exit code and a line the output must hold);
+- those that need a GPU, on a machine without one: they must stop at once (before any server starts)
+  with the one-line message the README documents;
+- those that need the network, an S3 server or a long run are parsed and validated only (``PARSED``,
+  each with the reason).
+
+``make``, ``prefect`` and script commands are checked to exist (``make -n``, ``--help``, the file),
+and ``prefect deployment run`` parameters are validated against the deployed flow. Any other flag
+the README mentions in running text must be an option of some flow or of the tools it names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from flows import cli
+from flows.prechecks import precheck
+from massive_activations.errors import BadInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+MICRO_PIPELINE = ".venv/bin/python -m flows.pipeline --suite micro"
+# Run for real after MICRO_PIPELINE, in order, on the same scratch store: (exit code, a line of the output).
+RUN = {
+    MICRO_PIPELINE: (0, "Evaluation tokens of nx-l2-d32-h2: "),
+    ".venv/bin/python -m flows.regress --store data": (0, "project configuration, leave_one_model_out: "),
+    ".venv/bin/python -m flows.predict --n-layers 5 --d-model 80 --n-heads 5": (0, "figure: file://"),
+    ".venv/bin/python -m flows.predict --architecture pythia-410m": (0, "figure: file://"),
+    ".venv/bin/python -m flows.fit --models pythia-70m,pythia-160m --store data":
+        (2, "error: no ratios on file://"),  # documented: capture them first (the Hub and a GPU)
+    ".venv/bin/python -m flows.monitor /runs/my-run": (1, "error: the run failed: no checkpoints of 'my-run'"),
+}
+NO_CUDA = "error: device 'cuda' asked for, but CUDA is not available on this machine"
+PARSED = {  # parsed and validated only, and why
+    ".venv/bin/python -m flows.pipeline --store s3://my-bucket/massive-activations": "needs an S3 server",
+    ".venv/bin/python -m flows.fit --models allenai/OLMo-2-0425-1B,LLM360/Amber --store data":
+        "needs their capture from the Hub",
+    ".venv/bin/python -m flows.evaluate --models nx-l4-d64-h4 --steps every=6 --kinds sae,itda,quant":
+        "needs the default suite captured: make run",
+    ".venv/bin/python -m flows.pipeline --runner-kind dask": "a long run (make run's, on Dask)",
+    "PREFECT_API_URL=http://10.0.0.4:4200/api .venv/bin/python -m flows.pipeline --runner-kind dask "
+    "--dask-address tcp://10.0.0.5:8786":
+        "needs a Dask cluster and a server it can reach",
+    ".venv/bin/python -m flows.predict --architecture path/to/config.json": "stands for the user's own file",
+}
+# Flags of the tools the README names (not flows): pip, pytest, prefect, aws.
+TOOL_FLAGS = {"--param", "--pool", "--type", "--host", "--help", "--dist", "--upgrade", "--strict", "--endpoint-url"}
+
+# The command-line conventions' own placeholders ("each field is --group-field", "booleans are --x / --no-x").
+PLACEHOLDERS = {"--field", "--group-field", "--x", "--no-x", "--prompts-"}
+
+
+def readme_commands(text: str) -> list[str]:
+    """Each command of the ``bash`` blocks, continuation lines joined, comments dropped."""
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                out.append(" ".join(line.split()))
+    return out
+
+
+def _argv(command: str) -> list[str]:
+    """The words after any leading VAR=value assignments."""
+    words = shlex.split(command)
+    while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+        words.pop(0)
+    return words
+
+
+def _flow(module: str):
+    mod = importlib.import_module(f"flows.{module}")
+    return getattr(mod, module)
+
+
+def _parse(argv: list[str]) -> dict:
+    """The flow's resolved parameters, as the command line would run them (SystemExit on a bad flag)."""
+    flow = _flow(argv[2].removeprefix("flows."))
+    schema = flow.parameters.model_dump()
+    opts = cli.options(flow)
+    args = cli.build_parser(flow, "", opts).parse_args(argv[3:])
+    params = cli.parameters(schema["properties"], opts, args)
+    cli.validate(flow, params)
+    return {name: prop["default"] for name, prop in schema["properties"].items() if "default" in prop} | params
+
+
+def _env(**extra: str) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PREFECT_LOGGING_LEVEL": "INFO",
+            **extra}
+
+
+def _run(command: str, cwd: Path, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
+    argv = [sys.executable if w == ".venv/bin/python" else w for w in _argv(command)]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+COMMANDS = readme_commands(README.read_text())
+
+
+def test_the_readme_shows_commands_and_each_is_checked_here():
+    flows = [c for c in COMMANDS if "python -m flows." in c]
+    assert MICRO_PIPELINE in COMMANDS and len(flows) >= 15, flows
+    unchecked = [c for c in flows if c not in RUN and c not in PARSED and "--device cuda" not in c]
+    assert not unchecked, f"README commands no test checks (add each to RUN or PARSED): {unchecked}"
+    assert not [c for c in [*RUN, *PARSED] if c not in COMMANDS], "commands listed here that the README lost"
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if "python -m flows." in c])
+def test_each_flow_command_parses_and_its_values_pass_the_checks(command):
+    params = _parse(_argv(command))
+    if "--device cuda" in command and not torch.cuda.is_available():
+        with pytest.raises(BadInputError, match="CUDA is not available"):
+            precheck(params)
+    else:
+        precheck(params)
+
+
+def test_a_flag_that_does_not_exist_fails_the_parse():
+    """What the check above relies on: argparse refuses an unknown flag (exit 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        _parse(_argv(".venv/bin/python -m flows.evaluate --mask-massive-factor ''"))
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if "python -m flows." not in c])
+def test_every_other_command_exists(command):
+    argv = _argv(command)
+    if argv[0] == "export":
+        assert all(re.fullmatch(r"[A-Z_]+=\S+", w) for w in argv[1:]), command
+    elif argv[0] == "make":
+        done = subprocess.run(["make", "-n", *argv[1:]], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    elif argv[0] == ".venv/bin/prefect":
+        words = [w for w in argv[1:] if not w.startswith("-")][:2]
+        done = subprocess.run([str(Path(sys.executable).parent / "prefect"), *words, "--help"], capture_output=True,
+                              text=True, env=_env(), timeout=120)
+        assert done.returncode == 0, (command, done.stderr[-500:])
+        if words == ["deployment", "run"]:
+            flow = _flow(argv[3].split("/")[0])
+            given = dict(v.split("=", 1) for k, v in zip(argv, argv[1:], strict=False) if k == "--param")
+            cli.validate(flow, {k: json.loads(v) if v.startswith("{") else v for k, v in given.items()})
+    else:
+        assert argv[0] == ".venv/bin/python" and (ROOT / argv[1]).is_file(), command
+
+
+def test_flags_in_the_running_text_exist():
+    """Flags the README names in prose (``--refresh capture,fit``) are options of some flow or of a tool."""
+    known = set(TOOL_FLAGS) | {"--json", "--debug", "--verbose"} | PLACEHOLDERS
+    for module in ("pipeline", "offline_suite", "capture", "fit", "regress", "predict", "evaluate", "monitor"):
+        parser = cli.build_parser(_flow(module), "", cli.options(_flow(module)))
+        known |= {s for a in parser._actions for s in a.option_strings}
+        known |= {f"--no-{s[2:]}" for a in parser._actions for s in a.option_strings}
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README.read_text()))
+    assert not named - known, sorted(named - known)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without CUDA says")
+def test_gpu_commands_stop_at_once_with_the_documented_line(tmp_path):
+    commands = [c for c in COMMANDS if "--device cuda" in c]
+    assert NO_CUDA.removeprefix("error: ") in README.read_text()
+    procs = [subprocess.Popen([sys.executable if w == ".venv/bin/python" else w for w in _argv(c)], cwd=tmp_path,
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in commands]
+    for command, proc in zip(commands, procs, strict=True):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2 and err.strip() == NO_CUDA and out == "", (command, err[-1000:])
+    assert not (tmp_path / "data").exists()  # nothing started, nothing written
+
+
+@pytest.mark.slow
+def test_the_fast_commands_run_as_written(micro_suite, tmp_path):
+    """The README's micro pipeline with the defaults, then the commands that use what it stored; the
+    console is the project's lines only (Prefect's stay in the run's logs)."""
+    shutil.copytree(Path(micro_suite.root) / "suites", tmp_path / "data" / "suites")  # built once per session
+    env = _env(MA_STORE=str(tmp_path / "data"))
+    for command, (code, line) in RUN.items():
+        done = _run(command, tmp_path, env)
+        output = done.stdout + done.stderr
+        assert done.returncode == code, (command, output[-3000:])
+        assert any(row.startswith(line) for row in output.splitlines()), (command, line, output[-3000:])
+        assert " | INFO " not in output and "prefect.io" not in output and "Finished in state" not in output, \
+            (command, output[-3000:])
+        assert "Warning" not in done.stderr, (command, done.stderr[-3000:])
+        if code:
+            assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == "", (command, output)
