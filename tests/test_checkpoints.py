@@ -211,3 +211,20 @@ def test_a_repository_with_only_a_sentencepiece_tokenizer_loads(fake_hub, tmp_pa
     ids = loaded.tokenizer("the quick brown fox", add_special_tokens=False)["input_ids"]
     assert ids and max(ids) < 60 and loaded.tokenizer.decode(ids) == "the quick brown fox"
     assert loaded.architecture.model_type == "llama"
+
+
+def test_loads_at_once_leave_transformers_weight_tying_intact(tmp_path):
+    """transformers patches ``PreTrainedModel.tie_weights`` and ``init_weights`` process-wide while it loads;
+    two loads at once could leave them patched for good, and every model built afterwards untied (an LM
+    head of uninitialised memory). Loads are serialised: after 8 threads load a tied model at once,
+    each loaded model and a model built afterwards are tied."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.tiny_models import byte_tokenizer, save_tiny, tiny_model
+
+    folder = save_tiny("gpt2", tmp_path / "gpt2" / "step0", byte_tokenizer())
+    with ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(lambda _: load_from_dir(folder, "gpt2", 0, device="cpu").model, range(24)))
+    assert all(m.lm_head.weight is m.get_input_embeddings().weight for m in loaded)
+    built = tiny_model("gpt2")
+    assert built.lm_head.weight is built.get_input_embeddings().weight

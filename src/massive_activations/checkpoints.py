@@ -212,6 +212,11 @@ def _is_transient(err: BaseException) -> bool:
 BREAKER_S = 300.0
 _failed_endpoints: dict[str, float] = {}
 _failed_lock = threading.Lock()
+# transformers' from_pretrained patches PreTrainedModel.tie_weights / init_weights and torch's init
+# functions process-wide while it runs (transformers.initialization.no_tie_weights, no_init_weights): two
+# loads at once could restore each other's patch and leave weight tying off for the process. One load at
+# a time; reading and converting the files stays parallel.
+_from_pretrained_lock = threading.Lock()
 _schedules: dict[tuple[str, str, Any], dict[int, str]] = {}  # (endpoint, repo, family): listed once per process
 _schedules_lock = threading.Lock()
 
@@ -542,8 +547,9 @@ def load_from_dir(path: Path, model_name: str, step: int, device: str = "auto", 
         converted = in_dtype(path, files, torch_dtype, DEFAULT_CACHE / "converted")  # no second copy in RAM
         folder = (keep if mapping else scratch).enter_context(converted)
         try:
-            model, info = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch_dtype,
-                                                             output_loading_info=True, **(mapping or {}))
+            with _from_pretrained_lock:
+                model, info = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch_dtype,
+                                                                 output_loading_info=True, **(mapping or {}))
         except Exception as err:  # noqa: BLE001
             raise CorruptCheckpointError(f"{files[0]}: weights do not fit {path / 'config.json'} ({err})") from err
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
