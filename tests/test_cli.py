@@ -145,7 +145,10 @@ def test_exit_codes_follow_the_cause_not_the_exception_type(prefect_server, caps
         """Fails as told."""
         raise BadInputError("bad value 'x'") if cause == "bad" else ValueError("Input contains NaN.")
 
-    assert cli.run(broken, lambda r, p: "", ["--cause", "bad"]) == cli.EXIT_BAD_INPUT
-    assert capsys.readouterr().err.splitlines()[-1] == "error: bad value 'x'"
-    assert cli.run(broken, lambda r, p: "", ["--cause", "internal"]) == cli.EXIT_FAILED
-    assert capsys.readouterr().err.splitlines()[-1] == "error: the run failed: Input contains NaN."
+    try:
+        assert cli.run(broken, lambda r, p: "", ["--cause", "bad"]) == cli.EXIT_BAD_INPUT
+        assert capsys.readouterr().err.splitlines()[-1] == "error: bad value 'x'"
+        assert cli.run(broken, lambda r, p: "", ["--cause", "internal"]) == cli.EXIT_FAILED
+        assert capsys.readouterr().err.splitlines()[-1] == "error: the run failed: Input contains NaN."
+    finally:
+        cli._console(verbose=True, debug=True)  # the console as Prefect set it, for the tests after this one
