@@ -235,5 +235,6 @@ def test_two_small_models_are_scored_where_they_can_be_and_each_gap_says_why():
         assert math.isfinite(r["r2"]) or r["note"].startswith(("not meaningful", "not trained", "not scored")), r
     assert any(r["note"].startswith("not scored: ") and "predictions are not finite" in r["note"] for r in out)
     assert all(math.isnan(r["r2"]) for r in out if r["note"].startswith("not scored"))
+    assert {r["target"]: r["n_undefined"] for r in out} == {"A": 0, "K": 0, "y_first": 0, "t_peak": 5}
     lomo_k = [r for r in out if (r["protocol"], r["target"]) == ("leave_one_model_out", "K")]
     assert lomo_k and all(math.isfinite(r["r2"]) for r in lomo_k)  # LOMO over two models does score

@@ -196,6 +196,14 @@ def _skipped(protocol: str, config: Config, target: str, name: str, note: str) -
             "mae": float("nan"), "rmse": float("nan"), "note": note, "n_test": 0}
 
 
+def _count_undefined(rows: list[dict], data: Dataset) -> list[dict]:
+    """Each score with how many rows were left out because its target has no value there (a descriptor
+    that does not exist for the row, a parameter that is not finite): no NaN reaches scikit-learn."""
+    for row in rows:
+        row["n_undefined"] = int(np.sum(~np.isfinite(data.y[row["target"]])))
+    return rows
+
+
 def _meaningful(y_test: np.ndarray) -> str:
     if len(y_test) < 3:
         return f"not meaningful: {len(y_test)} test rows"
@@ -262,7 +270,7 @@ def paper_protocol(data: Dataset, config: Config = CONFIGS["project"], seed: int
             score["note"] = "; ".join(n for n in (score["note"], note) if n)
             rows.append({"protocol": "random_80_20", "config": config.name, "target": target, "regressor": name,
                          **score, "n_test": len(test)})
-    return rows
+    return _count_undefined(rows, data)
 
 
 @quiet_convergence
@@ -293,7 +301,7 @@ def leave_one_model_out(data: Dataset, config: Config = CONFIGS["project"], seed
             score["note"] = "; ".join(n for n in (score["note"], note) if n)
             rows.append({"protocol": "leave_one_model_out", "config": config.name, "target": target,
                          "regressor": name, **score, "n_test": len(y)})
-    return rows, fold_models
+    return _count_undefined(rows, data), fold_models
 
 
 def _classifier(seed: int) -> RandomForestClassifier:
