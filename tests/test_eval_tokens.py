@@ -107,6 +107,55 @@ def test_layer_activations_are_every_tokens_hidden_state_in_any_grouping():
             assert got.token_id.tolist() == tokens.reshape(-1).tolist()
     with pytest.raises(ValueError, match=r"layers \[3\] are not hooked layers"):
         LayerActivations(model, tokens, [0, 3])
+    assert one_pass.groups() == [[-1, 0, 1]] and per_layer.groups() == [[-1], [0], [1]]
+    blocks = per_layer.subset([0, 1])
+    assert list(blocks) == [0, 1] and blocks.groups() == [[0], [1]] and blocks[1] is not None
+    with pytest.raises(KeyError):
+        blocks[-1]
+
+
+def test_saes_train_in_stacks_that_fit_the_memory_budget(monkeypatch):
+    from massive_activations import eval_run
+
+    one = 4 * (100 * 8 + 4 * 2 * 8 * 4 * 8)  # 100 rows of d = 8, 32 latents: data, weights, grads, moments
+    monkeypatch.setattr(eval_run, "STACK_BYTES", 2 * one)
+    assert eval_run._stacks([100] * 5, d=8, expansion=4) == [[0, 1], [2, 3], [4]]
+    assert eval_run._stacks([1000, 100], d=8, expansion=4) == [[0], [1]]  # too big alone still trains
+    monkeypatch.setattr(eval_run, "STACK_BYTES", 2**31)
+    assert eval_run._stacks([65536] * 24, d=64, expansion=4) == [list(range(24))]  # the suite's: all at once
+
+
+def test_every_kind_on_one_loaded_checkpoint_shares_one_pass_over_the_token_set(tmp_path, monkeypatch):
+    """SAE, ITDA and quantization on a shared handle: the hidden states of the token set are computed
+    once for the three (and again after the handle is released)."""
+    from massive_activations import activations
+    from massive_activations.checkpoints import CheckpointHandle
+    from massive_activations.itda import ITDASettings
+    from massive_activations.sae import SAESettings
+
+    tok = byte_tokenizer()
+    tiny_model("gpt_neox", layers=2, d=32).save_pretrained(tmp_path / "suite" / "m" / "step0")
+    tok.save_pretrained(tmp_path / "suite" / "m" / "step0")
+    texts = _texts(60, seed=2)
+    store = Store(tmp_path / "store")
+    prompts = build_prompt_set("m-n4-len32", texts, tok, n_sequences=4, length=32)
+    evals = load_prompt_set(store, save_prompt_set(store, build_eval_tokens(prompts, texts, tok, 1024, 256)))
+    settings = EvalSettings(train_tokens=1024, heldout_tokens=256, sae=SAESettings(steps=3, batch_size=64),
+                            itda=ITDASettings(k=2, target_size=4), mask=MaskSettings(massive_abs=None))
+    passes = []
+    real = activations.LayerActivations._run
+    monkeypatch.setattr(activations.LayerActivations, "_run", lambda self, layers: passes.append(layers) or
+                        real(self, layers))
+    source = FolderSource(str(tmp_path / "suite"))
+    handle = CheckpointHandle(source, "m", 0, device="cpu")
+    for kind in ("quant", "sae", "itda"):
+        result = evaluate_to_store(store, source, "m", 0, kind, "p", evals, settings, checkpoint=handle)
+        assert result["status"] == "evaluated"
+    assert passes == [[-1, 0, 1]]
+    handle.release()
+    evaluate_to_store(store, source, "m", 0, "sae", "p", evals, settings, force=True, checkpoint=handle)
+    assert passes == [[-1, 0, 1], [0, 1]]  # SAEs alone need no embedding output
+    handle.release()
 
 
 def test_a_planted_massive_token_is_in_the_pool_at_its_frequency_in_text(tmp_path):

@@ -53,18 +53,87 @@ def test_calibration_stops_runaway_trial_builds_and_itda_reads_its_token_budget(
     x = torch.randn(4000, 16)
     labels = [(i // 100, i % 100) for i in range(4000)]
     sizes: list[int] = []
-    real = module.build_dictionary
+    real = module._build
 
     def counted(*args, **kwargs):
         built = real(*args, **kwargs)
-        sizes.append(len(built))
+        sizes.append(len(built.chosen))
         return built
 
-    monkeypatch.setattr(module, "build_dictionary", counted)
+    monkeypatch.setattr(module, "_build", counted)
     built = itda(x, labels, ITDASettings(k=4, target_size=48, train_tokens=None))
     assert abs(len(built) - 48) <= 4 and max(sizes) <= 4 * 48 + 1  # no trial grew past 4 × the target
     early = itda(x, labels, ITDASettings(k=4, target_size=48, train_tokens=500))
     assert early.labels and max(labels.index(lab) for lab in early.labels) < 500  # atoms from the first 500 only
+
+
+def reference_build(x: torch.Tensor, k: int, tau: float, batch_size: int = 32,
+                    max_atoms: int | None = None) -> list[int]:
+    """The rows a build adds, written plainly from the paper's description (module docstring): torch,
+    the residual recomputed every pursuit step, every build from scratch."""
+    x = x.double()
+    atoms = torch.zeros(0, x.shape[1], dtype=torch.float64)
+    chosen: list[int] = []
+    for start in range(0, len(x), batch_size):
+        if max_atoms is not None and len(chosen) >= max_atoms:
+            break
+        batch = x[start:start + batch_size]
+        residual = batch.clone()
+        for _ in range(k if len(atoms) else 0):
+            corr = residual @ atoms.T
+            best = corr.abs().argmax(dim=1)
+            residual -= corr[torch.arange(len(batch)), best][:, None] * atoms[best]
+        x_hat = batch - residual if len(atoms) else torch.zeros_like(batch)
+        xn = batch / batch.norm(dim=1, keepdim=True)
+        norm_hat = x_hat.norm(dim=1, keepdim=True)
+        loss = torch.where(norm_hat[:, 0] > 0, ((xn - x_hat / norm_hat.clamp_min(1e-300)) ** 2).mean(dim=1),
+                           torch.full((len(batch),), 4.0 / x.shape[1], dtype=torch.float64))
+        add = [int(i) for i in torch.nonzero(loss > tau).flatten()][:None if max_atoms is None
+                                                                      else max_atoms - len(chosen)]
+        if add:
+            atoms = torch.cat([atoms, batch[add] / batch[add].norm(dim=1, keepdim=True)])
+            chosen += [start + i for i in add]
+    return chosen
+
+
+def reference_calibration(x: torch.Tensor, k: int, target: int) -> tuple[float, list[int]]:
+    """Today's bisection of log τ, every trial built from scratch by :func:`reference_build`."""
+    d = x.shape[1]
+    lo, hi, cap, best = 1e-6 / d, 4.0 / d, 4 * target + 1, None
+    for _ in range(14):
+        tau = float((lo * hi) ** 0.5)
+        built = reference_build(x, k, tau, max_atoms=cap)
+        if len(built) < cap and (best is None or abs(len(built) - target) < abs(len(best[1]) - target)):
+            best = (tau, built)
+        if len(built) == target:
+            break
+        lo, hi = (tau, hi) if len(built) > target else (lo, tau)
+    return best
+
+
+def clustered(n: int, d: int, seed: int) -> torch.Tensor:
+    """Activations like a layer's: a few heavy directions, mixed at random scales, plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(24, d, generator=gen)
+    pick = torch.randint(0, 24, (n, 2), generator=gen)
+    return (centres[pick[:, 0]] * torch.rand(n, 1, generator=gen) * 4 + centres[pick[:, 1]]
+            + 0.3 * torch.randn(n, d, generator=gen))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_calibration_chooses_the_reference_tau_and_builds_the_reference_dictionary(seed):
+    """The fast path (numpy, Gram-updated correlations, trials resumed from earlier ones) picks the
+    same τ as the plain bisection, and its dictionary, like any build at any τ, is the one the
+    plain build adds, atom for atom."""
+    x = clustered(3000, 24, seed)
+    labels = [(i, 0) for i in range(len(x))]
+    tau, rows = reference_calibration(x, k=4, target=40)
+    built = calibrate_tau(x, labels, k=4, target_size=40)
+    assert built.tau == tau and [i for i, _ in built.labels] == rows
+    assert torch.allclose(built.atoms, torch.nn.functional.normalize(x[rows].double(), dim=1), atol=1e-12)
+    for factor in (0.5, 2.0):
+        again = build_dictionary(x, labels, k=4, tau=tau * factor, max_atoms=100)
+        assert [i for i, _ in again.labels] == reference_build(x, 4, tau * factor, max_atoms=100)
 
 
 def test_jaccard_and_layer_matching():

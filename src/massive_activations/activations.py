@@ -68,6 +68,17 @@ class LayerActivations(Mapping[int, LayerSamples]):
             self._cache = self._run(self.layers[start:start + self._group])
         return LayerSamples(self._cache[layer], self._seq, self._pos, self._ids)
 
+    def groups(self, layers: list[int] | None = None) -> list[list[int]]:
+        """``layers`` (default: all) in the groups one pass computes together: what fits in memory at once."""
+        chosen = [layer for layer in self.layers if layers is None or layer in layers]
+        groups = ([layer for layer in self.layers[i:i + self._group] if layer in chosen]
+                  for i in range(0, len(self.layers), self._group))
+        return [group for group in groups if group]
+
+    def subset(self, layers: list[int]) -> Mapping[int, LayerSamples]:
+        """A view of some of the layers, sharing this one's passes."""
+        return _Subset(self, [layer for layer in self.layers if layer in layers])
+
     def _run(self, layers: list[int]) -> dict[int, torch.Tensor]:
         n, length = self.tokens.shape
         d = self.model.config.hidden_size
@@ -92,3 +103,22 @@ class LayerActivations(Mapping[int, LayerSamples]):
             for handle in handles:
                 handle.remove()
         return out
+
+
+class _Subset(Mapping[int, LayerSamples]):
+    def __init__(self, parent: LayerActivations, layers: list[int]):
+        self.parent, self.layers = parent, layers
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.layers)
+
+    def __getitem__(self, layer: int) -> LayerSamples:
+        if layer not in self.layers:
+            raise KeyError(layer)
+        return self.parent[layer]
+
+    def groups(self) -> list[list[int]]:
+        return self.parent.groups(self.layers)

@@ -583,7 +583,8 @@ class CheckpointHandle:
     """One checkpoint, loaded at most once for every piece of work done on it, then released.
 
     Loading is lazy: work the store already holds never loads (nor downloads) anything. A failed
-    load is not remembered, so a retried piece of work tries again.
+    load is not remembered, so a retried piece of work tries again. ``shared`` keeps what several
+    pieces compute from the loaded model alike (hidden states, baseline losses) until release.
     """
 
     def __init__(self, source: CheckpointSource, model: str, step: int, device: str = "auto",
@@ -592,6 +593,15 @@ class CheckpointHandle:
         self.source, self.model, self.step, self.device, self.dtype = source, model, step, device, dtype
         self._loaded: LoadedCheckpoint | None = None
         self._lock = threading.Lock()
+        self._shared: dict[Any, Any] = {}
+        self._shared_lock = threading.Lock()
+
+    def shared(self, key: Any, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once per key while the checkpoint is loaded."""
+        with self._shared_lock:
+            if key not in self._shared:
+                self._shared[key] = make()
+            return self._shared[key]
 
     def get(self) -> LoadedCheckpoint:
         with self._lock:
@@ -600,6 +610,8 @@ class CheckpointHandle:
             return self._loaded
 
     def release(self) -> None:
+        with self._shared_lock:
+            self._shared = {}
         with self._lock:
             loaded, self._loaded = self._loaded, None
         keep = loaded.keep if loaded is not None else None

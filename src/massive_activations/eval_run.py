@@ -40,7 +40,7 @@ from massive_activations.sae import (
     reconstruction_metrics,
     save_sae_lens,
     token_mask,
-    train_sae,
+    train_saes,
 )
 from massive_activations.splice import ce_loss_score, lm_loss, token_losses, token_losses_with_layer, zero_ablation
 from massive_activations.store import Store
@@ -206,42 +206,77 @@ def _split(samples: LayerSamples, n_train: int) -> tuple[LayerSamples, LayerSamp
     return samples.select(is_train), samples.select(~is_train)
 
 
+def _layer_chunks(samples: Mapping[int, LayerSamples]) -> list[list[int]]:
+    """Layers whose SAEs train together: the groups the hidden states are computed in (all of them
+    for a small model), so a chunk's training data are in memory at once anyway."""
+    groups = getattr(samples, "groups", None)
+    return groups() if callable(groups) else [list(samples)]
+
+
+STACK_BYTES = 2**31  # SAEs trained together hold about this much: their data, weights, gradients, Adam's moments
+
+
+def _stacks(rows: list[int], d: int, expansion: int) -> list[list[int]]:
+    """Consecutive runs of SAE jobs (given their training rows) to train together within STACK_BYTES
+    (at least one a run): a large model's SAEs then train a few at a time, a small model's all at once."""
+    runs: list[list[int]] = [[]]
+    used = 0
+    for i, n in enumerate(rows):
+        size = 4 * (n * d + 4 * 2 * d * expansion * d)
+        if runs[-1] and used + size > STACK_BYTES:
+            runs.append([])
+            used = 0
+        runs[-1].append(i)
+        used += size
+    return runs
+
+
 def sae_rows(samples: Mapping[int, LayerSamples], splicer: Splicer, n_train: int,
              settings: EvalSettings, saved: Callable[[SparseAutoencoder, int, str], None] | None = None) -> list[dict]:
-    """``saved``: called with each trained SAE, its layer and variant (to keep it on the store)."""
+    """``saved``: called with each trained SAE, its layer and variant (to keep it on the store).
+
+    The SAEs of a chunk of layers (each kind, masked and not) train together (``sae.train_saes``),
+    as many at once as STACK_BYTES holds; ``train_seconds`` is each one's share of that training."""
     rows = []
-    for layer, all_samples in samples.items():
-        train, held = _split(all_samples, n_train)
-        options = _mask_options(settings.mask, train)
-        for masked in (False, True):
-            if masked:
-                tr = train.select(~token_mask(train.token_id, train.pos, train.vectors.abs().amax(1), **options))
-                ho = held.select(~token_mask(held.token_id, held.pos, held.vectors.abs().amax(1), **options))
-            else:
-                tr, ho = train, held
-            if len(tr.vectors) < 2 or len(ho.vectors) == 0:
-                raise ValueError(f"layer {layer}: too few samples to train and test an SAE "
-                                 f"({len(tr.vectors)} train, {len(ho.vectors)} held-out); capture more samples")
-            for kind in settings.sae_kinds:
-                sae_settings = SAESettings(**{**asdict(settings.sae), "kind": kind})
-                started = time.perf_counter()
-                sae = train_sae(tr.vectors, sae_settings, device=input_device(splicer.lm))
-                seconds = time.perf_counter() - started
-                with torch.no_grad():
-                    codes = sae.encode(ho.vectors)
-                    metrics = reconstruction_metrics(ho.vectors, sae.decode(codes), codes)
-                    held_codes = sae.encode(held.vectors) if masked else codes  # unmasked: ho is held
-                    groups = by_token_group(held.vectors, sae.decode(held_codes), options["massive_above"], held_codes)
-                    ce = splicer.score(layer, lambda x, sae=sae: sae(x.cpu()).to(x.device),
-                                       options if masked else None,
-                                       massive_tokens(held.vectors, options["massive_above"]))
-                variant = f"{kind}-{'masked' if masked else 'unmasked'}"
-                if saved is not None:
-                    saved(sae, layer, variant)
-                rows.append({"layer": layer, "variant": variant, "sae_kind": kind, "masked": masked,
-                             "n_latents": sae.n_latents, "n_train": len(tr.vectors), **metrics, **groups,
-                             "dead_fraction_train": sae.dead_fraction, "dead_window_tokens":
-                             min(sae_settings.dead_tokens, sae.tokens_seen), **ce, "train_seconds": seconds})
+    for chunk in _layer_chunks(samples):
+        jobs = []  # (layer, masked, kind, train rows, held-out rows, the layer's held-out, mask options)
+        for layer in chunk:
+            train, held = _split(samples[layer], n_train)
+            options = _mask_options(settings.mask, train)
+            for masked in (False, True):
+                if masked:
+                    tr = train.select(~token_mask(train.token_id, train.pos, train.vectors.abs().amax(1), **options))
+                    ho = held.select(~token_mask(held.token_id, held.pos, held.vectors.abs().amax(1), **options))
+                else:
+                    tr, ho = train, held
+                if len(tr.vectors) < 2 or len(ho.vectors) == 0:
+                    raise ValueError(f"layer {layer}: too few samples to train and test an SAE "
+                                     f"({len(tr.vectors)} train, {len(ho.vectors)} held-out); capture more samples")
+                jobs += [(layer, masked, kind, tr, ho, held, options) for kind in settings.sae_kinds]
+        each = [SAESettings(**{**asdict(settings.sae), "kind": kind}) for _, _, kind, *_ in jobs]
+        saes: list[SparseAutoencoder] = []
+        started = time.perf_counter()
+        for stack in _stacks([len(tr.vectors) for _, _, _, tr, *_ in jobs], samples[chunk[0]].vectors.shape[1],
+                             settings.sae.expansion):
+            saes += train_saes([jobs[i][3].vectors for i in stack], [each[i] for i in stack],
+                               device=input_device(splicer.lm))
+        seconds = (time.perf_counter() - started) / len(jobs)
+        for (layer, masked, kind, tr, ho, held, options), sae, sae_settings in zip(jobs, saes, each, strict=True):
+            with torch.no_grad():
+                codes = sae.encode(ho.vectors)
+                metrics = reconstruction_metrics(ho.vectors, sae.decode(codes), codes)
+                held_codes = sae.encode(held.vectors) if masked else codes  # unmasked: ho is held
+                groups = by_token_group(held.vectors, sae.decode(held_codes), options["massive_above"], held_codes)
+                ce = splicer.score(layer, lambda x, sae=sae: sae(x.cpu()).to(x.device),
+                                   options if masked else None,
+                                   massive_tokens(held.vectors, options["massive_above"]))
+            variant = f"{kind}-{'masked' if masked else 'unmasked'}"
+            if saved is not None:
+                saved(sae, layer, variant)
+            rows.append({"layer": layer, "variant": variant, "sae_kind": kind, "masked": masked,
+                         "n_latents": sae.n_latents, "n_train": len(tr.vectors), **metrics, **groups,
+                         "dead_fraction_train": sae.dead_fraction, "dead_window_tokens":
+                         min(sae_settings.dead_tokens, sae.tokens_seen), **ce, "train_seconds": seconds})
     return rows
 
 
@@ -357,19 +392,24 @@ def evaluate_to_store(store: Store, source: CheckpointSource, model: str, step: 
     torch.manual_seed(settings.seed)
     try:
         lm = handle.get().model
-        first = -1 if kind == "quant" else 0  # -1: the embedding output
-        samples = LayerActivations(lm, eval_tokens.tokens, list(range(first, len(find_parts(lm).blocks))),
-                                   settings.batch_size)
+        n_layers = len(find_parts(lm).blocks)
+        key = (eval_tokens.set_id, settings.batch_size)
+        # one pass over the token set for every kind: the embedding output (-1) and every block's
+        samples = handle.shared(("activations", *key), lambda: LayerActivations(
+            lm, eval_tokens.tokens, list(range(-1, n_layers)), settings.batch_size))
         held_tokens = eval_tokens.tokens[n_train:]
         if kind == "quant":
             rows, model_row = quant_rows(samples, lm, held_tokens, n_train, settings)
             store.write_partition(QUANT_MODEL, part, rows_table([model_row]), inputs=inputs,
                                   code_modules=CODE_MODULES, overwrite=True)
-        elif kind == "sae":
-            rows = sae_rows(samples, Splicer(lm, held_tokens, settings.batch_size), n_train, settings,
-                            saved=lambda sae, layer, variant: keep_sae(store, sae, model, step, layer, variant, inputs))
         else:
-            rows = itda_rows(samples, Splicer(lm, held_tokens, settings.batch_size), n_train, settings)
+            blocks = samples.subset(list(range(n_layers)))
+            splicer = handle.shared(("splicer", *key), lambda: Splicer(lm, held_tokens, settings.batch_size))
+            if kind == "sae":
+                rows = sae_rows(blocks, splicer, n_train, settings, saved=lambda sae, layer, variant: keep_sae(
+                    store, sae, model, step, layer, variant, inputs))
+            else:
+                rows = itda_rows(blocks, splicer, n_train, settings)
     finally:
         if checkpoint is None:
             handle.release()

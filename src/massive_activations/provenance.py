@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import platform
 import subprocess
+import sys
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -66,6 +68,19 @@ def stable_hash(value: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM")
+
+
+def thread_settings() -> dict[str, Any]:
+    """The compute threads this process runs with (torch's intra- and inter-op pools, when torch is
+    loaded, and the variables BLAS and tokenizers read): timings and float rounding depend on them."""
+    out: dict[str, Any] = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out |= {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads()}
+    return out
+
+
 def provenance(inputs: dict[str, Any], code_modules: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
         "package_version": __version__,
@@ -73,5 +88,6 @@ def provenance(inputs: dict[str, Any], code_modules: tuple[str, ...] = ()) -> di
         "code_version": module_version(*code_modules) if code_modules else __version__,
         "code_modules": list(code_modules),
         "libraries": library_versions(),
+        "threads": thread_settings(),
         "inputs": inputs,
     }

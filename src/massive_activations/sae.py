@@ -113,10 +113,6 @@ class SparseAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
-    @torch.no_grad()
-    def normalise_decoder(self) -> None:
-        self.W_dec /= self.W_dec.norm(dim=0, keepdim=True).clamp_min(1e-12)
-
 
 def lr_factor(step: int, total: int) -> float:
     """Linear warmup over the first 5% of steps, then a cosine decay to 10% at the last step."""
@@ -128,57 +124,187 @@ def lr_factor(step: int, total: int) -> float:
 
 
 def auxk_loss(pre: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor, w_dec: torch.Tensor,
-              aux_k: int) -> torch.Tensor:
+              aux_k: int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """How badly the ``aux_k`` largest pre-activations of the dead latents reconstruct the main
     reconstruction's residual, relative to the residual's energy: its gradient raises a dead latent
-    whose decoder direction would explain what the live ones miss."""
-    top = pre.masked_fill(~dead, float("-inf")).topk(min(aux_k, int(dead.sum())), dim=-1)
+    whose decoder direction would explain what the live ones miss.
+
+    One SAE: pre (tokens, n), dead (n,), residual (tokens, d), w_dec (d, n); or a stack of them with
+    a leading axis on each, giving one loss per SAE, and ``valid`` (SAEs, tokens) marking the rows
+    of each minibatch that count (a short batch padded to the others' size)."""
+    if pre.ndim == 2:
+        return auxk_loss(pre[None], dead[None], residual[None], w_dec[None], aux_k)[0]
+    top = pre.masked_fill(~dead[:, None, :], float("-inf")).topk(aux_k, dim=-1)  # a −inf pick adds 0
     z_aux = torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
-    error = ((residual - z_aux @ w_dec.T) ** 2).sum(dim=1).mean()
-    return error / (residual ** 2).sum(dim=1).mean().clamp_min(1e-12)
+    fit = torch.bmm(z_aux, w_dec.transpose(1, 2))
+    if valid is not None:
+        residual, fit = residual * valid[:, :, None], fit * valid[:, :, None]
+    error = ((residual - fit) ** 2).sum(dim=2).sum(dim=1)
+    return error / (residual ** 2).sum(dim=2).sum(dim=1).clamp_min(1e-12)
 
 
 def train_sae(x: torch.Tensor, settings: SAESettings, device: str | torch.device = "cpu") -> SparseAutoencoder:
     """Train on rows of ``x`` (tokens × d_model), seeded (module docstring). ``x`` stays where it is;
     the SAE and each minibatch go to ``device`` (the model's GPU), and the SAE comes back on the CPU."""
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"SAE training needs a (tokens >= 2, d_model) matrix, got shape {tuple(x.shape)}")
-    x = x.float()
-    torch.manual_seed(settings.seed)
-    sae = SparseAutoencoder(x.shape[1], settings, mean=x.mean(dim=0)).to(device)
-    opt = torch.optim.Adam(sae.parameters(), lr=settings.lr)
-    gen = torch.Generator().manual_seed(settings.seed)
-    batch_size = min(settings.batch_size, len(x))
-    per_epoch = math.ceil(len(x) / batch_size)
-    total = settings.steps or settings.epochs * per_epoch
-    aux_k = settings.aux_latents(sae.n_latents)
-    since_fired = torch.zeros(sae.n_latents, dtype=torch.long, device=device)  # tokens since each last fired
-    scale = ((x - x.mean(dim=0)) ** 2).sum(dim=1).mean().clamp_min(1e-12).to(device)  # in units of the variance
-    order = torch.randperm(len(x), generator=gen)
+    return train_saes([x], [settings], device)[0]
+
+
+def _same_but_kind(settings: list[SAESettings]) -> None:
+    first = {**asdict(settings[0]), "kind": None}
+    for other in settings[1:]:
+        if {**asdict(other), "kind": None} != first:
+            raise ValueError(f"SAEs trained together may differ in kind only: {settings[0]} vs {other}")
+
+
+def _schedule(n: int, batch_size: int, total: int, seed: int) -> torch.Tensor:
+    """Row indices (total, batch_size) of each step's minibatch of ``n`` rows, −1 where a step's batch
+    (the last of an epoch) is short: epochs of one seeded permutation each, as one SAE alone draws them."""
+    gen = torch.Generator().manual_seed(seed)
+    per_epoch = math.ceil(n / batch_size)
+    out = torch.full((total, batch_size), -1, dtype=torch.long)
+    order = torch.randperm(n, generator=gen)
     for step in range(total):
         if step % per_epoch == 0 and step:
-            order = torch.randperm(len(x), generator=gen)
-        batch = x[order[(step % per_epoch) * batch_size:(step % per_epoch + 1) * batch_size]].to(device)
-        for group in opt.param_groups:
-            group["lr"] = settings.lr * lr_factor(step, total)
-        pre = sae.pre_activations(batch)
-        z = sae.encode(batch)
-        x_hat = sae.decode(z)
-        loss = ((batch - x_hat) ** 2).sum(dim=1).mean() / scale
-        if settings.kind == "relu":
-            loss = loss + settings.l1 * (z * sae.W_dec.norm(dim=0)).sum(dim=1).mean()
-        since_fired += len(batch)
-        since_fired[(z > 0).any(dim=0)] = 0
-        sae.tokens_seen += len(batch)
-        dead = since_fired >= settings.dead_tokens  # none before a whole window has passed (AuxK would
-        if aux_k and dead.any():                    # otherwise push down latents that have yet to fire)
-            loss = loss + AUXK_WEIGHT * auxk_loss(pre, dead, (batch - x_hat).detach(), sae.W_dec, aux_k)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sae.normalise_decoder()
-    sae.dead_fraction = float((since_fired >= min(settings.dead_tokens, sae.tokens_seen)).double().mean())
-    return sae.cpu().eval()
+            order = torch.randperm(n, generator=gen)
+        rows = order[(step % per_epoch) * batch_size:(step % per_epoch + 1) * batch_size]
+        out[step, :len(rows)] = rows
+    return out
+
+
+class _Adam:
+    """torch.optim.Adam's update (betas 0.9/0.999, eps 1e-8) on stacked parameters, with a learning
+    rate per SAE (its own warmup and decay) and only the SAEs still training stepping."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.params = params
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, lr: torch.Tensor, t: int, active: torch.Tensor | None) -> None:
+        """``active``: which SAEs step (None: all)."""
+        b1, b2 = 0.9, 0.999
+        for p, m, v in zip(self.params, self.m, self.v, strict=True):
+            shape = (-1,) + (1,) * (p.ndim - 1)
+            if active is None:
+                m.lerp_(p.grad, 1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                p.sub_((lr / (1 - b1 ** t)).view(shape) * m / (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(1e-8))
+                continue
+            keep = active.view(shape)
+            m.copy_(torch.where(keep, m.lerp(p.grad, 1 - b1), m))
+            v.copy_(torch.where(keep, (v * b2).addcmul_(p.grad, p.grad, value=1 - b2), v))
+            denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(1e-8)
+            p.sub_((lr / (1 - b1 ** t)).view(shape) * m / denom * keep)
+
+
+def train_saes(xs: list[torch.Tensor], settings: list[SAESettings],
+               device: str | torch.device = "cpu") -> list[SparseAutoencoder]:
+    """Train one SAE per (rows, settings) pair, those of one kind at once as stacked tensors with one
+    update for all: the same SAEs as training each alone (the same initialisation, minibatches,
+    learning-rate schedule, AuxK and Adam update; equal within float32 rounding, tests/test_sae.py).
+    Stacked, the many small SAEs of a checkpoint (kinds × masking × layers) make a few large
+    operations instead of many small ones. The settings may differ in ``kind`` only."""
+    if len(xs) != len(settings) or not xs:
+        raise ValueError(f"train_saes needs one settings per data matrix, got {len(xs)} and {len(settings)}")
+    _same_but_kind(settings)
+    d = xs[0].shape[1] if xs[0].ndim == 2 else -1
+    for x in xs:
+        if x.ndim != 2 or len(x) < 2 or x.shape[1] != d:
+            raise ValueError(f"SAE training needs (tokens >= 2, d_model) matrices of one width, got shape "
+                             f"{tuple(x.shape)}")
+    torch.manual_seed(settings[0].seed)
+    out: list[SparseAutoencoder | None] = [None] * len(xs)
+    for kind in ("topk", "relu"):
+        chosen = [i for i, s in enumerate(settings) if s.kind == kind]
+        if chosen:
+            trained = _train_stacked([xs[i].float() for i in chosen], settings[chosen[0]], device)
+            for i, sae in zip(chosen, trained, strict=True):
+                out[i] = sae
+    return out  # type: ignore[return-value]
+
+
+def _train_stacked(xs: list[torch.Tensor], settings: SAESettings,
+                   device: str | torch.device) -> list[SparseAutoencoder]:
+    """``train_saes`` for SAEs of one kind: parameters stacked on a leading axis, minibatches padded
+    to one size (a short last batch of an epoch weighs only its own rows)."""
+    d = xs[0].shape[1]
+    saes = [SparseAutoencoder(d, settings, mean=x.mean(dim=0)) for x in xs]
+    n_sae, n = len(saes), saes[0].n_latents
+    w_dec = torch.stack([s.W_dec.detach() for s in saes]).to(device).requires_grad_()  # (V, d, n)
+    w_enc = torch.stack([s.W_enc.detach() for s in saes]).to(device).requires_grad_()  # (V, n, d)
+    b_enc = torch.stack([s.b_enc.detach() for s in saes]).to(device).requires_grad_()  # (V, n)
+    b_dec = torch.stack([s.b_dec.detach() for s in saes]).to(device).requires_grad_()  # (V, d)
+    sizes = [len(x) for x in xs]
+    batch_size = min(settings.batch_size, max(sizes))
+    totals = [settings.steps or settings.epochs * math.ceil(size / min(settings.batch_size, size)) for size in sizes]
+    rows = torch.full((max(totals), n_sae, batch_size), -1, dtype=torch.long)
+    for i, size in enumerate(sizes):
+        own = _schedule(size, min(settings.batch_size, size), totals[i], settings.seed)
+        rows[:totals[i], i, :own.shape[1]] = own
+    short = (rows < 0).any(dim=2).any(dim=1)  # steps where some SAE's batch is short or it is done
+    offsets = torch.tensor([0, *np.cumsum(sizes)[:-1].tolist()]).view(1, -1, 1)
+    rows = torch.where(rows >= 0, rows + offsets, -1)
+    data = torch.cat(xs)
+    scale = torch.stack([((x - x.mean(dim=0)) ** 2).sum(dim=1).mean().clamp_min(1e-12) for x in xs]).to(device)
+    aux_k = settings.aux_latents(n)
+    topk = settings.kind == "topk"
+    since_fired = torch.zeros(n_sae, n, dtype=torch.long, device=device)
+    seen = torch.zeros(n_sae, dtype=torch.long)
+    adam = _Adam([w_dec, w_enc, b_enc, b_dec])
+    for step in range(max(totals)):
+        active = torch.tensor([step < total for total in totals])
+        index = rows[step]
+        padded = bool(short[step])
+        valid = (index >= 0).to(device)  # (V, B)
+        count = valid.sum(dim=1)
+        batch = data[index.clamp_min(0)].to(device)  # (V, B, d)
+        pre = torch.baddbmm(b_enc[:, None, :], batch - b_dec[:, None, :], w_enc.transpose(1, 2))
+        if topk:
+            top = pre.topk(settings.k, dim=-1)
+            z = torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+        else:
+            z = torch.relu(pre)
+        x_hat = torch.baddbmm(b_dec[:, None, :], z, w_dec.transpose(1, 2))
+        residual = batch - x_hat
+        err = (residual ** 2).sum(dim=2)  # (V, B)
+        if padded:
+            err = err * valid
+        loss = err.sum(dim=1) / count.clamp_min(1) / scale
+        if not topk and settings.l1:
+            penalty = (z * w_dec.norm(dim=1)[:, None, :]).sum(dim=2)
+            loss = loss + settings.l1 * (penalty * valid if padded else penalty).sum(dim=1) / count.clamp_min(1)
+        with torch.no_grad():
+            fired_rows = z > 0
+            if padded:
+                fired_rows &= valid[:, :, None]
+            fired = fired_rows.any(dim=1)  # (V, n)
+            advance = torch.where(active, count.cpu(), 0)
+            since_fired += advance.to(device)[:, None]
+            since_fired.masked_fill_(fired, 0)
+            seen += advance
+            dead = since_fired >= settings.dead_tokens
+            has_dead = dead.any(dim=1)
+        if aux_k and bool(has_dead.any()):
+            aux = auxk_loss(pre, dead, residual.detach(), w_dec, aux_k, valid if padded else None)
+            loss = loss + AUXK_WEIGHT * torch.where(has_dead, aux, 0.0)
+        for p in adam.params:
+            p.grad = None
+        (loss * active.to(device)).sum().backward() if padded else loss.sum().backward()
+        lr = torch.tensor([settings.lr * lr_factor(step, total) for total in totals], device=device)
+        adam.step(lr, step + 1, active.to(device) if padded else None)
+        with torch.no_grad():
+            w_dec /= w_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    with torch.no_grad():
+        for i, sae in enumerate(saes):
+            sae.W_dec.copy_(w_dec[i].cpu())
+            sae.W_enc.copy_(w_enc[i].cpu())
+            sae.b_enc.copy_(b_enc[i].cpu())
+            sae.b_dec.copy_(b_dec[i].cpu())
+            sae.tokens_seen = int(seen[i])
+            window = min(settings.dead_tokens, sae.tokens_seen)
+            sae.dead_fraction = float((since_fired[i] >= window).double().mean())
+    return [sae.eval() for sae in saes]
 
 
 def save_sae_lens(sae: SparseAutoencoder, folder: str | Path, hook_name: str, model_name: str,
