@@ -182,6 +182,27 @@ def make_regressor(name: str, transformer: Any, inner_cv: Any, seed: int) -> Tra
     return TransformedTargetRegressor(regressor=search, transformer=clone(transformer), check_inverse=False)
 
 
+N_JOBS = 2  # worker processes the protocols' fits run in (joblib's loky, as scikit-learn's n_jobs)
+
+
+@quiet_convergence
+def _fit_predict(name: str, transformer: Any, inner: Any, fit_args: dict[str, Any], seed: int, X_train: np.ndarray,  # noqa: N803
+                 y_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, Any]:  # noqa: N803
+    model = make_regressor(name, transformer, inner, seed).fit(X_train, y_train, **fit_args)
+    return predictions(model, X_test), model
+
+
+def _in_parallel(tasks: list[tuple], n_jobs: int | None) -> list[tuple[np.ndarray, Any]]:
+    """``_fit_predict`` on each task's arguments, in worker processes: every fit is seeded and
+    independent of the others, so the results are those of fitting one after another."""
+    from joblib import Parallel, delayed
+
+    workers = N_JOBS if n_jobs is None else n_jobs
+    if workers == 1 or len(tasks) < 2:
+        return [_fit_predict(*task) for task in tasks]
+    return Parallel(n_jobs=workers, backend="loky")(delayed(_fit_predict)(*task) for task in tasks)
+
+
 def _target_rows(data: Dataset, target: str) -> tuple[np.ndarray, str]:
     """Rows where the target has a value, and why the target cannot be learnt ("" when it can)."""
     rows = np.flatnonzero(np.isfinite(data.y[target]))
@@ -246,14 +267,16 @@ def _inner_groups_cv(groups: np.ndarray) -> tuple[Any, dict[str, Any]]:
     return KFold(n_splits=min(3, len(groups))), {}
 
 
-@quiet_convergence
-def paper_protocol(data: Dataset, config: Config = CONFIGS["project"], seed: int = 0) -> list[dict]:
+def paper_protocol(data: Dataset, config: Config = CONFIGS["project"], seed: int = 0,
+                   n_jobs: int | None = None) -> list[dict]:
     """Random 80/20 split, 5-fold CV on the 80% for selection, test scores on the 20%.
 
-    One split of all rows; a target without a value on some rows uses the rest of each side."""
+    One split of all rows; a target without a value on some rows uses the rest of each side.
+    ``n_jobs``: worker processes for the fits (None: N_JOBS)."""
     train_all, test_all = train_test_split(np.arange(len(data.groups)), test_size=0.2, random_state=seed)
     X = data.X[:, config.columns]
-    rows = []
+    rows: list[dict | None] = []
+    tasks, places, notes = [], [], {}
     for target in config.targets:
         have, why = _target_rows(data, target)
         train, test = np.intersect1d(train_all, have), np.intersect1d(test_all, have)
@@ -262,45 +285,53 @@ def paper_protocol(data: Dataset, config: Config = CONFIGS["project"], seed: int
             rows += [_skipped("random_80_20", config, target, n, why) for n in config.regressors]
             continue
         y = data.y[target]
-        transformer, note = target_transformer(config.transforms[target], y[have])
+        transformer, notes[target] = target_transformer(config.transforms[target], y[have])
         inner = KFold(n_splits=min(5, len(train)), shuffle=True, random_state=seed)
         for name in config.regressors:
-            model = make_regressor(name, transformer, inner, seed).fit(X[train], y[train])
-            score = _scores(y[test], predictions(model, X[test]))
-            score["note"] = "; ".join(n for n in (score["note"], note) if n)
-            rows.append({"protocol": "random_80_20", "config": config.name, "target": target, "regressor": name,
-                         **score, "n_test": len(test)})
+            tasks.append((name, transformer, inner, {}, seed, X[train], y[train], X[test]))
+            places.append((len(rows), target, name, y[test]))
+            rows.append(None)
+    for (pred, _), (at, target, name, truth) in zip(_in_parallel(tasks, n_jobs), places, strict=True):
+        score = _scores(truth, pred)
+        score["note"] = "; ".join(n for n in (score["note"], notes[target]) if n)
+        rows[at] = {"protocol": "random_80_20", "config": config.name, "target": target, "regressor": name,
+                    **score, "n_test": len(truth)}
     return _count_undefined(rows, data)
 
 
-@quiet_convergence
 def leave_one_model_out(data: Dataset, config: Config = CONFIGS["project"], seed: int = 0,
-                        ) -> tuple[list[dict], dict[tuple[str, str], list[Any]]]:
+                        n_jobs: int | None = None) -> tuple[list[dict], dict[tuple[str, str], list[Any]]]:
     """GroupKFold by model; scores pooled over the held-out models. Also returns the fold models
-    (for inspection; they are not persisted)."""
+    (for inspection; they are not persisted). ``n_jobs``: worker processes for the fits (None: N_JOBS)."""
     X = data.X[:, config.columns]
-    rows, fold_models = [], {}
+    rows: list[dict | None] = []
+    tasks, places, notes = [], [], {}
     for target in config.targets:
         have, why = _target_rows(data, target)
         if why:
             rows += [_skipped("leave_one_model_out", config, target, n, why) for n in config.regressors]
             continue
         Xh, y, groups = X[have], data.y[target][have], data.groups[have]  # noqa: N806
-        transformer, note = target_transformer(config.transforms[target], y)
-        outer = GroupKFold(n_splits=len(np.unique(groups)))
+        transformer, notes[target] = target_transformer(config.transforms[target], y)
+        folds = list(GroupKFold(n_splits=len(np.unique(groups))).split(Xh, y, groups))
         for name in config.regressors:
-            pred = np.empty_like(y)
-            models = fold_models[(target, name)] = []
-            for train, test in outer.split(Xh, y, groups):
+            for train, test in folds:
                 inner, fit_args = _inner_groups_cv(groups[train])
-                model = make_regressor(name, transformer, inner, seed)
-                model.fit(Xh[train], y[train], **fit_args)
-                pred[test] = predictions(model, Xh[test])
-                models.append(model)
-            score = _scores(y, pred)
-            score["note"] = "; ".join(n for n in (score["note"], note) if n)
-            rows.append({"protocol": "leave_one_model_out", "config": config.name, "target": target,
-                         "regressor": name, **score, "n_test": len(y)})
+                tasks.append((name, transformer, inner, fit_args, seed, Xh[train], y[train], Xh[test]))
+            places.append((len(rows), target, name, y, folds))
+            rows.append(None)
+    results = iter(_in_parallel(tasks, n_jobs))
+    fold_models: dict[tuple[str, str], list[Any]] = {}
+    for at, target, name, y, folds in places:
+        pred = np.empty_like(y)
+        models = fold_models[(target, name)] = []
+        for _, test in folds:
+            pred[test], model = next(results)
+            models.append(model)
+        score = _scores(y, pred)
+        score["note"] = "; ".join(n for n in (score["note"], notes[target]) if n)
+        rows[at] = {"protocol": "leave_one_model_out", "config": config.name, "target": target,
+                    "regressor": name, **score, "n_test": len(y)}
     return _count_undefined(rows, data), fold_models
 
 
