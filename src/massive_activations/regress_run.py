@@ -149,7 +149,7 @@ def _importance(bundle: dict[str, dict[str, Any]], data: R.Dataset, seed: int) -
         if not np.all(np.isfinite(R.predictions(entry["final"], data.X[have]))):
             continue  # its scores say why (not finite); an importance of NaN predictions means nothing
         result = permutation_importance(entry["final"], data.X[have], data.y[target][have], n_repeats=10,
-                                        random_state=seed, n_jobs=R.N_JOBS)
+                                        random_state=seed)
         for i, name in enumerate(FEATURES):
             out.append({"target": target, "regressor": entry["regressor"], "feature": name,
                         "importance_mean": float(result.importances_mean[i]),
