@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.runner import runner_width
+from flows.runner import compute_threads, runner_width
 from massive_activations.checkpoints import make_source
 from massive_activations.store import Store
 from tasks.checkpoint import fetch_checkpoint, process_checkpoint, stored_outcome
@@ -50,7 +50,7 @@ def run_pass(store: Store, jobs: list[Job], device: str, dtype: str, prefetch: i
         progress.update(len(jobs) - len(todo) + sum(f.state.is_final() for f in futures.values()))
 
     report()
-    with ThreadPoolTaskRunner(max_workers=1) as lane:
+    with compute_threads(min(slots, max(1, len(todo)))), ThreadPoolTaskRunner(max_workers=1) as lane:
         for i in todo:
             job = jobs[i]
             while len(in_flight) >= slots:

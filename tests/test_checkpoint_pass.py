@@ -174,3 +174,26 @@ def test_a_dead_endpoint_fails_the_capture_run_within_the_documented_bound(prefe
         server.close()
     assert state.is_failed() and "still failing after 2 attempts" in str(state.result(raise_on_failure=False))
     assert took <= bound + 15, (took, bound)  # one file's worst case, plus the flow's own start and end
+
+
+def test_each_checkpoint_at_once_gets_its_share_of_the_cores_and_the_counts_are_recorded(monkeypatch):
+    """Two slots on two cores: one torch, BLAS and OpenMP thread each inside the pass, recorded in
+    provenance; the process's own counts come back after it."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from flows.runner import compute_threads
+    from massive_activations.provenance import thread_settings
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1})
+    torch.set_num_threads(2)
+    before = {(p["user_api"], p["internal_api"]): p["num_threads"] for p in threadpool_info()}
+    with compute_threads(2) as each:
+        assert each == 1 and torch.get_num_threads() == 1
+        assert all(p["num_threads"] == 1 for p in threadpool_info())
+        recorded = thread_settings()
+        assert recorded["torch_intra_op"] == 1 and recorded["blas:openblas"] == 1
+    assert torch.get_num_threads() == 2
+    assert {(p["user_api"], p["internal_api"]): p["num_threads"] for p in threadpool_info()} == before
+    with compute_threads(1) as each:
+        assert each == 2 and torch.get_num_threads() == 2  # one checkpoint at a time: both cores

@@ -73,11 +73,15 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 def thread_settings() -> dict[str, Any]:
     """The compute threads this process runs with (torch's intra- and inter-op pools, when torch is
-    loaded, and the variables BLAS and tokenizers read): timings and float rounding depend on them."""
+    loaded, the BLAS and OpenMP pools threadpoolctl sees, when it is, and the variables BLAS and
+    tokenizers read): timings and float rounding depend on them."""
     out: dict[str, Any] = {name: os.environ.get(name) for name in THREAD_VARIABLES}
     torch = sys.modules.get("torch")
     if torch is not None:
         out |= {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads()}
+    if "threadpoolctl" in sys.modules:
+        for pool in sys.modules["threadpoolctl"].threadpool_info():
+            out[f"{pool['user_api']}:{pool['internal_api']}"] = pool["num_threads"]
     return out
 
 
