@@ -91,15 +91,11 @@ def _float64(x: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def _normalised_loss(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
+    """mean_d (x/‖x‖ − x̂/‖x̂‖)² per row; rows with x̂ = 0 get the maximum, 4/d."""
     xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     norm_hat = np.linalg.norm(x_hat, axis=1, keepdims=True)
     loss = ((xn - x_hat / np.maximum(norm_hat, 1e-12)) ** 2).mean(axis=1)
     return np.where(norm_hat[:, 0] > 0, loss, 4.0 / x.shape[1])
-
-
-def normalised_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """mean_d (x/‖x‖ − x̂/‖x̂‖)² per row; rows with x̂ = 0 get the maximum, 4/d."""
-    return torch.from_numpy(_normalised_loss(_float64(x), _float64(x_hat)))
 
 
 @dataclass
