@@ -1,26 +1,38 @@
-# `make run` and `make test` each set up .venv when missing (or when pyproject.toml changed) and run.
+# `make run` and `make test` each set up .venv when missing (or when pyproject.toml or requirements.lock
+# changed) and run.
 PY := .venv/bin/python
 STAMP := .venv/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_LEVEL ?= INFO
 export TOKENIZERS_PARALLELISM ?= false
+export NO_MKDOCS_2_WARNING ?= 1
 # flows/ and tasks/ are imported by name in processes Prefect and Dask start (serve, workers, resumed runs).
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 # The ephemeral API starts slowly on a busy 2-core machine; the default 20 s is not always enough.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: run test lint install browser clean-data
+.PHONY: run test lint install browser clean-data lock docs
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exactly the locked versions (nothing else), each checked against its hash (torch: the CPU wheel), then the project itself.
+# uv installs the lock (seconds, where pip takes minutes); it finds torch's +cpu wheel where pip does here
+# (PIP_FIND_LINKS), or set UV_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
+UV_VERSION := $(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' requirements.lock)
+export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
-	# torch first, from the pinned CPU wheel: letting the resolver choose pulls a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	.venv/bin/uv pip sync -q --python $(PY) --require-hashes requirements.lock
+	.venv/bin/uv pip install -q --python $(PY) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Re-resolve requirements.lock from pyproject.toml's ranges and constraints.txt (the newest versions that fit).
+lock: $(STAMP)
+	$(PY) -m piptools compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+		--no-emit-find-links --extra test --extra docs --extra lock -c constraints.txt \
+		-o requirements.lock pyproject.toml
 
 run: $(STAMP)
 	$(PY) -m flows.pipeline
@@ -31,11 +43,16 @@ browser:
 
 test: $(STAMP) browser
 	$(PY) -m ruff check .
+	$(PY) -m mkdocs build --strict --quiet
 	# two workers, one test file each at a time: half the tests wait on servers and subprocesses
 	$(PY) -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+# The documentation site, served at http://127.0.0.1:8000 while you edit docs/.
+docs: $(STAMP)
+	$(PY) -m mkdocs serve --dev-addr 127.0.0.1:8000
 
 clean-data:
 	rm -rf data

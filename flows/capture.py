@@ -150,5 +150,10 @@ def summary(result: dict, params: dict) -> str:
     return "\n".join(lines)
 
 
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line: ``python -m flows.capture`` or ``massive-activations capture``."""
+    return cli.run(capture, summary, argv, prog=prog)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(capture, summary))
+    sys.exit(main())

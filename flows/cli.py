@@ -12,6 +12,7 @@ stay in the run's logs on the API unless ``--verbose``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import json
 import logging
@@ -26,7 +27,6 @@ from typing import Any
 import pydantic
 from prefect import Flow
 
-from flows.params import PROJECT_ROOT
 from flows.prechecks import precheck
 from massive_activations.errors import BadInputError
 
@@ -106,9 +106,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser(flow: Flow, description: str, opts: list[Option]) -> argparse.ArgumentParser:
+def build_parser(flow: Flow, description: str, opts: list[Option], prog: str | None = None) -> argparse.ArgumentParser:
+    """``prog``: how the command is called in messages (default ``python -m flows.<module>``)."""
     module = Path(sys.modules[flow.fn.__module__].__file__ or flow.name).stem
-    parser = _Parser(prog=f"python -m flows.{module}", allow_abbrev=False, description=description)
+    parser = _Parser(prog=prog or f"python -m flows.{module}", allow_abbrev=False, description=description)
     field_names = [o.path[-1] for o in opts if len(o.path) > 1]
     top = {o.path[0] for o in opts}
     for opt in opts:
@@ -200,7 +201,8 @@ class _Console(logging.Formatter):
             record.exc_info, record.exc_text, record.stack_info = saved
 
 
-_OURS = tuple(str(PROJECT_ROOT / part) + "/" for part in ("flows", "tasks", "src", "deployments"))
+_OURS = tuple(str(Path(importlib.util.find_spec(package).origin).parent) + "/"  # checked out or installed
+              for package in ("flows", "tasks", "massive_activations", "deployments"))
 
 
 def _ours(record: logging.LogRecord) -> bool:
@@ -225,11 +227,12 @@ def _console(verbose: bool, debug: bool = False) -> None:
             h.addFilter(_ours)
 
 
-def run(flow: Flow, summary: Summary, argv: list[str] | None = None, description: str | None = None) -> int:
+def run(flow: Flow, summary: Summary, argv: list[str] | None = None, description: str | None = None,
+        prog: str | None = None) -> int:
     """Parse, check, run, print; the exit code (argparse itself exits with 2 on a malformed command)."""
     schema = flow.parameters.model_dump()
     opts = _options(schema)
-    parser = build_parser(flow, description or (flow.fn.__doc__ or flow.name).strip().splitlines()[0], opts)
+    parser = build_parser(flow, description or (flow.fn.__doc__ or flow.name).strip().splitlines()[0], opts, prog)
     args = parser.parse_args(argv)
     try:
         params = parameters(schema["properties"], opts, args)

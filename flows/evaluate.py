@@ -163,5 +163,10 @@ def summary(result: dict, params: dict) -> str:
     return "\n".join([cli.table(rows), f"data: {result['where']}", f"figures: {store.url_for('plots/evals')}"])
 
 
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line: ``python -m flows.evaluate`` or ``massive-activations evaluate``."""
+    return cli.run(evaluate, summary, argv, prog=prog)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(evaluate, summary))
+    sys.exit(main())

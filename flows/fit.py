@@ -92,5 +92,10 @@ def summary(result: dict, params: dict) -> str:
                       f"fits: {Store(params['store']).url_for(FITS)}"])
 
 
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line: ``python -m flows.fit`` or ``massive-activations fit``."""
+    return cli.run(fit, summary, argv, prog=prog)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(fit, summary))
+    sys.exit(main())

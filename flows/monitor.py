@@ -85,5 +85,10 @@ def summary(result: dict, params: dict) -> str:
     return "\n".join(lines)
 
 
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line: ``python -m flows.monitor`` or ``massive-activations monitor``."""
+    return cli.run(monitor, summary, argv, prog=prog)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(monitor, summary))
+    sys.exit(main())

@@ -43,5 +43,10 @@ def summary(result: dict, params: dict) -> str:
     return cli.table(rows) + f"\ncheckpoints: {result['root']}"
 
 
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line: ``python -m flows.offline_suite`` or ``massive-activations offline-suite``."""
+    return cli.run(offline_suite, summary, argv, prog=prog)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(offline_suite, summary))
+    sys.exit(main())

@@ -11,8 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from massive_activations.eval_run import EvalSettings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_STORE = os.environ.get("MA_STORE", str(PROJECT_ROOT / "data"))
+
+def _home() -> Path:
+    """Where ``data/`` goes by default: the checkout's root (where make run puts it), or, for an installed
+    package, the directory the command runs in."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() else Path.cwd()
+
+
+DEFAULT_STORE = os.environ.get("MA_STORE", str(_home() / "data"))
 
 
 Kind = Literal["sae", "itda", "quant"]

@@ -170,5 +170,10 @@ def summary(result: dict, params: dict) -> str:
     return "\n".join(lines)
 
 
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line: ``python -m flows.pipeline`` or ``massive-activations pipeline``."""
+    return cli.run(pipeline, summary, argv, description=__doc__.splitlines()[0], prog=prog)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(pipeline, summary, description=__doc__.splitlines()[0]))
+    sys.exit(main())

@@ -56,5 +56,10 @@ def summary(result: dict, params: dict) -> str:
     return cli.table(rows, columns) + f"\nfigure: {Store(params['store']).url_for(result['figure'])}"
 
 
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line: ``python -m flows.predict`` or ``massive-activations predict``."""
+    return cli.run(predict, summary, argv, prog=prog)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(predict, summary))
+    sys.exit(main())

@@ -134,5 +134,10 @@ def summary(result: dict, params: dict) -> str:
     return "\n".join(lines)
 
 
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line: ``python -m flows.regress`` or ``massive-activations regress``."""
+    return cli.run(regress, summary, argv, prog=prog)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(regress, summary))
+    sys.exit(main())

@@ -1,6 +1,7 @@
-"""Every command the README shows works as written, or fails fast with the message the README gives.
+"""Every command the README and the documentation site (``docs/*.md``) show works as written, or fails fast
+with the message they give.
 
-Commands are extracted from the README's ``bash`` blocks (continuation lines joined). Each flow
+Commands are extracted from the pages' ``bash`` blocks (continuation lines joined). Each flow
 command is parsed by the flow's own generated command line, its values validated and prechecked,
 so a flag that does not exist, or a value the flow refuses, fails here. Then each is run:
 
@@ -32,18 +33,24 @@ import pytest
 import torch
 
 from flows import cli
+from flows.command import FLOWS
 from flows.prechecks import precheck
 from massive_activations.errors import BadInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 MICRO_PIPELINE = ".venv/bin/python -m flows.pipeline --suite micro"
 # Run for real after MICRO_PIPELINE, in order, on the same scratch store: (exit code, a line of the output).
+TOOL = ".venv/bin/massive-activations"
 RUN = {
     MICRO_PIPELINE: (0, "Evaluation tokens of nx-l2-d32-h2: "),
+    # the console command on the same store: everything found there, nothing recomputed
+    ".venv/bin/massive-activations pipeline --suite micro --store data": (0, "Evaluation tokens of nx-l2-d32-h2: "),
     ".venv/bin/python -m flows.regress --store data": (0, "project configuration, leave_one_model_out: "),
     ".venv/bin/python -m flows.predict --n-layers 5 --d-model 80 --n-heads 5": (0, "figure: file://"),
     ".venv/bin/python -m flows.predict --architecture pythia-410m": (0, "figure: file://"),
+    ".venv/bin/massive-activations --version": (0, "massive-activations "),
     ".venv/bin/python -m flows.fit --models pythia-70m,pythia-160m --store data":
         (2, "error: no ratios on file://"),  # documented: capture them first (the Hub and a GPU)
 }
@@ -61,8 +68,19 @@ PARSED = {  # parsed and validated only, and why
     ".venv/bin/python -m flows.predict --architecture path/to/config.json": "stands for the user's own file",
     ".venv/bin/python -m flows.monitor /runs/my-run": "stands for the user's own training run",
 }
+# Install commands: what runs them (tests/test_packaging.py installs the lock and a wheel the same way).
+INSTALL = {
+    "python3 -m venv .venv": "make install",
+    ".venv/bin/pip install --require-hashes -r requirements.lock --extra-index-url https://download.pytorch.org/whl/cpu":
+        "the wheel test installs the lock into a new environment (with uv; the extra index is unreachable here)",
+    ".venv/bin/pip install --no-deps .": "the wheel test installs the built wheel",
+    ".venv/bin/pip install torch==2.13.0": "a GPU machine's CUDA build",
+    "grep -v '^torch==' requirements.lock > /tmp/no-torch.lock": "a GPU machine",
+    ".venv/bin/pip install --no-deps -r /tmp/no-torch.lock": "a GPU machine",
+}
 # Flags of the tools the README names (not flows): pip, pytest, prefect, aws.
-TOOL_FLAGS = {"--param", "--pool", "--type", "--host", "--help", "--dist", "--upgrade", "--strict", "--endpoint-url"}
+TOOL_FLAGS = {"--param", "--pool", "--type", "--host", "--help", "--dist", "--upgrade", "--strict", "--endpoint-url",
+              "--require-hashes", "--extra-index-url", "--no-deps", "--port", "--version", "--check"}
 
 # The command-line conventions' own placeholders ("each field is --group-field", "booleans are --x / --no-x").
 PLACEHOLDERS = {"--field", "--group-field", "--x", "--no-x", "--prompts-"}
@@ -80,11 +98,18 @@ def readme_commands(text: str) -> list[str]:
 
 
 def _argv(command: str) -> list[str]:
-    """The words after any leading VAR=value assignments."""
+    """The words after any leading VAR=value assignments; ``massive-activations <flow>`` as the
+    ``python -m flows.<flow>`` it runs."""
     words = shlex.split(command)
     while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
         words.pop(0)
+    if words[:1] == [TOOL] and words[1:2] and words[1] in FLOWS:
+        words = [".venv/bin/python", "-m", f"flows.{FLOWS[words[1]][0]}", *words[2:]]
     return words
+
+
+def _is_flow(command: str) -> bool:
+    return "python -m flows." in command or (command.startswith(TOOL + " ") and command.split()[1] in FLOWS)
 
 
 def _flow(module: str):
@@ -111,21 +136,25 @@ def _env(**extra: str) -> dict:
 
 def _start(command: str, cwd: Path, env: dict) -> subprocess.Popen:
     argv = [sys.executable if w == ".venv/bin/python" else w for w in _argv(command)]
+    if argv[0] == TOOL:
+        argv = [sys.executable, "-m", "flows.command", *argv[1:]]
     return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-COMMANDS = readme_commands(README.read_text())
+COMMANDS = list(dict.fromkeys(c for page in PAGES for c in readme_commands(page.read_text())))
 
 
-def test_the_readme_shows_commands_and_each_is_checked_here():
-    flows = [c for c in COMMANDS if "python -m flows." in c]
+def test_the_pages_show_commands_and_each_is_checked_here():
+    flows = [c for c in COMMANDS if _is_flow(c)]
     assert MICRO_PIPELINE in COMMANDS and len(flows) >= 15, flows
     unchecked = [c for c in flows if c not in RUN and c not in PARSED and "--device cuda" not in c]
-    assert not unchecked, f"README commands no test checks (add each to RUN or PARSED): {unchecked}"
-    assert not [c for c in [*RUN, *PARSED] if c not in COMMANDS], "commands listed here that the README lost"
+    assert not unchecked, f"commands shown that no test checks (add each to RUN or PARSED): {unchecked}"
+    assert not [c for c in [*RUN, *PARSED, *INSTALL] if c not in COMMANDS], "commands listed here the pages lost"
+    readme = readme_commands(README.read_text())
+    assert readme[:2] == ["make run", "make test"], "the README starts with the two commands"
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if "python -m flows." in c])
+@pytest.mark.parametrize("command", [c for c in COMMANDS if _is_flow(c)])
 def test_each_flow_command_parses_and_its_values_pass_the_checks(command):
     params = _parse(_argv(command))
     if "--device cuda" in command and not torch.cuda.is_available():
@@ -142,10 +171,18 @@ def test_a_flag_that_does_not_exist_fails_the_parse():
     assert exit_info.value.code == 2
 
 
-@pytest.mark.parametrize("command", [c for c in COMMANDS if "python -m flows." not in c])
+@pytest.mark.parametrize("command", [c for c in COMMANDS if not _is_flow(c)])
 def test_every_other_command_exists(command):
     argv = _argv(command)
-    if argv[0] == "export":
+    if command in INSTALL:
+        assert argv[0] in ("python3", ".venv/bin/pip", "grep") and (ROOT / "requirements.lock").is_file()
+    elif argv[0] == TOOL:  # --version runs as written; the Prefect services answer --help
+        extra = [] if argv[1].startswith("--") else ["--help"]
+        done = subprocess.run([sys.executable, "-m", "flows.command", *argv[1:], *extra], capture_output=True,
+                              text=True, env=_env(), timeout=120)
+        assert done.returncode == 0 and done.stdout.lower().startswith(("usage", "massive-activations ")), \
+            (command, done.stderr[-500:])
+    elif argv[0] == "export":
         assert all(re.fullmatch(r"[A-Z_]+=\S+", w) for w in argv[1:]), command
     elif argv[0] == "make":
         done = subprocess.run(["make", "-n", *argv[1:]], cwd=ROOT, capture_output=True, text=True)
@@ -170,14 +207,15 @@ def test_flags_in_the_running_text_exist():
         parser = cli.build_parser(_flow(module), "", cli.options(_flow(module)))
         known |= {s for a in parser._actions for s in a.option_strings}
         known |= {f"--no-{s[2:]}" for a in parser._actions for s in a.option_strings}
-    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README.read_text()))
+    named = {flag for page in PAGES if page.name != "cli.md"
+             for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", page.read_text())}
     assert not named - known, sorted(named - known)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without CUDA says")
 def test_gpu_commands_stop_at_once_with_the_documented_line(tmp_path):
     commands = [c for c in COMMANDS if "--device cuda" in c]
-    assert NO_CUDA.removeprefix("error: ") in README.read_text()
+    assert all(NO_CUDA.removeprefix("error: ") in p.read_text() for p in (README, ROOT / "docs" / "operations.md"))
     procs = [_start(c, tmp_path, _env()) for c in commands]
     for command, proc in zip(commands, procs, strict=True):
         out, err = proc.communicate(timeout=300)
@@ -191,9 +229,13 @@ def test_the_fast_commands_run_as_written(micro_suite, tmp_path):
     console is the project's lines only (Prefect's stay in the run's logs)."""
     shutil.copytree(Path(micro_suite.root) / "suites", tmp_path / "data" / "suites")  # built once per session
     env = _env(MA_STORE=str(tmp_path / "data"))
-    first, *rest = RUN  # the pipeline, then the others at once (they only read what it stored, or fail)
-    pipeline = _start(first, tmp_path, env)
-    done = [(first, pipeline, *pipeline.communicate(timeout=1200))]
+    # the pipeline, the console command's pipeline on the same store, then the others at once (they only
+    # read what the pipeline stored, or fail)
+    first, again, *rest = RUN
+    done = []
+    for command in (first, again):
+        pipeline = _start(command, tmp_path, env)
+        done.append((command, pipeline, *pipeline.communicate(timeout=1200)))
     procs = [(command, _start(command, tmp_path, env)) for command in rest]
     done += [(command, proc, *proc.communicate(timeout=600)) for command, proc in procs]
     for command, proc, out, err in done:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -39,8 +40,11 @@ def library_versions() -> dict[str, str]:
 
 @cache
 def git_commit() -> str | None:
-    """The checkout's commit, with '+dirty' when it has uncommitted changes; None outside git."""
+    """The checkout's commit, with '+dirty' when it has uncommitted changes; None for an installed package
+    (whose site-packages may lie inside some other repository) and outside git."""
     root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file():
+        return None
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()
@@ -59,6 +63,27 @@ def module_version(*modules: str) -> str:
         module = importlib.import_module(name)
         digest.update(name.encode())
         digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# The distribution's packages: checked out or installed, the same files give the same code hash.
+CODE_PACKAGES = ("massive_activations", "flows", "tasks", "deployments")
+
+
+@cache
+def code_hash() -> str:
+    """Hash of every source file of the project's packages, wherever they are installed: the code that ran,
+    when there is no git checkout to name it (an installed wheel)."""
+    digest = hashlib.sha256(__version__.encode())
+    for package in CODE_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            continue
+        root = Path(spec.origin).parent
+        for path in sorted(root.rglob("*")):
+            if path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts:
+                digest.update(f"{package}/{path.relative_to(root).as_posix()}".encode())
+                digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -89,6 +114,7 @@ def provenance(inputs: dict[str, Any], code_modules: tuple[str, ...] = ()) -> di
     return {
         "package_version": __version__,
         "git_commit": git_commit(),
+        "code_hash": code_hash(),
         "code_version": module_version(*code_modules) if code_modules else __version__,
         "code_modules": list(code_modules),
         "libraries": library_versions(),
