@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from massive_activations.capture import CaptureSettings, capture
-from massive_activations.checkpoints import resolve_device
+from massive_activations.capture.capture import CaptureSettings, capture
+from massive_activations.sources.checkpoints import resolve_device
 
 MODELS = {  # name: (layers, d_model, heads); 70m is Pythia-70m's shape with random weights
     "tiny (2×64)": (2, 64, 4),

@@ -34,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import baseline.eval_run as old  # noqa: E402
 
 from flows.params import EvalParams  # noqa: E402
-from massive_activations import eval_run as new  # noqa: E402
-from massive_activations.checkpoints import CheckpointHandle, FolderSource  # noqa: E402
-from massive_activations.corpus import stdlib_docstrings  # noqa: E402
-from massive_activations.model_parts import find_parts  # noqa: E402
-from massive_activations.offline_suite import build_suite, get_suite, split_documents  # noqa: E402
-from massive_activations.prompts import build_eval_tokens, build_prompt_set  # noqa: E402
+from massive_activations.capture.prompts import build_eval_tokens, build_prompt_set  # noqa: E402
+from massive_activations.evals import eval_run as new  # noqa: E402
 from massive_activations.provenance import thread_settings  # noqa: E402
+from massive_activations.sources.checkpoints import CheckpointHandle, FolderSource  # noqa: E402
+from massive_activations.sources.corpus import stdlib_docstrings  # noqa: E402
+from massive_activations.sources.model_parts import find_parts  # noqa: E402
+from massive_activations.sources.offline_suite import build_suite, get_suite, split_documents  # noqa: E402
 from massive_activations.store import Store  # noqa: E402
 
 KINDS = ("sae", "itda", "quant")

@@ -17,8 +17,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from scipy.optimize import curve_fit
 
-from massive_activations.catalog import PYTHIA_STEPS
-from massive_activations.emergence import emergence, fit_emergence
+from massive_activations.fit.emergence import emergence, fit_emergence
+from massive_activations.sources.catalog import PYTHIA_STEPS
 
 T = np.array(PYTHIA_STEPS, dtype=float)
 

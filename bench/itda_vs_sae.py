@@ -21,13 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from massive_activations.activations import LayerActivations  # noqa: E402
-from massive_activations.checkpoints import FolderSource, load_checkpoint  # noqa: E402
-from massive_activations.corpus import stdlib_docstrings  # noqa: E402
-from massive_activations.itda import ITDASettings, build_dictionary, itda, matching_pursuit  # noqa: E402
-from massive_activations.offline_suite import build_suite, get_suite, split_documents  # noqa: E402
-from massive_activations.prompts import build_eval_tokens, build_prompt_set  # noqa: E402
-from massive_activations.sae import SAESettings, reconstruction_metrics, train_sae  # noqa: E402
+from massive_activations.capture.activations import LayerActivations  # noqa: E402
+from massive_activations.capture.prompts import build_eval_tokens, build_prompt_set  # noqa: E402
+from massive_activations.evals.itda import ITDASettings, build_dictionary, itda, matching_pursuit  # noqa: E402
+from massive_activations.evals.sae import SAESettings, reconstruction_metrics, train_sae  # noqa: E402
+from massive_activations.sources.checkpoints import FolderSource, load_checkpoint  # noqa: E402
+from massive_activations.sources.corpus import stdlib_docstrings  # noqa: E402
+from massive_activations.sources.offline_suite import build_suite, get_suite, split_documents  # noqa: E402
 from massive_activations.store import Store  # noqa: E402
 
 

@@ -25,12 +25,12 @@ from prefect.futures import wait  # noqa: E402
 
 from flows.capture import capture  # noqa: E402
 from flows.params import CaptureParams, PromptParams, SourceParams  # noqa: E402
-from massive_activations.capture import CaptureSettings  # noqa: E402
-from massive_activations.capture_run import capture_to_store  # noqa: E402
-from massive_activations.catalog import PYTHIA_STEPS  # noqa: E402
-from massive_activations.checkpoints import FolderSource  # noqa: E402
-from massive_activations.offline_suite import build_suite, get_suite  # noqa: E402
-from massive_activations.prompts import load_prompt_set  # noqa: E402
+from massive_activations.capture.capture import CaptureSettings  # noqa: E402
+from massive_activations.capture.capture_run import capture_to_store  # noqa: E402
+from massive_activations.capture.prompts import load_prompt_set  # noqa: E402
+from massive_activations.sources.catalog import PYTHIA_STEPS  # noqa: E402
+from massive_activations.sources.checkpoints import FolderSource  # noqa: E402
+from massive_activations.sources.offline_suite import build_suite, get_suite  # noqa: E402
 from massive_activations.store import Store  # noqa: E402
 from tasks.policy import on_store, task_options  # noqa: E402
 

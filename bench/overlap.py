@@ -38,9 +38,9 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from flows.capture import capture  # noqa: E402
 from flows.params import CaptureParams, EvalParams, PromptParams, SourceParams  # noqa: E402
-from massive_activations.catalog import PYTHIA_STEPS  # noqa: E402
-from massive_activations.checkpoints import HubSource  # noqa: E402
-from massive_activations.offline_suite import build_suite, get_suite  # noqa: E402
+from massive_activations.sources.catalog import PYTHIA_STEPS  # noqa: E402
+from massive_activations.sources.checkpoints import HubSource  # noqa: E402
+from massive_activations.sources.offline_suite import build_suite, get_suite  # noqa: E402
 from massive_activations.store import Store  # noqa: E402
 from tests.hub_server import FakeHub  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The README's findings table ("What the offline suite shows"), computed from a store after `make run`.
+"""The findings table of docs/findings.md ("Evaluations across training"), computed from a store after `make run`.
 
 Per (kind, variant, metric): the mean over decoder layers at the first and the last evaluated step;
 medians over layers of ρ with the ratio, ρ with the step and the partial ρ; how many layers have a

@@ -12,12 +12,12 @@ from flows.artifacts import figures_markdown
 from flows.checkpoint_pass import Job, run_pass, tally
 from flows.params import DEFAULT_STORE, CaptureParams, EvalParams, Kind, PromptParams, SourceParams
 from flows.tokens import prepare_tokens, prompt_texts
-from massive_activations.catalog import select_steps
-from massive_activations.checkpoints import make_source, resolve_device, resolve_dtype
+from massive_activations.capture.prompts import EVAL_BUDGETS
 from massive_activations.errors import BadInputError
-from massive_activations.families import model_key
-from massive_activations.offline_suite import SUITES, built_models, get_suite, suite_prefix
-from massive_activations.prompts import EVAL_BUDGETS
+from massive_activations.sources.catalog import select_steps
+from massive_activations.sources.checkpoints import make_source, resolve_device, resolve_dtype
+from massive_activations.sources.families import model_key
+from massive_activations.sources.offline_suite import SUITES, built_models, get_suite, suite_prefix
 from massive_activations.store import Store
 from tasks.capture import plot_ratios
 from tasks.progress import Progress

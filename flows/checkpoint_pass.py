@@ -17,7 +17,7 @@ from typing import Any
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.runner import compute_threads, runner_width
-from massive_activations.checkpoints import make_source
+from massive_activations.sources.checkpoints import make_source
 from massive_activations.store import Store
 from tasks.checkpoint import fetch_checkpoint, process_checkpoint, stored_outcome
 from tasks.policy import on_store

@@ -1,12 +1,13 @@
 """One command line for every flow, generated from its parameter schema: the one the Prefect UI renders.
 
-Conventions (the README's "Command line"): each parameter is ``--name``; each field of a settings group
-is ``--group-field``, and also ``--field`` where no other option has that name; a parameter without a
-default is positional. Lists are comma-separated; an empty value clears an optional setting. Results are
-printed for a person, or as JSON with ``--json``. Exit codes: 0 done, 1 the run failed, 2 bad input
-(``BadInputError``, wherever it is raised); either is one line, with no traceback unless ``--debug``.
-The console shows the project's own log lines only; Prefect's (engine states, server start-up, links)
-stay in the run's logs on the API unless ``--verbose``.
+Conventions (docs/operations.md, "Command line"; every option in docs/cli.md): each parameter is
+``--name``; each field of a settings group is ``--group-field``, and also ``--field`` where no other
+option has that name; a parameter without a default is positional. Lists are comma-separated; an empty
+value clears an optional setting. Results are printed for a person, or as JSON with ``--json``. Exit
+codes: 0 done, 1 the run failed, 2 bad input (``BadInputError``, wherever it is raised); either is one
+line, with no traceback unless ``--debug``. The console shows the project's own log lines only;
+Prefect's (engine states, server start-up, links) stay in the run's logs on the API unless
+``--verbose``.
 """
 
 from __future__ import annotations

@@ -13,12 +13,12 @@ from flows.artifacts import figures_markdown
 from flows.checkpoint_pass import Job, run_pass, tally
 from flows.params import DEFAULT_STORE, EvalParams, Kind, PromptParams, SourceParams
 from flows.tokens import prepare_tokens, prompt_texts
-from massive_activations.capture_run import STATS
-from massive_activations.catalog import select_steps
-from massive_activations.checkpoints import make_source, resolve_device, resolve_dtype
+from massive_activations.capture.capture_run import STATS
+from massive_activations.capture.prompts import DATASET as PROMPTS
 from massive_activations.errors import BadInputError
-from massive_activations.families import model_key
-from massive_activations.prompts import DATASET as PROMPTS
+from massive_activations.sources.catalog import select_steps
+from massive_activations.sources.checkpoints import make_source, resolve_device, resolve_dtype
+from massive_activations.sources.families import model_key
 from massive_activations.store import Store
 from tasks.evaluate import cross_model_report, evaluation_report, itda_similarity
 from tasks.policy import on_store

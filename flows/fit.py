@@ -14,10 +14,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows import cli
 from flows.artifacts import figures_markdown
 from flows.params import DEFAULT_STORE, FitParams
-from massive_activations.emergence import PEAK_CLASSES, FitSettings
 from massive_activations.errors import BadInputError
-from massive_activations.families import model_key
-from massive_activations.fit_run import COMPARISON, FITS, check_series_names
+from massive_activations.fit.emergence import PEAK_CLASSES, FitSettings
+from massive_activations.fit.fit_run import COMPARISON, FITS, check_series_names
+from massive_activations.sources.families import model_key
 from massive_activations.store import Store
 from tasks.fit import fit_model_task
 from tasks.policy import on_store

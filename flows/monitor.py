@@ -16,9 +16,9 @@ from flows.artifacts import figures_markdown
 from flows.capture import capture
 from flows.fit import fit
 from flows.params import DEFAULT_STORE, CaptureParams, PromptParams, SourceParams
-from massive_activations.checkpoints import make_source
-from massive_activations.emergence import MIN_POINTS
 from massive_activations.errors import BadInputError
+from massive_activations.fit.emergence import MIN_POINTS
+from massive_activations.sources.checkpoints import make_source
 from massive_activations.store import Store
 from tasks.monitor import forecast_task
 

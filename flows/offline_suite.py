@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 
 from flows import cli
 from flows.params import DEFAULT_STORE
-from massive_activations.offline_suite import get_suite, suite_prefix
+from massive_activations.sources.offline_suite import get_suite, suite_prefix
 from massive_activations.store import Store
 from tasks.policy import on_store
 from tasks.suite import build_offline_suite

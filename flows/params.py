@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from massive_activations.eval_run import EvalSettings
+from massive_activations.evals.eval_run import EvalSettings
 
 
 def _home() -> Path:

@@ -23,8 +23,8 @@ from flows.params import DEFAULT_STORE, CaptureParams, EvalParams, FitParams, Ki
 from flows.predict import ArchitectureParams, predict
 from flows.regress import regress
 from flows.runner import RunnerParams, task_runner
-from massive_activations.emergence import PEAK_CLASSES
-from massive_activations.fit_run import SHAPES
+from massive_activations.fit.emergence import PEAK_CLASSES
+from massive_activations.fit.fit_run import SHAPES
 from massive_activations.store import Store
 
 Stage = Literal["suite", "capture", "fit", "regress", "evaluate"]

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from massive_activations.catalog import PYTHIA_STEPS, select_steps
-from massive_activations.checkpoints import resolve_device, resolve_dtype
 from massive_activations.errors import BadInputError
-from massive_activations.families import model_key, repo_of, resolve_family
-from massive_activations.offline_suite import get_suite
+from massive_activations.sources.catalog import PYTHIA_STEPS, select_steps
+from massive_activations.sources.checkpoints import resolve_device, resolve_dtype
+from massive_activations.sources.families import model_key, repo_of, resolve_family
+from massive_activations.sources.offline_suite import get_suite
 from massive_activations.store import Store
 
 

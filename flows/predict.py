@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows import cli
 from flows.params import DEFAULT_STORE
-from massive_activations.architecture import resolve_architecture
+from massive_activations.regress.architecture import resolve_architecture
 from massive_activations.store import Store
 from tasks.regress import predict_architecture
 

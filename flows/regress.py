@@ -12,8 +12,8 @@ from flows import cli
 from flows.artifacts import figures_markdown
 from flows.params import DEFAULT_STORE
 from massive_activations.errors import BadInputError
-from massive_activations.regress_run import PAPER_TABLE3
-from massive_activations.regression import CONFIGS, RAW_TARGETS, REGRESSORS, TARGETS
+from massive_activations.regress.regress_run import PAPER_TABLE3
+from massive_activations.regress.regression import CONFIGS, RAW_TARGETS, REGRESSORS, TARGETS
 from massive_activations.store import Store
 from tasks.policy import on_store
 from tasks.regress import train_regressors

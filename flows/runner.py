@@ -47,8 +47,8 @@ def task_runner(params: RunnerParams) -> TaskRunner:
             raise BadInputError(f"a Dask cluster at {params.dask_address} cannot reach this machine's Prefect API "
                                 f"({api or 'an ephemeral one'}): give the workers a server they can reach safely "
                                 "(keep it on 127.0.0.1 behind a reverse proxy with TLS and authentication, or an SSH "
-                                "tunnel: README, \"Exposing the server\") and set PREFECT_API_URL to it here and on "
-                                "the workers")
+                                "tunnel: docs/operations.md, \"Exposing the server\") and set PREFECT_API_URL to it "
+                                "here and on the workers")
         return DaskTaskRunner(address=params.dask_address)
     if not api:
         raise BadInputError("runner=dask needs a Prefect API its workers can reach: call it from a running flow "

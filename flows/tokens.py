@@ -8,11 +8,7 @@ the suite's held-out documents, so neither holds text the suite trained on.
 from __future__ import annotations
 
 from flows.params import EvalParams, PromptParams
-from massive_activations.corpus import stdlib_docstrings
-from massive_activations.errors import BadInputError
-from massive_activations.model_parts import check_config
-from massive_activations.offline_suite import SUITES, split_documents
-from massive_activations.prompts import (
+from massive_activations.capture.prompts import (
     build_eval_tokens,
     build_prompt_set,
     first_token_for,
@@ -20,6 +16,10 @@ from massive_activations.prompts import (
     texts_from_file,
     texts_from_hub_dataset,
 )
+from massive_activations.errors import BadInputError
+from massive_activations.sources.corpus import stdlib_docstrings
+from massive_activations.sources.model_parts import check_config
+from massive_activations.sources.offline_suite import SUITES, split_documents
 from massive_activations.store import Store
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from massive_activations.capture import CaptureSettings
-from massive_activations.capture_run import capture_to_store
-from massive_activations.checkpoints import CheckpointHandle, make_source
-from massive_activations.plots import plot_ratio_curves
-from massive_activations.prompts import load_prompt_set
+from massive_activations.capture.capture import CaptureSettings
+from massive_activations.capture.capture_run import capture_to_store
+from massive_activations.capture.prompts import load_prompt_set
+from massive_activations.report.plots import plot_ratio_curves
+from massive_activations.sources.checkpoints import CheckpointHandle, make_source
 from massive_activations.store import Store
 from tasks.policy import task_options
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from massive_activations.capture import CaptureSettings
-from massive_activations.capture_run import stored_capture
-from massive_activations.checkpoints import CheckpointHandle, make_source
-from massive_activations.eval_run import EvalSettings, stored_evaluation
+from massive_activations.capture.capture import CaptureSettings
+from massive_activations.capture.capture_run import stored_capture
+from massive_activations.evals.eval_run import EvalSettings, stored_evaluation
+from massive_activations.sources.checkpoints import CheckpointHandle, make_source
 from massive_activations.store import Store
 from tasks.capture import capture_checkpoint
 from tasks.evaluate import evaluate_checkpoint

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from massive_activations.checkpoints import CheckpointHandle, make_source
-from massive_activations.eval_report import cross_model_report_to_store, report_to_store
-from massive_activations.eval_run import EvalSettings, evaluate_to_store, similarity_to_store
-from massive_activations.prompts import load_prompt_set
+from massive_activations.capture.prompts import load_prompt_set
+from massive_activations.evals.eval_report import cross_model_report_to_store, report_to_store
+from massive_activations.evals.eval_run import EvalSettings, evaluate_to_store, similarity_to_store
+from massive_activations.sources.checkpoints import CheckpointHandle, make_source
 from massive_activations.store import Store
 from tasks.policy import task_options
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from massive_activations.emergence import FitSettings
-from massive_activations.fit_run import fit_model
+from massive_activations.fit.emergence import FitSettings
+from massive_activations.fit.fit_run import fit_model
 from massive_activations.store import Store
 from tasks.policy import task_options
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from massive_activations.forecast import forecast_to_store
+from massive_activations.fit.forecast import forecast_to_store
 from massive_activations.store import Store
 from tasks.policy import task_options
 

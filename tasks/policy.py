@@ -26,14 +26,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.filesystems import RemoteFileSystem, WritableFileSystem
 from prefect.tasks import exponential_backoff
 
-from massive_activations.catalog import CatalogError
-from massive_activations.checkpoints import (
+from massive_activations.provenance import stable_hash
+from massive_activations.sources.catalog import CatalogError
+from massive_activations.sources.checkpoints import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     HubUnreachableError,
     TransientSourceError,
 )
-from massive_activations.provenance import stable_hash
 from massive_activations.store import Store, StoreError
 
 RESULTS_KEY = "cache/prefect"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from massive_activations.architecture import resolve_architecture
-from massive_activations.regress_run import predict, train
+from massive_activations.regress.architecture import resolve_architecture
+from massive_activations.regress.regress_run import predict, train
 from massive_activations.store import Store
 from tasks.policy import task_options
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from massive_activations.offline_suite import build_suite, built_models, get_suite
+from massive_activations.sources.offline_suite import build_suite, built_models, get_suite
 from massive_activations.store import Store
 from tasks.policy import task_options
 from tasks.progress import Progress

@@ -62,7 +62,7 @@ def any_store(request, tmp_path) -> Store:
 def fake_hub(monkeypatch):
     import huggingface_hub.constants as constants
 
-    from massive_activations import checkpoints
+    from massive_activations.sources import checkpoints
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(checkpoints, "_failed_endpoints", {})  # no endpoint remembered as dead from another test
@@ -75,7 +75,7 @@ def fake_hub(monkeypatch):
 @pytest.fixture(scope="session")
 def micro_suite(tmp_path_factory) -> Store:
     """The micro offline suite, built once per test session into a local store."""
-    from massive_activations.offline_suite import build_suite, get_suite
+    from massive_activations.sources.offline_suite import build_suite, get_suite
 
     store = Store(tmp_path_factory.mktemp("micro") / "store")
     build_suite(get_suite("micro"), store)
@@ -120,12 +120,12 @@ def new_bucket(endpoint: str) -> str:
 @pytest.fixture(scope="session")
 def captured_micro(micro_suite, micro_root, tmp_path_factory) -> Store:
     """A store holding the capture of every micro-suite checkpoint (library calls, no Prefect)."""
-    from massive_activations.capture import CaptureSettings
-    from massive_activations.capture_run import capture_to_store
-    from massive_activations.checkpoints import FolderSource
-    from massive_activations.corpus import stdlib_docstrings
-    from massive_activations.offline_suite import get_suite, split_documents
-    from massive_activations.prompts import build_prompt_set, save_prompt_set
+    from massive_activations.capture.capture import CaptureSettings
+    from massive_activations.capture.capture_run import capture_to_store
+    from massive_activations.capture.prompts import build_prompt_set, save_prompt_set
+    from massive_activations.sources.checkpoints import FolderSource
+    from massive_activations.sources.corpus import stdlib_docstrings
+    from massive_activations.sources.offline_suite import get_suite, split_documents
 
     spec = get_suite("micro")
     store = Store(tmp_path_factory.mktemp("captured") / "store")

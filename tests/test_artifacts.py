@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from flows.artifacts import BUDGET, THUMBNAIL_WIDTH, figures_markdown, thumbnail
-from massive_activations.plots import _png  # how the project renders every figure
+from massive_activations.report.plots import _png  # how the project renders every figure
 
 EVENT_LIMIT = 1_500_000  # bytes: Prefect refuses to publish a larger event
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from massive_activations.capture import CaptureSettings, capture, layer_ratios, sample_positions
+from massive_activations.capture.capture import CaptureSettings, capture, layer_ratios, sample_positions
 
 
 def tiny_model(layers: int = 3, d: int = 32, heads: int = 4, seed: int = 0) -> GPTNeoXForCausalLM:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from massive_activations.catalog import (
+from massive_activations.sources.catalog import (
     PYTHIA,
     PYTHIA_STEPS,
     Architecture,

@@ -18,7 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.capture import capture
 from flows.evaluate import evaluate
 from flows.params import CaptureParams, EvalParams, SourceParams
-from massive_activations import checkpoints
+from massive_activations.sources import checkpoints
 from massive_activations.store import Store
 from tests.conftest import content_hashes, serve_micro_as_pythia
 

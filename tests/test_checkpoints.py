@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from massive_activations.catalog import CatalogError
-from massive_activations.checkpoints import (
+from massive_activations.sources.catalog import CatalogError
+from massive_activations.sources.checkpoints import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     FolderSource,

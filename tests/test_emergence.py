@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from massive_activations.catalog import PYTHIA_STEPS
-from massive_activations.emergence import (
+from massive_activations.fit.emergence import (
     DECAY,
     DIP,
     EARLY_PEAK,
@@ -23,6 +22,7 @@ from massive_activations.emergence import (
     peak_step,
     step2_decay,
 )
+from massive_activations.sources.catalog import PYTHIA_STEPS
 
 T = np.array(PYTHIA_STEPS, dtype=float)
 # Regimes: λ from 0 (pure log) to large; γ·t_max from ~4 to ~70; t0 near and above 1; the curve's

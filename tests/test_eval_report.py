@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from massive_activations.eval_report import correlations
+from massive_activations.evals.eval_report import correlations
 
 
 def joined(values: list[float], ratios: list[float], metric: str = "explained_variance") -> pa.Table:
@@ -43,8 +43,8 @@ def test_too_few_checkpoints_or_a_constant_metric_give_no_rho():
 def test_the_partial_rho_reaches_the_table_and_the_figure_title():
     """A metric that falls with the step, while the ratio wobbles around its own trend: ρ with the step
     is −1, so nothing of the metric is left beyond the step and the partial ρ is undefined (NaN)."""
-    from massive_activations.eval_report import layer_correlations
-    from massive_activations.plots import _correlation_line
+    from massive_activations.evals.eval_report import layer_correlations
+    from massive_activations.report.plots import _correlation_line
 
     ratio = [5.0, 9.0, 7.0, 13.0, 11.0, 15.0]
     table = joined([0.99, 0.97, 0.95, 0.93, 0.91, 0.89], ratio)
@@ -62,7 +62,7 @@ def test_the_partial_rho_reaches_the_table_and_the_figure_title():
 def test_across_models_at_matched_steps():
     """Three models, two layers each, at step 10: the metric falls exactly as the ratio rises across all
     six model-layers (ρ = −1); step 20 has one model only (no row); step 30 has too few points (NaN)."""
-    from massive_activations.eval_report import model_correlations
+    from massive_activations.evals.eval_report import model_correlations
 
     rows = [{"model": m, "step": 10, "layer": layer, "kind": "quant", "variant": "int8-tensor", "metric": "sqnr_db",
              "value": 50.0 - ratio, "ratio": ratio}

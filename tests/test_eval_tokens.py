@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from massive_activations.activations import LayerActivations
-from massive_activations.checkpoints import FolderSource
-from massive_activations.errors import BadInputError
-from massive_activations.eval_run import EvalSettings, MaskSettings, evaluate_to_store
-from massive_activations.prompts import (
+from massive_activations.capture.activations import LayerActivations
+from massive_activations.capture.prompts import (
     build_eval_tokens,
     build_prompt_set,
     eval_budget,
     load_prompt_set,
     save_prompt_set,
 )
+from massive_activations.errors import BadInputError
+from massive_activations.evals.eval_run import EvalSettings, MaskSettings, evaluate_to_store
+from massive_activations.sources.checkpoints import FolderSource
 from massive_activations.store import Store
 from tests.tiny_models import byte_tokenizer, tiny_model
 
@@ -115,7 +115,7 @@ def test_layer_activations_are_every_tokens_hidden_state_in_any_grouping():
 
 
 def test_saes_train_in_stacks_that_fit_the_memory_budget(monkeypatch):
-    from massive_activations import eval_run
+    from massive_activations.evals import eval_run
 
     one = 4 * (100 * 8 + 4 * 2 * 8 * 4 * 8)  # 100 rows of d = 8, 32 latents: data, weights, grads, moments
     monkeypatch.setattr(eval_run, "STACK_BYTES", 2 * one)
@@ -128,10 +128,10 @@ def test_saes_train_in_stacks_that_fit_the_memory_budget(monkeypatch):
 def test_every_kind_on_one_loaded_checkpoint_shares_one_pass_over_the_token_set(tmp_path, monkeypatch):
     """SAE, ITDA and quantization on a shared handle: the hidden states of the token set are computed
     once for the three (and again after the handle is released)."""
-    from massive_activations import activations
-    from massive_activations.checkpoints import CheckpointHandle
-    from massive_activations.itda import ITDASettings
-    from massive_activations.sae import SAESettings
+    from massive_activations.capture import activations
+    from massive_activations.evals.itda import ITDASettings
+    from massive_activations.evals.sae import SAESettings
+    from massive_activations.sources.checkpoints import CheckpointHandle
 
     tok = byte_tokenizer()
     tiny_model("gpt_neox", layers=2, d=32).save_pretrained(tmp_path / "suite" / "m" / "step0")
@@ -187,8 +187,8 @@ def test_a_planted_massive_token_is_in_the_pool_at_its_frequency_in_text(tmp_pat
 
 
 def test_l0_and_ce_loss_score_are_split_by_token_group(tmp_path):
-    from massive_activations.eval_run import Splicer, by_token_group
-    from massive_activations.sae import massive_tokens
+    from massive_activations.evals.eval_run import Splicer, by_token_group
+    from massive_activations.evals.sae import massive_tokens
 
     x = torch.ones(6, 4)
     x[[1, 4]] *= 500.0  # two massive tokens
@@ -215,7 +215,7 @@ def test_l0_and_ce_loss_score_are_split_by_token_group(tmp_path):
     assert ablated["ce_loss_score_massive"] == pytest.approx(0.0)
     assert ablated["ce_loss_score_other"] == pytest.approx(0.0)
     # the massive group is the positions holding '@' (each predicting the next token)
-    from massive_activations.splice import ce_loss_score, token_losses_with_layer
+    from massive_activations.evals.splice import ce_loss_score, token_losses_with_layer
 
     flags = (tokens == planted)[:, :-1]
     half = splicer.score(0, lambda rows: rows * 0.5, None, massive)

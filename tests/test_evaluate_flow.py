@@ -10,9 +10,9 @@ from scipy.stats import spearmanr
 
 from flows.evaluate import evaluate
 from flows.params import EvalParams, PromptParams
-from massive_activations.eval_run import EvalSettings, eval_split, sae_key
-from massive_activations.prompts import load_prompt_set
-from massive_activations.sae import load_sae_lens
+from massive_activations.capture.prompts import load_prompt_set
+from massive_activations.evals.eval_run import EvalSettings, eval_split, sae_key
+from massive_activations.evals.sae import load_sae_lens
 from massive_activations.store import Store
 
 MODEL = "nx-l2-d32-h2"
@@ -129,7 +129,7 @@ def test_evaluations_refuse_a_token_set_that_is_not_one(captured_micro):
 
 
 def test_list_columns_read_back_across_partitions_when_some_are_empty(tmp_path):
-    from massive_activations.eval_run import QUANT_MODEL, rows_table
+    from massive_activations.evals.eval_run import QUANT_MODEL, rows_table
 
     store = Store(tmp_path)
     for step, dims in ((0, []), (8, [3, 5])):

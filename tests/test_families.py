@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from massive_activations.catalog import select_steps
-from massive_activations.families import FAMILIES, Family, family
+from massive_activations.sources.catalog import select_steps
+from massive_activations.sources.families import FAMILIES, Family, family
 
 
 @pytest.mark.parametrize(("name", "shuffled", "order", "tokens"), [
@@ -57,7 +57,7 @@ def test_a_user_family_is_data():
 
 
 def test_the_loopback_hub_lists_a_familys_checkpoints_through_the_refs_api(fake_hub, tmp_path):
-    from massive_activations.checkpoints import CheckpointNotFoundError, HubSource
+    from massive_activations.sources.checkpoints import CheckpointNotFoundError, HubSource
 
     names = ["stage2-ingredient1-step1000-tokens5B", "stage1-step150-tokens1B", "stage1-step10000-tokens21B"]
     for name in names:
@@ -76,7 +76,7 @@ def test_the_loopback_hub_lists_a_familys_checkpoints_through_the_refs_api(fake_
 def test_listing_revisions_is_retried_in_the_downloads_layer_and_bounded_like_them(fake_hub, tmp_path):
     import time
 
-    from massive_activations.checkpoints import HubSource, TransientSourceError
+    from massive_activations.sources.checkpoints import HubSource, TransientSourceError
     from tests.hub_server import black_hole
 
     fake_hub.add("allenai/OLMo-2-0425-1B", "stage1-step150-tokens1B", {"config.json": b"{}"})
@@ -95,8 +95,8 @@ def test_listing_revisions_is_retried_in_the_downloads_layer_and_bounded_like_th
 
 
 def test_model_names_repositories_and_families():
-    from massive_activations.catalog import CatalogError
-    from massive_activations.families import family_of, model_key, repo_of, resolve_family
+    from massive_activations.sources.catalog import CatalogError
+    from massive_activations.sources.families import family_of, model_key, repo_of, resolve_family
 
     assert model_key("pythia-160m") == model_key("EleutherAI/pythia-160m") == "pythia-160m"
     assert model_key("allenai/OLMo-2-0425-1B") == "allenai--OLMo-2-0425-1B"
@@ -131,7 +131,7 @@ def test_a_step_held_by_two_runs_is_an_error_that_says_how_to_choose():
 def test_offline_the_schedule_is_what_the_download_cache_holds(fake_hub, tmp_path, monkeypatch):
     import huggingface_hub.constants as constants
 
-    from massive_activations.checkpoints import HubSource
+    from massive_activations.sources.checkpoints import HubSource
 
     for name in ("step-002000-4BT", "step-001000-2BT", "main"):
         fake_hub.add("HuggingFaceFW/ablation-model-x", name, {"config.json": b'{"model_type": "llama"}'})

@@ -18,11 +18,11 @@ from flows.fit import fit
 from flows.params import CaptureParams, EvalParams, PromptParams, SourceParams
 from flows.predict import predict
 from flows.regress import regress
-from massive_activations import checkpoints
-from massive_activations.architecture import resolve_architecture
-from massive_activations.families import model_key, repo_of
-from massive_activations.model_parts import find_parts
-from massive_activations.prompts import load_prompt_set
+from massive_activations.capture.prompts import load_prompt_set
+from massive_activations.regress.architecture import resolve_architecture
+from massive_activations.sources import checkpoints
+from massive_activations.sources.families import model_key, repo_of
+from massive_activations.sources.model_parts import find_parts
 from massive_activations.store import Store
 from tests.tiny_models import byte_tokenizer, save_tiny, tiny_model
 

@@ -9,7 +9,7 @@ import pytest
 from prefect.artifacts import Artifact
 
 from flows.fit import fit
-from massive_activations.emergence import classify
+from massive_activations.fit.emergence import classify
 from massive_activations.store import Store
 
 SERIES = ["ratio", "top1", "median", "ratio_excl0"]

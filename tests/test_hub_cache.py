@@ -14,8 +14,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.capture import capture
 from flows.evaluate import evaluate
 from flows.params import CaptureParams, EvalParams, SourceParams
-from massive_activations.checkpoints import HubSource, TransientSourceError
-from massive_activations.hub_cache import CacheTooSmallError
+from massive_activations.sources.checkpoints import HubSource, TransientSourceError
+from massive_activations.sources.hub_cache import CacheTooSmallError
 from massive_activations.store import Store
 from tests.conftest import serve_micro_as_pythia
 from tests.hub_server import black_hole

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from massive_activations.itda import (
+from massive_activations.evals.itda import (
     ITDASettings,
     build_dictionary,
     calibrate_tau,
@@ -48,7 +48,7 @@ def test_tau_calibrates_to_the_target_size_and_crop_caps_it():
 
 
 def test_calibration_stops_runaway_trial_builds_and_itda_reads_its_token_budget(monkeypatch):
-    from massive_activations import itda as module
+    from massive_activations.evals import itda as module
 
     x = torch.randn(4000, 16)
     labels = [(i // 100, i % 100) for i in range(4000)]

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from massive_activations.capture import CaptureSettings, capture, layer_ratios
-from massive_activations.model_parts import UnsupportedArchitectureError, check_config, find_parts
-from massive_activations.quantization import outlier_dims, w8a8
-from massive_activations.splice import lm_loss, loss_with_layer
+from massive_activations.capture.capture import CaptureSettings, capture, layer_ratios
+from massive_activations.evals.quantization import outlier_dims, w8a8
+from massive_activations.evals.splice import lm_loss, loss_with_layer
+from massive_activations.sources.model_parts import UnsupportedArchitectureError, check_config, find_parts
 from tests.tiny_models import KINDS, VOCAB, byte_tokenizer, tiny_config, tiny_model
 
 LAYER, POS, DIM = 1, 5, 11
@@ -92,7 +92,7 @@ def test_unsupported_architectures_fail_before_any_weights_naming_what_is_missin
 def test_a_model_spread_over_cpu_and_disk_gives_the_same_statistics(tmp_path, monkeypatch):
     """max_memory forces most blocks to disk; the weights are stored in float16 and loaded in float32,
     so the offloaded blocks read a converted copy, which must live as long as the model does."""
-    from massive_activations.checkpoints import CheckpointHandle, FolderSource
+    from massive_activations.sources.checkpoints import CheckpointHandle, FolderSource
     from massive_activations.store import Store
 
     folder = tmp_path / "root" / "tiny-llama" / "step0"
@@ -100,7 +100,7 @@ def test_a_model_spread_over_cpu_and_disk_gives_the_same_statistics(tmp_path, mo
     model.to(torch.float16).save_pretrained(folder, safe_serialization=True)
     byte_tokenizer().save_pretrained(folder)
     source, tokens = FolderSource(Store(tmp_path / "root"), cache_dir=tmp_path / "cache"), prompts()
-    from massive_activations import checkpoints
+    from massive_activations.sources import checkpoints
 
     monkeypatch.setattr(checkpoints, "DEFAULT_CACHE", tmp_path / "cache")  # this test's alone
     whole = CheckpointHandle(source, "tiny-llama", 0, device="cpu", dtype="float32")
@@ -124,7 +124,7 @@ def test_a_model_spread_over_cpu_and_disk_gives_the_same_statistics(tmp_path, mo
     ("map:7=20GiB", "GPU 7 asked for"),
 ])
 def test_bad_device_maps_fail_before_any_load(device, message):
-    from massive_activations.checkpoints import resolve_device
+    from massive_activations.sources.checkpoints import resolve_device
 
     with pytest.raises(ValueError, match=message):
         resolve_device(device)

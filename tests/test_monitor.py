@@ -10,7 +10,7 @@ import pytest
 
 from flows.monitor import monitor, split_run_url
 from flows.params import PromptParams
-from massive_activations import regression as R
+from massive_activations.regress import regression as R
 from massive_activations.store import Store
 from tests.test_regression import synthetic
 

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from massive_activations.checkpoints import FolderSource, load_checkpoint
-from massive_activations.offline_suite import SUITES, SuiteModel, SuiteSpec, build_suite, built_models, get_suite, lr_at
+from massive_activations.sources.checkpoints import FolderSource, load_checkpoint
+from massive_activations.sources.offline_suite import (
+    SUITES,
+    SuiteModel,
+    SuiteSpec,
+    build_suite,
+    built_models,
+    get_suite,
+    lr_at,
+)
 from massive_activations.store import Store
 
 
@@ -62,7 +70,7 @@ def test_suite_training_is_deterministic(micro_suite, tmp_path):
     """Same spec and seed, same weights: rebuilding one model reproduces the stored checkpoint."""
     from dataclasses import replace
 
-    from massive_activations.offline_suite import train_model
+    from massive_activations.sources.offline_suite import train_model
     from massive_activations.store import Store
 
     spec = replace(get_suite("micro"), models=(get_suite("micro").models[0],))
@@ -75,7 +83,7 @@ def test_suite_training_is_deterministic(micro_suite, tmp_path):
 
 
 def test_every_sequence_starts_with_the_fixed_first_token():
-    from massive_activations.offline_suite import sample_batch
+    from massive_activations.sources.offline_suite import sample_batch
 
     spec = SUITES["micro"]
     batch = sample_batch(np.arange(1, 1000), spec, np.random.default_rng(0))

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from massive_activations.prompts import (
+from massive_activations.capture.prompts import (
     build_prompt_set,
     first_token_for,
     load_prompt_set,

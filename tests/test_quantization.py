@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from massive_activations.checkpoints import FolderSource, load_checkpoint
-from massive_activations.quantization import (
+from massive_activations.evals.quantization import (
     activation_quantization,
     fake_quantize,
     outlier_dims,
@@ -15,7 +14,8 @@ from massive_activations.quantization import (
     topk_error_share,
     w8a8,
 )
-from massive_activations.splice import lm_loss
+from massive_activations.evals.splice import lm_loss
+from massive_activations.sources.checkpoints import FolderSource, load_checkpoint
 
 
 @pytest.mark.parametrize("granularity", ["tensor", "token", "channel"])

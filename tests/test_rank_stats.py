@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from massive_activations.rank_stats import correlations_with_ci, rank_stats
+from massive_activations.evals.rank_stats import correlations_with_ci, rank_stats
 
 
 def _checkpoints(rng: np.random.Generator, n: int, beyond: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,10 +8,10 @@ from prefect.artifacts import Artifact
 from flows.fit import fit
 from flows.predict import ArchitectureParams, predict
 from flows.regress import regress
-from massive_activations.architecture import FEATURES
-from massive_activations.catalog import CatalogError
-from massive_activations.regress_run import PAPER_TABLE3, load_regressors, train
-from massive_activations.regression import CONFIGS, RAW_TARGETS
+from massive_activations.regress.architecture import FEATURES
+from massive_activations.regress.regress_run import PAPER_TABLE3, load_regressors, train
+from massive_activations.regress.regression import CONFIGS, RAW_TARGETS
+from massive_activations.sources.catalog import CatalogError
 from massive_activations.store import Store
 
 

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from massive_activations import regression as R
-from massive_activations.architecture import FEATURES, feature_matrix, layer_features, resolve_architecture
-from massive_activations.catalog import Architecture, CatalogError, pythia_model
+from massive_activations.regress import regression as R
+from massive_activations.regress.architecture import FEATURES, feature_matrix, layer_features, resolve_architecture
+from massive_activations.sources.catalog import Architecture, CatalogError, pythia_model
 
 
 def test_features_of_pythia_160m_layer_5_by_hand():

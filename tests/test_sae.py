@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from massive_activations.checkpoints import FolderSource, load_checkpoint
-from massive_activations.sae import (
+from massive_activations.evals.sae import (
     SAESettings,
     auxk_loss,
     load_sae_lens,
@@ -21,7 +20,8 @@ from massive_activations.sae import (
     train_sae,
     train_saes,
 )
-from massive_activations.splice import ce_loss_score, lm_loss, loss_with_layer, zero_ablation
+from massive_activations.evals.splice import ce_loss_score, lm_loss, loss_with_layer, zero_ablation
+from massive_activations.sources.checkpoints import FolderSource, load_checkpoint
 
 
 def sparse_data(n: int = 4000, d: int = 16, n_features: int = 32, active: int = 2, seed: int = 0) -> torch.Tensor:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from massive_activations.checkpoints import load_from_dir
-from massive_activations.weights import float_dtypes
+from massive_activations.sources.checkpoints import load_from_dir
+from massive_activations.sources.weights import float_dtypes
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -46,7 +46,7 @@ def test_every_weight_arrives_in_the_asked_dtype_with_the_value_a_cast_gives(mic
 RSS = """
 import re, sys, torch
 from pathlib import Path
-from massive_activations.checkpoints import load_from_dir
+from massive_activations.sources.checkpoints import load_from_dir
 
 def high_water() -> int:  # this program's peak RSS in kB (VmHWM starts afresh at exec; ru_maxrss does not)
     return int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))

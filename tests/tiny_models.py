@@ -39,8 +39,8 @@ def tiny_model(kind: str, seed: int = 0, scale: float = 1.0, **sizes):
 
 def byte_tokenizer():
     """The offline suite's byte-level tokenizer at vocab 257 (bytes plus <|endoftext|>, id 0)."""
-    from massive_activations.corpus import Corpus
-    from massive_activations.offline_suite import build_tokenizer
+    from massive_activations.sources.corpus import Corpus
+    from massive_activations.sources.offline_suite import build_tokenizer
 
     docs = [f"document {i}: the quick brown fox jumps over the lazy dog {i * 7}" for i in range(30)]
     return build_tokenizer(Corpus(tuple(docs), "tiny"), VOCAB)

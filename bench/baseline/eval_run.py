@@ -35,22 +35,29 @@ from baseline.sae import (
     token_mask,
     train_sae,
 )
-from massive_activations.activations import LayerActivations, LayerSamples
-from massive_activations.checkpoints import CheckpointHandle, CheckpointSource
+from massive_activations.capture.activations import LayerActivations, LayerSamples
+from massive_activations.capture.prompts import PromptSet
 from massive_activations.errors import BadInputError
-from massive_activations.model_parts import find_parts, input_device
-from massive_activations.prompts import PromptSet
+from massive_activations.evals.quantization import activation_quantization, outlier_dims, w8a8
+from massive_activations.evals.splice import (
+    ce_loss_score,
+    lm_loss,
+    token_losses,
+    token_losses_with_layer,
+    zero_ablation,
+)
 from massive_activations.provenance import library_versions, module_version
-from massive_activations.quantization import activation_quantization, outlier_dims, w8a8
-from massive_activations.splice import ce_loss_score, lm_loss, token_losses, token_losses_with_layer, zero_ablation
+from massive_activations.sources.checkpoints import CheckpointHandle, CheckpointSource
+from massive_activations.sources.model_parts import find_parts, input_device
 from massive_activations.store import Store
 
 EVALS = "evals"
 KINDS = ("sae", "itda", "quant")
 QUANT_MODEL, ITDA_SIMILARITY = f"{EVALS}/quant_model", f"{EVALS}/itda_similarity"
-CODE_MODULES = ("massive_activations.eval_run", "massive_activations.activations", "massive_activations.sae",
-                "massive_activations.itda", "massive_activations.quantization", "massive_activations.splice",
-                "massive_activations.model_parts")
+CODE_MODULES = ("massive_activations.evals.eval_run", "massive_activations.capture.activations",
+                "massive_activations.evals.sae", "massive_activations.evals.itda",
+                "massive_activations.evals.quantization", "massive_activations.evals.splice",
+                "massive_activations.sources.model_parts")
 
 
 @dataclass(frozen=True)

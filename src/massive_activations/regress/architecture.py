@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from massive_activations.catalog import PYTHIA, Architecture, CatalogError, pythia_model
 from massive_activations.errors import BadInputError
 from massive_activations.provenance import stable_hash
+from massive_activations.sources.catalog import PYTHIA, Architecture, CatalogError, pythia_model
 
 FEATURES = ("rel_depth", "rel_depth2", "rel_depth3", "rel_depth_sqrt", "heads_per_dim", "mlp_ratio",
             "d_per_layer", "heads_per_layer", "log_d", "layer_x_layers",

@@ -26,9 +26,9 @@ import pyarrow as pa
 import torch
 
 from massive_activations.errors import BadInputError
-from massive_activations.model_parts import ModelParts, block_output, find_parts, input_device
+from massive_activations.sources.model_parts import ModelParts, block_output, find_parts, input_device
 
-CODE_MODULES = ("massive_activations.capture", "massive_activations.model_parts")
+CODE_MODULES = ("massive_activations.capture.capture", "massive_activations.sources.model_parts")
 EMBEDDING_LAYER = -1
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 

@@ -92,7 +92,7 @@ class Architecture:
         and so on). What a config does not say (gated MLP, biases, the exact parameter count) is read
         from ``model``, built on the meta device when not given. GPT-NeoX's rotary share lives in
         ``rotary_pct`` (transformers 4.x) or ``rope_parameters["partial_rotary_factor"]`` (5.x)."""
-        from massive_activations.model_parts import check_config, find_parts, is_linear
+        from massive_activations.sources.model_parts import check_config, find_parts, is_linear
 
         parts = find_parts(model) if model is not None else check_config(config)
         built = model if model is not None else parts.trunk

@@ -13,13 +13,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from massive_activations.emergence import FitSettings, SeriesError, curve_grid, fit_emergence
 from massive_activations.errors import BadInputError
-from massive_activations.plots import plot_depth_curves, plot_layer_fits
+from massive_activations.fit.emergence import FitSettings, SeriesError, curve_grid, fit_emergence
+from massive_activations.report.plots import plot_depth_curves, plot_layer_fits
 from massive_activations.store import Store
 
 FITS, COMPARISON = "fits", "fit_comparison"
-CODE_MODULES = ("massive_activations.emergence", "massive_activations.fit_run", "massive_activations.plots")
+CODE_MODULES = ("massive_activations.fit.emergence", "massive_activations.fit.fit_run",
+                "massive_activations.report.plots")
 # series name -> (column of ratios/, column of its spread over sequences)
 SERIES = {"ratio": ("ratio", "ratio_std"), "top1": ("top1", "top1_std"),
           "median": ("median", "median_std"), "ratio_excl0": ("ratio_excl0", None)}

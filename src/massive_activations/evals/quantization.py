@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from massive_activations.errors import BadInputError
-from massive_activations.model_parts import find_parts, input_device
+from massive_activations.sources.model_parts import find_parts, input_device
 
 GRANULARITIES = ("tensor", "token", "channel")
 

@@ -14,14 +14,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from massive_activations.architecture import resolve_architecture
-from massive_activations.fit_run import FITS
-from massive_activations.plots import plot_forecast_history
-from massive_activations.regress_run import has_regressors, predict
+from massive_activations.fit.fit_run import FITS
+from massive_activations.regress.architecture import resolve_architecture
+from massive_activations.regress.regress_run import has_regressors, predict
+from massive_activations.report.plots import plot_forecast_history
 from massive_activations.store import Store
 
 FORECASTS = "forecasts"
-CODE_MODULES = ("massive_activations.forecast",)
+CODE_MODULES = ("massive_activations.fit.forecast",)
 
 
 def forecast_rows(fits: pa.Table, predicted: list[dict[str, Any]] | None, series: str = "ratio") -> list[dict]:

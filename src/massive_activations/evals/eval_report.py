@@ -18,15 +18,15 @@ import pyarrow as pa
 from scipy.stats import spearmanr
 
 from massive_activations.errors import BadInputError
-from massive_activations.eval_run import CODE_MODULES as EVAL_MODULES
-from massive_activations.eval_run import EVALS, ITDA_SIMILARITY, QUANT_MODEL
-from massive_activations.plots import plot_eval_metrics
+from massive_activations.evals.eval_run import CODE_MODULES as EVAL_MODULES
+from massive_activations.evals.eval_run import EVALS, ITDA_SIMILARITY, QUANT_MODEL
+from massive_activations.evals.rank_stats import STATS, correlations_with_ci
 from massive_activations.provenance import stable_hash
-from massive_activations.rank_stats import STATS, correlations_with_ci
+from massive_activations.report.plots import plot_eval_metrics
 from massive_activations.store import Store, StoreError
 
-CODE_MODULES = EVAL_MODULES + ("massive_activations.eval_report", "massive_activations.plots",
-                               "massive_activations.rank_stats")
+CODE_MODULES = EVAL_MODULES + ("massive_activations.evals.eval_report", "massive_activations.report.plots",
+                               "massive_activations.evals.rank_stats")
 # The figure of each evaluation: (kind, variant, metric) panels
 PANELS = {
     "sae": [("sae", "topk-unmasked", "explained_variance"), ("sae", "topk-masked", "explained_variance"),

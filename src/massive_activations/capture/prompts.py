@@ -233,7 +233,7 @@ def save_prompt_set(store: Store, prompts: PromptSet) -> str:
         try:
             store.write_partition(DATASET, partition, prompts.to_table(),
                                   inputs={"name": prompts.name, "source": prompts.source},
-                                  code_modules=("massive_activations.prompts",))
+                                  code_modules=("massive_activations.capture.prompts",))
         except PartitionExistsError:
             pass
     return prompts.set_id

@@ -25,17 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from massive_activations.capture import CaptureSettings, capture, layer_ratios
-from massive_activations.catalog import Architecture
-from massive_activations.corpus import Corpus, stdlib_docstrings
+from massive_activations.capture.capture import CaptureSettings, capture, layer_ratios
 from massive_activations.errors import BadInputError
 from massive_activations.provenance import provenance, stable_hash
+from massive_activations.sources.catalog import Architecture
+from massive_activations.sources.corpus import Corpus, stdlib_docstrings
 from massive_activations.store import Store
 
 log = logging.getLogger(__name__)
 
 EOT = "<|endoftext|>"
-CODE_MODULES = ("massive_activations.offline_suite", "massive_activations.corpus")
+CODE_MODULES = ("massive_activations.sources.offline_suite", "massive_activations.sources.corpus")
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from massive_activations.catalog import PYTHIA, PYTHIA_STEPS, CatalogError, pythia_model
 from massive_activations.errors import BadInputError
+from massive_activations.sources.catalog import PYTHIA, PYTHIA_STEPS, CatalogError, pythia_model
 
 _UNITS = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
 

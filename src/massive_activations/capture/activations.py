@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from massive_activations.capture import hooked_modules
-from massive_activations.model_parts import block_output, find_parts, input_device
+from massive_activations.capture.capture import hooked_modules
+from massive_activations.sources.model_parts import block_output, find_parts, input_device
 
 
 @dataclass

@@ -40,9 +40,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, PowerTransformer, StandardScaler
 from xgboost import XGBRegressor
 
-from massive_activations.architecture import FEATURES, PAPER_FEATURES, feature_matrix
-from massive_activations.catalog import Architecture
-from massive_activations.emergence import (
+from massive_activations.fit.emergence import (
     DESCRIPTORS,
     EARLY_PEAK,
     PEAK_CLASSES,
@@ -51,6 +49,8 @@ from massive_activations.emergence import (
     emergence,
     peak_step,
 )
+from massive_activations.regress.architecture import FEATURES, PAPER_FEATURES, feature_matrix
+from massive_activations.sources.catalog import Architecture
 
 RAW_TARGETS = ("A", "lam", "gamma", "t0", "K")
 TARGETS = RAW_TARGETS + DESCRIPTORS
@@ -97,7 +97,7 @@ CONFIGS = {c.name: c for c in (
 # Beyond the types skops trusts by default, the exact ones a saved bundle holds (collected from bundles
 # of every regressor and transform); anything else in a file from shared storage is refused.
 TRUSTED_TYPES = frozenset({
-    "massive_activations.regression.signed_expm1", "massive_activations.regression.signed_log1p",
+    "massive_activations.regress.regression.signed_expm1", "massive_activations.regress.regression.signed_log1p",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.metrics._regression.mean_squared_error", "sklearn.metrics._scorer._Scorer",
     "sklearn.model_selection._split.GroupKFold", "sklearn.tree._tree.Tree",

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from massive_activations.capture import CODE_MODULES, CaptureSettings, capture, layer_ratios
-from massive_activations.catalog import architecture_key
-from massive_activations.checkpoints import CheckpointHandle, CheckpointSource
+from massive_activations.capture.capture import CODE_MODULES, CaptureSettings, capture, layer_ratios
+from massive_activations.sources.catalog import architecture_key
+from massive_activations.sources.checkpoints import CheckpointHandle, CheckpointSource
 from massive_activations.store import Store
 
 log = logging.getLogger(__name__)

@@ -16,17 +16,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from massive_activations import regression as R
-from massive_activations.architecture import FEATURES, feature_matrix
-from massive_activations.catalog import PYTHIA, Architecture, architecture_key, pythia_model
 from massive_activations.errors import BadInputError
-from massive_activations.fit_run import FITS
-from massive_activations.plots import plot_partial_dependence, plot_predicted_curves
+from massive_activations.fit.fit_run import FITS
 from massive_activations.provenance import library_versions, module_version
+from massive_activations.regress import regression as R
+from massive_activations.regress.architecture import FEATURES, feature_matrix
+from massive_activations.report.plots import plot_partial_dependence, plot_predicted_curves
+from massive_activations.sources.catalog import PYTHIA, Architecture, architecture_key, pythia_model
 from massive_activations.store import Store
 
-CODE_MODULES = ("massive_activations.regression", "massive_activations.architecture",
-                "massive_activations.regress_run")
+CODE_MODULES = ("massive_activations.regress.regression", "massive_activations.regress.architecture",
+                "massive_activations.regress.regress_run")
 # Paper Table 3 (arXiv 2508.03616): test R² under the random 80/20 protocol.
 PAPER_TABLE3 = {
     "A": {"ridge": 0.077, "lasso": 0.195, "random_forest": 0.476, "gradient_boosting": 0.274, "xgboost": 0.244},

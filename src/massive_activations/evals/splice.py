@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from massive_activations.model_parts import block_output, find_parts, input_device
+from massive_activations.sources.model_parts import block_output, find_parts, input_device
 
 Replace = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (hidden, token ids) -> new hidden
 

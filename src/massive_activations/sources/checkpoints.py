@@ -35,13 +35,13 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from massive_activations.catalog import Architecture, select_steps
 from massive_activations.errors import BadInputError
-from massive_activations.families import repo_of, resolve_family
-from massive_activations.hub_cache import HubCache
-from massive_activations.model_parts import check_config
+from massive_activations.sources.catalog import Architecture, select_steps
+from massive_activations.sources.families import repo_of, resolve_family
+from massive_activations.sources.hub_cache import HubCache
+from massive_activations.sources.model_parts import check_config
+from massive_activations.sources.weights import in_dtype
 from massive_activations.store import Store, StoreError
-from massive_activations.weights import in_dtype
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

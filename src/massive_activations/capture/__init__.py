@@ -1,0 +1,1 @@
+"""One pass over a checkpoint: prompts, forward hooks, per-layer statistics, activations."""

@@ -1,0 +1,1 @@
+"""Evaluations across checkpoints: SAEs, ITDA, quantization, splices, and their statistics."""

@@ -1,0 +1,1 @@
+"""The emergence function fitted per model and layer, and forecasts from it."""

@@ -1,0 +1,1 @@
+"""From architecture to emergence: features, regressors, validation, prediction."""
