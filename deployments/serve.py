@@ -1,7 +1,7 @@
 """Serve every deployment from this process: ``python deployments/serve.py`` or ``massive-activations serve``
 (needs a Prefect API).
 
-The same deployments as ``prefect.yaml`` — pipeline, capture, fit, evaluate and predict on demand,
+The same deployments as ``prefect.yaml`` — pipeline, capture, fit, evaluate, predict and released on demand,
 monitor on a schedule — without a work pool or worker. MA_STORE sets the store URL the flows default
 to (./data); the monitor's settings (MA_MONITOR_CHECKPOINTS, MA_MONITOR_CRON) are read by
 settings.py, as for prefect.yaml. Entry points are module paths (``flows.pipeline.pipeline``), so runs
@@ -28,6 +28,7 @@ from flows.fit import fit  # noqa: E402
 from flows.monitor import monitor  # noqa: E402
 from flows.pipeline import pipeline  # noqa: E402
 from flows.predict import predict  # noqa: E402
+from flows.released import released  # noqa: E402
 
 TAGS = ["massive-activations"]
 
@@ -36,7 +37,7 @@ def deployments(env: Mapping[str, str] = os.environ) -> list:
     settings = monitor_environment(env)
     on_demand = [flow.to_deployment(name=flow.name, tags=TAGS, description=(flow.fn.__doc__ or "").split("\n")[0],
                                     entrypoint_type=EntrypointType.MODULE_PATH)
-                 for flow in (pipeline, capture, fit, evaluate, predict)]
+                 for flow in (pipeline, capture, fit, evaluate, predict, released)]
     scheduled = monitor.to_deployment(
         name="monitor", tags=TAGS, entrypoint_type=EntrypointType.MODULE_PATH,
         description="Capture new checkpoints of a training run, refit, record the forecast",

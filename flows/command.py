@@ -26,6 +26,7 @@ FLOWS = {  # sub-command: (module, what it does)
     "predict": ("predict", "emergence parameters and curves for an architecture, before training it"),
     "evaluate": ("evaluate", "SAEs, ITDA and quantization across checkpoints"),
     "monitor": ("monitor", "capture new checkpoints of a training run, refit, forecast"),
+    "released": ("released", "the paper's released Pythia measurements: import, fit, compare (Tables 1 and 3)"),
 }
 SERVICES = {
     "server": "start a Prefect server and its UI on loopback (http://127.0.0.1:4200), analytics off; "

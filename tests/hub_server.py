@@ -2,10 +2,12 @@
 
 ``GET/HEAD /{repo}/resolve/{revision}/{file}`` (and ``/datasets/{repo}/…``) with the headers
 huggingface_hub reads (ETag, X-Repo-Commit, Content-Length) and its error codes (RepoNotFound,
-RevisionNotFound, EntryNotFound). The real huggingface_hub client code runs against it; faults can
-be planted: the next N requests fail with 503, or the next download is cut short; ``bandwidth``
-(bytes/s) throttles every body to one shared link, as a real network would. ``black_hole`` is an
-endpoint that accepts connections and never answers.
+RevisionNotFound, EntryNotFound); ``GET /api/models/{repo}/refs``; and a dataset's files as the tree API
+lists them (``GET /api/datasets/{repo}/tree/{revision}?recursive=true``, ``tree_page`` entries a page,
+the next page named in a Link header). A revision that is a 40-hex commit is its own commit. The real
+huggingface_hub client code runs against it; faults can be planted: the next N requests fail with 503,
+or the next download is cut short; ``bandwidth`` (bytes/s) throttles every body to one shared link, as a
+real network would. ``black_hole`` is an endpoint that accepts connections and never answers.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class FakeHub:
         self._lock = threading.Lock()
         self._link = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self.tree_page = 1000  # entries per page of the tree API, as the Hub pages it
 
     def add(self, repo: str, revision: str, files: dict[str, bytes], repo_type: str = "model") -> None:
         self.repos.setdefault((repo_type, repo), {})[revision] = files
@@ -99,6 +102,9 @@ class FakeHub:
                 self.truncate_next -= 1
         if path.startswith("api/models/") and path.endswith("/refs"):
             return self._refs(req, path[len("api/models/"):-len("/refs")])
+        if path.startswith("api/datasets/") and "/tree/" in path:
+            repo, revision = path[len("api/datasets/"):].split("/tree/", 1)
+            return self._tree(req, repo, revision.strip("/"), req.path)
         if len(parts) < 5 or parts[2] != "resolve":
             self.log.append((req.command, path, 404))
             return self._error(req, 404, "RepoNotFound")
@@ -112,7 +118,7 @@ class FakeHub:
         if revision not in revisions:
             self.log.append((req.command, path, 404))
             return self._error(req, 404, "RevisionNotFound")
-        commit = hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
+        commit = _commit(repo, revision)
         data = revisions[revision].get(filename)
         if data is None:
             self.log.append((req.command, path, 404))
@@ -146,6 +152,32 @@ class FakeHub:
         req.end_headers()
         req.wfile.write(body)
 
+    def _tree(self, req: BaseHTTPRequestHandler, repo: str, revision: str, raw_path: str) -> None:
+        """The files (and their folders) of a dataset revision, one page at a time from ``cursor``."""
+        revisions = self.repos.get(("dataset", repo))
+        if revisions is None or revision not in revisions:
+            self.log.append((req.command, f"api/datasets/{repo}/tree/{revision}", 404 if revisions else 401))
+            return self._error(req, 404 if revisions else 401, "RevisionNotFound" if revisions else "RepoNotFound")
+        files = sorted(revisions[revision])
+        folders = sorted({"/".join(f.split("/")[:i]) for f in files for i in range(1, f.count("/") + 1)})
+        entries = [{"type": "directory", "path": d, "oid": _commit(repo, d), "size": 0} for d in folders]
+        entries += [{"type": "file", "path": f, "size": len(revisions[revision][f]),
+                     "oid": hashlib.sha1(revisions[revision][f]).hexdigest()} for f in files]
+        entries.sort(key=lambda e: e["path"])
+        query = raw_path.split("?", 1)[1] if "?" in raw_path else ""
+        cursor = int(dict(kv.split("=", 1) for kv in query.split("&") if "=" in kv).get("cursor", 0))
+        page = entries[cursor:cursor + self.tree_page]
+        body = json.dumps(page).encode()
+        self.log.append((req.command, f"api/datasets/{repo}/tree/{revision}", 200))
+        req.send_response(200)
+        req.send_header("Content-Type", "application/json")
+        req.send_header("Content-Length", str(len(body)))
+        if cursor + self.tree_page < len(entries):
+            req.send_header("Link", f'<{self.url}/api/datasets/{repo}/tree/{revision}?recursive=true&cursor='
+                                    f'{cursor + self.tree_page}>; rel="next"')
+        req.end_headers()
+        req.wfile.write(body)
+
     def _send(self, req: BaseHTTPRequestHandler, payload: bytes, chunk: int = 1 << 16) -> None:
         if not self.bandwidth:
             req.wfile.write(payload)
@@ -155,6 +187,13 @@ class FakeHub:
             with self._link:  # one link: concurrent downloads share the bandwidth
                 time.sleep(len(piece) / self.bandwidth)
             req.wfile.write(piece)
+
+
+def _commit(repo: str, revision: str) -> str:
+    """The commit a revision resolves to: itself when it is one, else a stable made-up one."""
+    if len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+        return revision
+    return hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
 
 
 def black_hole() -> tuple[socket.socket, str]:

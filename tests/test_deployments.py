@@ -30,7 +30,8 @@ def from_yaml(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str,
 def test_prefect_yaml_and_serve_schedule_the_monitor_alike(env, monkeypatch):
     yaml_deployments = from_yaml(env, monkeypatch)
     served = {d.name: d for d in deployments(env)}
-    assert set(yaml_deployments) == set(served) == {"pipeline", "capture", "fit", "evaluate", "predict", "monitor"}
+    assert set(yaml_deployments) == set(served) == {"pipeline", "capture", "fit", "evaluate", "predict",
+                                                                   "released", "monitor"}
     for name in set(served) - {"monitor"}:  # on demand in both
         assert not yaml_deployments[name].get("schedules") and not served[name].schedules
     (yaml_schedule,) = yaml_deployments["monitor"]["schedules"]

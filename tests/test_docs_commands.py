@@ -67,6 +67,8 @@ PARSED = {  # parsed and validated only, and why
         "needs a Dask cluster and a server it can reach",
     ".venv/bin/python -m flows.predict --architecture path/to/config.json": "stands for the user's own file",
     ".venv/bin/python -m flows.monitor /runs/my-run": "stands for the user's own training run",
+    ".venv/bin/python -m flows.released": "needs the Hub (tests/test_released.py runs it against a loopback Hub)",
+    ".venv/bin/python -m flows.released --models pythia-160m,pythia-1.4b --no-train-regressors": "needs the Hub",
 }
 # Install commands: what runs them (tests/test_packaging.py installs the lock and a wheel the same way).
 INSTALL = {
@@ -203,7 +205,8 @@ def test_every_other_command_exists(command):
 def test_flags_in_the_running_text_exist():
     """Flags the README names in prose (``--refresh capture,fit``) are options of some flow or of a tool."""
     known = set(TOOL_FLAGS) | {"--json", "--debug", "--verbose"} | PLACEHOLDERS
-    for module in ("pipeline", "offline_suite", "capture", "fit", "regress", "predict", "evaluate", "monitor"):
+    for module in ("pipeline", "offline_suite", "capture", "fit", "regress", "predict", "evaluate", "monitor",
+                   "released"):
         parser = cli.build_parser(_flow(module), "", cli.options(_flow(module)))
         known |= {s for a in parser._actions for s in a.option_strings}
         known |= {f"--no-{s[2:]}" for a in parser._actions for s in a.option_strings}

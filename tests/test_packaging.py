@@ -141,7 +141,8 @@ def test_a_wheel_installed_outside_the_checkout_runs_the_flows(tmp_path):
                   "print(*[d.entrypoint for d in s.deployments({})])"], elsewhere, env).stdout.split("\n")
     assert all(line.startswith(str(venv)) for line in found[:2]), found
     assert found[2].split() == ["flows.pipeline.pipeline", "flows.capture.capture", "flows.fit.fit",
-                                "flows.evaluate.evaluate", "flows.predict.predict", "flows.monitor.monitor"]
+                                "flows.evaluate.evaluate", "flows.predict.predict", "flows.released.released",
+                                "flows.monitor.monitor"]
 
     store = tmp_path / "store"  # from nothing: the micro suite is trained, captured, fitted, evaluated
     done = _run([tool, "pipeline", "--suite", "micro", "--store", store], elsewhere, env, timeout=1200)

@@ -316,25 +316,62 @@ class HubSource:
             _failed_endpoints.pop(key, None)
         return ""
 
-    def _attempt(self, repo: str, filename: str, revision: str, before: Callable[[int], None] | None) -> Path:
+    def _attempt(self, repo: str, filename: str, revision: str, before: Callable[[int], None] | None,
+                 repo_type: str = "model") -> Path:
         from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
 
         if not constants.HF_HUB_OFFLINE:  # offline, the cache answers or OfflineModeIsEnabled says why
-            meta = get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision, endpoint=self.endpoint),
+            meta = get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision, endpoint=self.endpoint,
+                                                   repo_type=repo_type),
                                         timeout=self.timeout_s, retry_on_errors=False)
             if before is not None and meta.size is not None:
                 before(meta.size)
         with self.cache.downloading():
             path = Path(hf_hub_download(repo, filename, revision=revision, cache_dir=self.cache_dir,
-                                        endpoint=self.endpoint, etag_timeout=self.timeout_s))
+                                        endpoint=self.endpoint, etag_timeout=self.timeout_s, repo_type=repo_type))
         if not path.exists():  # e.g. removed from under us by a process that does not pin
             raise TransientSourceError(f"{repo}@{revision}/{filename}: missing after its download")
         return path
 
     def _download(self, repo: str, filename: str, revision: str,
-                  before: Callable[[int], None] | None = None) -> Path:
-        return self._retrying(lambda: self._attempt(repo, filename, revision, before), repo, revision,
+                  before: Callable[[int], None] | None = None, repo_type: str = "model") -> Path:
+        return self._retrying(lambda: self._attempt(repo, filename, revision, before, repo_type), repo, revision,
                               f"{repo}@{revision}/{filename}")
+
+    def dataset_files(self, repo: str, revision: str) -> list[str]:
+        """Every file of a dataset repository at a revision (the Hub's tree API, recursive, page by page,
+        through the one retry layer); offline, the files of that revision in the download cache."""
+        from huggingface_hub import constants
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+        if constants.HF_HUB_OFFLINE:
+            folder = self.cache_dir / f"datasets--{repo.replace('/', '--')}"
+            ref = folder / "refs" / revision
+            commit = ref.read_text().strip() if ref.is_file() else revision
+            snapshot = folder / "snapshots" / commit
+            if not snapshot.is_dir():
+                raise HubUnreachableError(f"{repo}@{revision}: offline mode is on (HF_HUB_OFFLINE=1) and the "
+                                          f"revision is not in the download cache {self.cache_dir}")
+            return sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
+
+        def listing() -> list[str]:  # the tree API pages its answer (a Link header names the next page)
+            url: str | None = f"{self.describe()['endpoint']}/api/datasets/{repo}/tree/{revision}?recursive=true"
+            files: list[str] = []
+            while url:
+                response = get_session().get(url, headers=build_hf_headers(), timeout=self.timeout_s)
+                hf_raise_for_status(response)
+                files += [entry["path"] for entry in response.json() if entry.get("type") == "file"]
+                url = response.links.get("next", {}).get("url")
+            return sorted(files)
+
+        return self._retrying(listing, repo, revision, f"{repo}@{revision}: listing its files")
+
+    def dataset_file(self, repo: str, revision: str, filename: str) -> tuple[Path, str]:
+        """A dataset file, downloaded (or found in the cache), and the commit it came from."""
+        path = self._download(repo, filename, revision, repo_type="dataset")
+        parts = path.parts
+        commit = parts[len(parts) - 1 - len(Path(filename).parts)]  # …/snapshots/<commit>/<filename>
+        return path, commit
 
     def _retrying(self, call: Callable[[], _T], repo: str, revision: str | None, what: str) -> _T:
         """The one retry layer: every request to the endpoint (a file, the refs listing) goes through it."""
