@@ -259,3 +259,19 @@ def test_models_outside_the_dataset_are_refused_before_any_download():
 
     with pytest.raises(BadInputError, match="pythia-31m"):
         check_models(["pythia-14m", "pythia-31m"])
+
+
+def test_the_command_line_says_in_one_line_when_the_endpoint_is_dead(fake_hub, prefect_server, tmp_path, capsys):
+    from flows.released import main
+
+    server, url = black_hole()
+    try:
+        code = main(["--endpoint", url, "--store", str(tmp_path / "store"), "--cache-dir", str(tmp_path / "cache"),
+                     "--download-retries", "0", "--download-timeout-s", "1"])
+    finally:
+        server.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("error: the run failed: ")
+    assert "listing its files: still failing after 1 attempts" in err[0]
+    assert not (tmp_path / "store" / "stats").exists()
