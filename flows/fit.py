@@ -39,7 +39,7 @@ def _summary(fits: pa.Table) -> str:
             classes = [r["peak_class"] for r in rows]
             wins = {}
             for r in rows:
-                wins[r["best_by_aic"]] = wins.get(r["best_by_aic"], 0) + 1
+                wins[r["best_by_aicc"]] = wins.get(r["best_by_aicc"], 0) + 1
             lines.append(f"| {model} | {series} | {len(rows)} | {np.mean(r2):.3f} | {min(r2):.3f} | "
                          + "".join(f"{classes.count(c)} | " for c in PEAK_CLASSES)
                          + f"{sum(r['identified'] for r in rows)} | "
@@ -70,11 +70,12 @@ def fit(models: list[str] | None = None, series: tuple[str, ...] = ("ratio", "to
     comparison = target.read_dataset(COMPARISON, where={"model": models})
     table = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()
               if k in ("model", "layer", "series", "A", "lam", "gamma", "t0", "K", "r2", "t_peak", "peak_class",
-                       "identified", "y_last", "rise", "t_half", "best_by_aic")}
+                       "identified", "y_last", "rise", "t_half", "best_by_aicc")}
              for row in fits.filter(pc.equal(fits.column("series"), "ratio")).to_pylist()]
     create_table_artifact(table, key="fit-parameters", description="Emergence parameters per layer (ratio)")
     create_table_artifact(comparison.to_pylist(), key="fit-alternatives",
-                          description="Emergence vs alternative shapes: mean R², mean AIC, wins (paper Table 5)")
+                          description="Emergence vs alternative shapes: mean R², AIC, AICc, wins, Akaike weights "
+                                      "(paper Table 5)")
     images = figures_markdown([(model, target.read_bytes(keys["ratio-layers"]), target.url_for(keys["ratio-layers"]))
                                for model, keys in figures.items() if "ratio-layers" in keys])
     overall = float(np.mean(fits.filter(pc.equal(fits.column("series"), "ratio")).column("r2").to_numpy()))

@@ -126,13 +126,13 @@ def _report(out: dict, target: Store) -> str:
 
 
 def _fit_lines(store: Store) -> list[str]:
-    """Peak classes, identification and the shapes' AIC wins over every fitted layer of the ratio."""
+    """Peak classes, identification and the shapes' AICc wins over every fitted layer of the ratio."""
     fits = [r for r in store.read_dataset("fits").to_pylist() if r["series"] == "ratio"]
     classes = ", ".join(f"{c} {sum(r['peak_class'] == c for r in fits)}" for c in PEAK_CLASSES)
-    wins = {shape: sum(r["best_by_aic"] == shape for r in fits) for shape in SHAPES}
+    wins = {shape: sum(r["best_by_aicc"] == shape for r in fits) for shape in SHAPES}
     return [f"Peak classes (ratio, {len(fits)} layers): {classes}; raw parameters identified in "
             f"{sum(r['identified'] for r in fits)}",
-            "Best shape by AIC (layers won): " + ", ".join(f"{k} {v}" for k, v in
+            "Best shape by AICc (layers won): " + ", ".join(f"{k} {v}" for k, v in
                                                             sorted(wins.items(), key=lambda kv: -kv[1]))]
 
 

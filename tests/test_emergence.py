@@ -136,6 +136,50 @@ def test_scores_and_errors_are_reported():
     assert row["best_by_aic"] == "emergence"
 
 
+# Identifiable parameters per shape, counted by hand: the pure log A·log(γt + t0) + K is
+# A·log(t + t0/γ) + (K + A·log γ), three.
+HAND_COUNTS = {"emergence": 5, "log": 3, "step": 3, "step2": 4, "logistic": 4}
+
+
+def _suite_like(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """37 log-spaced checkpoints to step 1440 of an early peak with 3% noise, the curve written out here."""
+    steps = np.round(np.geomspace(10, 1440, 37))
+    x = 2e-3 * steps + 1.5
+    clean = 40.0 * np.exp(-0.3 * x) * np.log(x) + 6.0
+    return steps, clean * (1 + 0.03 * np.random.default_rng(seed).standard_normal(steps.size))
+
+
+@pytest.mark.parametrize("shape", list(HAND_COUNTS))
+def test_aic_and_aicc_count_each_shapes_identifiable_parameters(shape):
+    """AIC = n·ln(RSS/n) + 2k and AICc = AIC + 2k(k+1)/(n−k−1), computed here from each fit's RSS, with k
+    from the table above, on 37 checkpoints (the suite's count, where AICc's correction matters)."""
+    steps, noisy = _suite_like(seed=3)
+    fit = fit_emergence(steps, noisy)
+    n, k = steps.size, HAND_COUNTS[shape]
+    if shape == "emergence":
+        rss = float(np.sum((noisy - fit.predict(steps)) ** 2))
+        aic, aicc = fit.aic, fit.aicc
+    else:
+        alt = fit.alternatives[shape]
+        rss, aic, aicc = alt.rss, alt.aic, alt.aicc
+    assert n == 37
+    assert aic == pytest.approx(n * math.log(rss / n) + 2 * k, rel=1e-9, abs=1e-9)
+    assert aicc == pytest.approx(n * math.log(rss / n) + 2 * k + 2 * k * (k + 1) / (n - k - 1), rel=1e-9, abs=1e-9)
+
+
+def test_akaike_weights_are_the_relative_likelihoods_of_the_shapes_aicc():
+    steps, noisy = _suite_like(seed=4)
+    row = fit_emergence(steps, noisy).as_row()
+    aicc = {s: row["aicc" if s == "emergence" else f"alt_{s}_aicc"] for s in HAND_COUNTS}
+    low = min(aicc.values())
+    hand = {s: math.exp(-(v - low) / 2) for s, v in aicc.items()}
+    total = sum(hand.values())
+    for shape in HAND_COUNTS:
+        weight = row["akaike_weight" if shape == "emergence" else f"alt_{shape}_weight"]
+        assert weight == pytest.approx(hand[shape] / total, rel=1e-9, abs=1e-12)
+    assert row["best_by_aicc"] == min(aicc, key=aicc.get)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_step_response_wins_on_its_own_data(seed):
     """A first-order step response with 1% noise: the 5-parameter model and the second-order response

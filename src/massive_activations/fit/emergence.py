@@ -71,6 +71,11 @@ class FitSettings:
             raise BadInputError("need n_random_starts >= 0 and n_grid_starts >= 1")
 
 
+# Identifiable parameters of each shape, what AIC and AICc count. The pure log A·log(γt + t0) + K is
+# A·log(t + t0/γ) + (K + A·log γ): three, whatever four numbers describe it.
+PARAM_COUNTS = {"emergence": 5, "log": 3, "step": 3, "step2": 4, "logistic": 4}
+
+
 @dataclass
 class AlternativeFit:
     name: str
@@ -78,6 +83,7 @@ class AlternativeFit:
     r2: float
     aic: float
     rss: float
+    aicc: float = math.nan
 
 
 @dataclass
@@ -92,6 +98,7 @@ class EmergenceFit:
     adj_r2: float
     rmse: float
     aic: float
+    aicc: float
     bic: float
     n_points: int
     converged: bool
@@ -123,13 +130,30 @@ class EmergenceFit:
         scores = {"emergence": self.aic} | {k: v.aic for k, v in self.alternatives.items()}
         return min(scores, key=scores.get)
 
+    def akaike_weights(self) -> dict[str, float]:
+        """Each shape's Akaike weight from AICc, exp(−Δ/2) normalised over the shapes fitted: the
+        probability that it is the best of them for these data, in Akaike's sense."""
+        aicc = {"emergence": self.aicc} | {k: v.aicc for k, v in self.alternatives.items()}
+        finite = {k: v for k, v in aicc.items() if np.isfinite(v)}
+        if not finite:
+            return dict.fromkeys(aicc, math.nan)
+        low = min(finite.values())
+        raw = {k: math.exp(-(v - low) / 2) if k in finite else 0.0 for k, v in aicc.items()}
+        total = sum(raw.values())
+        return {k: v / total for k, v in raw.items()}
+
     def as_row(self) -> dict[str, Any]:
         row = {k: v for k, v in asdict(self).items() if k not in ("se", "alternatives")}
         row |= {f"se_{k}": v for k, v in self.se.items()}
+        weights = self.akaike_weights()
         for name, alt in self.alternatives.items():
             row[f"alt_{name}_r2"] = alt.r2
             row[f"alt_{name}_aic"] = alt.aic
+            row[f"alt_{name}_aicc"] = alt.aicc
+            row[f"alt_{name}_weight"] = weights[name]
+        row["akaike_weight"] = weights["emergence"]
         row["best_by_aic"] = self.best_alternative
+        row["best_by_aicc"] = max(weights, key=lambda k: weights[k]) if self.alternatives else "emergence"
         return row
 
 
@@ -241,8 +265,11 @@ def _scores(y: np.ndarray, pred: np.ndarray, k: int) -> dict[str, float]:
     r2 = 1.0 - rss / tss if tss > 0 else (1.0 if rss == 0 else 0.0)
     adj = 1.0 - (1.0 - r2) * (n - 1) / (n - k - 1) if n - k - 1 > 0 else float("nan")
     log_term = n * math.log(max(rss, 1e-300) / n)
+    aic = log_term + 2 * k
+    # AICc: AIC's small-sample correction (n of ~37 checkpoints is small for 5 parameters)
+    aicc = aic + 2 * k * (k + 1) / (n - k - 1) if n - k - 1 > 0 else math.inf
     return {"rss": rss, "r2": r2, "adj_r2": adj, "rmse": math.sqrt(rss / n),
-            "aic": log_term + 2 * k, "bic": log_term + k * math.log(n)}
+            "aic": aic, "aicc": aicc, "bic": log_term + k * math.log(n)}
 
 
 # --- variable projection ----------------------------------------------------------------------
@@ -378,12 +405,13 @@ def fit_emergence(steps: Any, values: Any, settings: FitSettings = FitSettings()
     params = (a * y_range, lam, g / t_scale, s, k * y_range + y_min)
     se = dict(zip(PARAMS, (se_n[0] * y_range, se_n[1], se_n[2] / t_scale, se_n[3], se_n[4] * y_range),
                   strict=True))
-    scores = _scores(y, emergence(t, *params), k=5)
+    scores = _scores(y, emergence(t, *params), k=PARAM_COUNTS["emergence"])
     t_stat = peak_step(lam, params[2], s)
     peak_class = classify(params[0], lam, t_stat, t)
     reasons = identification(params, se, y_range, t_scale)
     fit = EmergenceFit(*params, se=se, r2=scores["r2"], adj_r2=scores["adj_r2"], rmse=scores["rmse"],
-                       aic=scores["aic"], bic=scores["bic"], n_points=t.size, converged=bool(converged),
+                       aic=scores["aic"], aicc=scores["aicc"], bic=scores["bic"], n_points=t.size,
+                       converged=bool(converged),
                        message=message, form=form, t_stationary=t_stat, peak_class=peak_class,
                        identified=not reasons, identification="; ".join(reasons),
                        **descriptors(params, t, peak_class, t_stat, not reasons))
@@ -482,7 +510,7 @@ def fit_alternatives(t: np.ndarray, y: np.ndarray) -> dict[str, AlternativeFit]:
             ("step2", _step2_model, step2_p, u, ("A", "zeta", "omega", "K")),
             ("logistic", _logistic_model, logi_p, t, ("A", "m", "s", "K"))):
         pred = fn(x, *p) * y_range + y_min
-        s = _scores(y, pred, k=len(p))
+        s = _scores(y, pred, k=PARAM_COUNTS[name])
         raw = dict(zip(names, map(float, p), strict=True))
         for key in ("A", "K"):
             raw[key] = raw[key] * y_range + (y_min if key == "K" else 0.0)
@@ -492,7 +520,7 @@ def fit_alternatives(t: np.ndarray, y: np.ndarray) -> dict[str, AlternativeFit]:
             raw["tau"] *= t_scale
         if "omega" in raw:
             raw["omega"] /= t_scale
-        out[name] = AlternativeFit(name=name, params=raw, r2=s["r2"], aic=s["aic"], rss=s["rss"])
+        out[name] = AlternativeFit(name=name, params=raw, r2=s["r2"], aic=s["aic"], rss=s["rss"], aicc=s["aicc"])
     return out
 
 

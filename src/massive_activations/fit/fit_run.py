@@ -72,17 +72,26 @@ def fit_table(ratios: pa.Table, series: list[str], settings: FitSettings) -> pa.
     return pa.Table.from_pylist(rows)
 
 
+def _shape_column(shape: str, stat: str) -> str:
+    """The fits/ column of a shape's statistic (r2, aic, aicc or its Akaike weight)."""
+    if shape == "emergence":
+        return "akaike_weight" if stat == "weight" else stat
+    return f"alt_{shape}_{stat}"
+
+
 def comparison_table(fits: pa.Table) -> pa.Table:
-    """Per series: mean R² and mean AIC of each shape, and how often each wins on AIC (paper Table 5)."""
+    """Per series: mean R², AIC and AICc of each shape, how often each wins on AIC and on AICc (paper
+    Table 5), and its mean Akaike weight over the layers."""
     rows = []
     for name in sorted(set(fits.column("series").to_pylist())):
         sub = fits.filter(pc.equal(fits.column("series"), name))
-        winners = sub.column("best_by_aic").to_pylist()
+        winners, winners_c = sub.column("best_by_aic").to_pylist(), sub.column("best_by_aicc").to_pylist()
         for shape in SHAPES:
-            r2 = sub.column("r2" if shape == "emergence" else f"alt_{shape}_r2").to_numpy()
-            aic = sub.column("aic" if shape == "emergence" else f"alt_{shape}_aic").to_numpy()
-            rows.append({"series": name, "shape": shape, "mean_r2": float(np.mean(r2)),
-                         "mean_aic": float(np.mean(aic)), "wins": winners.count(shape), "n_layers": len(winners)})
+            mean = {stat: float(np.mean(sub.column(_shape_column(shape, stat)).to_numpy()))
+                    for stat in ("r2", "aic", "aicc", "weight")}
+            rows.append({"series": name, "shape": shape, "mean_r2": mean["r2"], "mean_aic": mean["aic"],
+                         "mean_aicc": mean["aicc"], "wins": winners.count(shape), "wins_aicc": winners_c.count(shape),
+                         "mean_weight": mean["weight"], "n_layers": len(winners)})
     return pa.Table.from_pylist(rows)
 
 
