@@ -33,6 +33,7 @@ ROWS = [  # (label, kind, variant, metric, show the first → last means)
     ("ITDA Jaccard with the final dictionary (final excluded)", "itda_similarity", "itda_similarity",
      "jaccard_final", False),
     ("int8 SQNR per tensor", "quant", "int8-tensor", "sqnr_db", True),
+    ("int8 SQNR per tensor beyond the max/RMS identity (excess)", "quant", "int8-tensor", "sqnr_db_excess", True),
     ("int8 SQNR per channel", "quant", "int8-channel", "sqnr_db", True),
     ("int4 SQNR per tensor", "quant", "int4-tensor", "sqnr_db", True),
     ("int8 SQNR per tensor, massive tokens (all quantized together)", "quant", "int8-tensor", "sqnr_db_massive",

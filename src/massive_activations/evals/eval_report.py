@@ -49,7 +49,8 @@ METRICS = {
                       "explained_variance_massive", "explained_variance_other", "ce_loss_score_massive",
                       "ce_loss_score_other"),
     ITDA_SIMILARITY: ("jaccard_final", "layer_matching_final"),
-    f"{EVALS}/quant": ("sqnr_db", "topk_error_share", "sqnr_db_massive", "sqnr_db_other"),
+    f"{EVALS}/quant": ("sqnr_db", "sqnr_db_predicted", "sqnr_db_excess", "topk_error_share", "sqnr_db_massive",
+                       "sqnr_db_other"),
     QUANT_MODEL: ("ce_delta_token", "ce_delta_tensor", "ppl_delta_token", "ppl_delta_tensor", "n_outlier_dims"),
 }
 

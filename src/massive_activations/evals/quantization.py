@@ -50,6 +50,21 @@ def sqnr_db(x: torch.Tensor, xq: torch.Tensor) -> float:
     return float("inf") if noise == 0 else 10 * np.log10(signal / noise)
 
 
+def predicted_sqnr_db(x: torch.Tensor, bits: int, granularity: str) -> float:
+    """The SQNR absmax quantization gives by construction: each group's step Δ = max|x|/qmax, rounding
+    error uniform on ±Δ/2 (power Δ²/12 per value), so SQNR ≈ 10·log10(Σx² / Σ_g n_g·Δ_g²/12). Per tensor
+    that is 10·log10(12·qmax²·mean(x²)/max|x|²): a function of max/RMS alone, which the massive-activation
+    ratio largely is. ``sqnr_db`` minus this is what quantization does beyond that identity."""
+    qmax = 2 ** (bits - 1) - 1
+    a = x.double().abs()
+    dim = {"tensor": None, "token": 1, "channel": 0}[granularity]
+    top = a.max() if dim is None else a.amax(dim=dim)
+    per_group = x.numel() if dim is None else x.shape[dim]
+    noise = float(((top / qmax) ** 2 / 12).sum()) * per_group
+    signal = float((x.double() ** 2).sum())
+    return float("inf") if noise == 0 else 10 * np.log10(signal / noise)
+
+
 def topk_error_share(x: torch.Tensor, xq: torch.Tensor, k: int) -> float:
     """Share of the squared quantization error sitting on the ``k`` largest |x| entries."""
     err = ((x.double() - xq.double()) ** 2).flatten()
@@ -72,7 +87,9 @@ def activation_quantization(x: torch.Tensor, bits: tuple[int, ...] = (8, 4), top
         for granularity in GRANULARITIES:
             xq = fake_quantize(x, b, granularity)
             row = {"bits": b, "granularity": granularity, "sqnr_db": sqnr_db(x, xq),
+                   "sqnr_db_predicted": predicted_sqnr_db(x, b, granularity),
                    "topk_error_share": topk_error_share(x, xq, top_k)}
+            row["sqnr_db_excess"] = row["sqnr_db"] - row["sqnr_db_predicted"]
             for name, rows_of in (groups or {}).items():
                 row[f"sqnr_db_{name}"] = sqnr_db(x[rows_of], xq[rows_of]) if rows_of.any() else float("nan")
                 row[f"n_{name}"] = int(rows_of.sum())
