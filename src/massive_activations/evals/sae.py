@@ -21,6 +21,10 @@ which ``sae_lens.SAE.load_from_disk`` reads.
 
 ReLU + L1 (Bricken et al. 2023): z = ReLU(W_enc (x − b_dec) + b_enc), loss = ‖x − x̂‖² + l1·Σᵢ zᵢ‖W_dec,ᵢ‖.
 
+Both kinds train on inputs scaled to E‖x − E[x]‖² = d_model (``input_scale``), the factor then folded into
+the biases, so an SAE reads raw activations and its codes, L0 and explained variance do not depend on
+the activations' scale (×100 changes neither by more than float rounding; tests/test_sae.py).
+
 Metrics follow SAEBench (docs/science.md, "Evaluations"): L0 = active latents per token; explained
 variance = 1 − E‖x − x̂‖² / E‖x − E[x]‖²; FVU = 1 − explained variance; MSE per element; mean
 cosine similarity of x and x̂; dead fraction = latents that never fire over the evaluation tokens.
@@ -214,14 +218,33 @@ def train_saes(xs: list[torch.Tensor], settings: list[SAESettings],
             raise ValueError(f"SAE training needs (tokens >= 2, d_model) matrices of one width, got shape "
                              f"{tuple(x.shape)}")
     torch.manual_seed(settings[0].seed)
+    factors = [input_scale(x.float()) for x in xs]
     out: list[SparseAutoencoder | None] = [None] * len(xs)
     for kind in ("topk", "relu"):
         chosen = [i for i, s in enumerate(settings) if s.kind == kind]
         if chosen:
-            trained = _train_stacked([xs[i].float() for i in chosen], settings[chosen[0]], device)
+            trained = _train_stacked([xs[i].float() * factors[i] for i in chosen], settings[chosen[0]], device)
             for i, sae in zip(chosen, trained, strict=True):
-                out[i] = sae
+                out[i] = _fold_scale(sae, factors[i])
     return out  # type: ignore[return-value]
+
+
+def input_scale(x: torch.Tensor) -> float:
+    """The factor that brings training data to E‖x − E[x]‖² = d_model before training: the same SAE,
+    in units of the data, whatever the activations' scale (the L1 penalty and Adam's steps on the
+    biases are not scale-free), so checkpoints whose activations differ 100× are comparable."""
+    energy = float(((x - x.mean(dim=0)) ** 2).sum(dim=1).mean())
+    return math.sqrt(x.shape[1] / energy) if energy > 0 else 1.0
+
+
+def _fold_scale(sae: SparseAutoencoder, factor: float) -> SparseAutoencoder:
+    """An SAE trained on ``factor``·x as one that reads and writes x itself: both biases divided by the
+    factor, so the codes come out in the data's own units (divided by it too), the same latents fire
+    and the decoder keeps unit-norm columns."""
+    with torch.no_grad():
+        sae.b_enc.div_(factor)
+        sae.b_dec.div_(factor)
+    return sae
 
 
 def _train_stacked(xs: list[torch.Tensor], settings: SAESettings,
