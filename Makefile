@@ -18,9 +18,9 @@ install: $(STAMP)
 
 # Exactly the locked versions (nothing else), each checked against its hash (torch: the CPU wheel), then the project itself.
 # uv installs the lock (seconds, where pip takes minutes); it finds torch's +cpu wheel where pip does here
-# (PIP_FIND_LINKS), or set UV_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
+# (PIP_FIND_LINKS, or pip's configured find-links), or set UV_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
 UV_VERSION := $(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' requirements.lock)
-export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+export UV_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell python3 -m pip config get global.find-links 2>/dev/null))
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q uv==$(UV_VERSION)

@@ -112,7 +112,7 @@ def test_a_wheel_installed_outside_the_checkout_runs_the_flows(tmp_path):
     uv = Path(sys.executable).parent / "uv"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MA_STORE")}
     env |= {"HF_HUB_OFFLINE": "1", "PREFECT_HOME": str(tmp_path / "prefect"), "OMP_NUM_THREADS": "1",
-            "UV_FIND_LINKS": os.environ.get("PIP_FIND_LINKS", "")}
+            "UV_FIND_LINKS": os.environ.get("UV_FIND_LINKS") or os.environ.get("PIP_FIND_LINKS", "")}
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist",
           ROOT], tmp_path, env)
     (wheel,) = (tmp_path / "dist").glob("massive_activations-*.whl")
