@@ -145,10 +145,6 @@ def stats_table(values: np.ndarray) -> pa.Table:
     return pa.table(columns)
 
 
-def n_layers_of(model: str) -> int:
-    return pythia_model(model.removeprefix("pythia-")).n_layers
-
-
 def published_fits(data: bytes, model: str, series: str) -> list[dict[str, Any]]:
     """The published per-layer fits of one series: parameters, their standard errors (from pcov), R², AIC."""
     try:
