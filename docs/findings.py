@@ -1,8 +1,10 @@
 """The findings table of docs/findings.md ("Evaluations across training"), computed from a store after `make run`.
 
 Per (kind, variant, metric): the mean over decoder layers at the first and the last evaluated step;
-medians over layers of ρ with the ratio, ρ with the step and the partial ρ; how many layers have a
-partial-ρ 95% interval wholly below / above 0, of those where it is defined; and the median over
+medians over layers of ρ with the ratio, ρ with the step and the partial ρ beyond a smooth trend in
+the step; the pooled test over every model's layers (Simes) and the layers that are discoveries at a
+5% false-discovery rate (Benjamini–Hochberg over all models' layers), below / above 0, of those tested
+(the partial ρ abstains below 20 checkpoints per model); and the median over
 checkpoints of ρ across one model's layers (with how many of those are negative); and the median over
 matched steps of ρ across every model's layers (``evals/model_correlations``).
 
@@ -15,9 +17,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from massive_activations.evals.eval_report import pooled_correlations  # noqa: E402
 from massive_activations.store import Store  # noqa: E402
 
 ROWS = [  # (label, kind, variant, metric, show the first → last means)
@@ -51,14 +55,17 @@ def main(store_url: str = "data") -> None:
     store = Store(store_url)
     joined = [r for r in store.read_dataset("evals/joined").to_pylist() if r["layer"] >= 0]
     corr = [r for r in store.read_dataset("evals/correlations").to_pylist() if r["layer"] >= 0]
+    pooled = {(r["kind"], r["variant"], r["metric"]): r for r in pooled_correlations(pa.Table.from_pylist(corr))
+              .to_pylist()}
     across = store.read_dataset("evals/layer_correlations").to_pylist()
     key = "evals/model_correlations"
     models = store.read_dataset(key).to_pylist() if store.list(key) else []
     steps = sorted({r["step"] for r in joined})
     print(f"{len({r['model'] for r in joined})} models, steps {steps}")
-    print("| metric | first → last step (mean over layers) | ρ ratio | ρ step | partial ρ | partial CI < 0 / > 0 "
-          "(of defined) | across layers: median ρ (negative) | across models at one step: median ρ (negative) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| metric | first → last step (mean over layers) | ρ ratio | ρ step | partial ρ | pooled p | "
+          "FDR 5% discoveries < 0 / > 0 (of tested) | across layers: median ρ (negative) | "
+          "across models at one step: median ρ (negative) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     def at(kind: str, variant: str, metric: str, step: int) -> list[float]:
         return [r["value"] for r in joined if (r["kind"], r["variant"], r["metric"], r["step"]) ==
                 (kind, variant, metric, step)]
@@ -74,16 +81,16 @@ def main(store_url: str = "data") -> None:
             text = (f"{np.mean(values[steps[0]]):.3g} → {np.mean(values[steps[-1]]):.3g}"
                     if trend and all(values.values()) else "")
         rows = [r for r in corr if (r["kind"], r["variant"], r["metric"]) == key]
-        defined = [r for r in rows if np.isfinite(r["partial_rho"])]
-        below = sum(r["partial_rho_high"] < 0 for r in defined)
-        above = sum(r["partial_rho_low"] > 0 for r in defined)
+        test = pooled.get(key, {"pooled_p": float("nan"), "discoveries_negative": 0, "discoveries_positive": 0,
+                                "layers_tested": 0})
         layer_rho = [r["rho_across_layers"] for r in across if (r["kind"], r["variant"], r["metric"]) == key
                      and np.isfinite(r["rho_across_layers"])]
         model_rho = [r["rho_across_models"] for r in models if (r["kind"], r["variant"], r["metric"]) == key
                      and np.isfinite(r["rho_across_models"])]
         print(f"| {label} | {text} | {median([r['spearman_rho'] for r in rows]):+.2f} | "
               f"{median([r['rho_step'] for r in rows]):+.2f} | {median([r['partial_rho'] for r in rows]):+.2f} | "
-              f"{below} / {above} (of {len(defined)}) | "
+              f"{test['pooled_p']:.2g} | {test['discoveries_negative']} / {test['discoveries_positive']} "
+              f"(of {test['layers_tested']}) | "
               f"{median(layer_rho):+.2f} ({sum(v < 0 for v in layer_rho)} of {len(layer_rho)}) | "
               f"{median(model_rho):+.2f} ({sum(v < 0 for v in model_rho)} of {len(model_rho)}) |")
 

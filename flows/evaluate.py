@@ -140,12 +140,14 @@ def _artifacts(target: Store, summary: dict, reports: dict) -> None:
             if not math.isnan(row["spearman_rho"]):
                 strongest.append({"model": model, **{k: row[k] for k in (
                     "layer", "kind", "variant", "metric", "spearman_rho", "rho_step", "partial_rho",
-                    "partial_rho_low", "partial_rho_high", "n_checkpoints")}})
+                    "partial_rho_low", "partial_rho_high", "partial_rho_p", "partial_rho_q", "n_checkpoints",
+                    "reason")}})
     strongest.sort(key=lambda r: -abs(r["partial_rho"]) if not math.isnan(r["partial_rho"]) else 0.0)
     create_table_artifact(strongest, key="evaluate-correlations",
                           description="Across checkpoints: Spearman ρ of each metric with the massive-activation "
-                                      "ratio, with the step, and the partial ρ with the ratio given the step (95% "
-                                      "bootstrap interval); strongest partial ρ first")
+                                      "ratio, with the step, and the partial ρ beyond a smooth trend in log step "
+                                      "(95% interval, p-value and FDR q-value over layers; NaN with a reason below "
+                                      "20 checkpoints); strongest partial ρ first")
     lines = ["| evaluation | evaluated | skipped | failed |", "|---|---|---|---|"]
     lines += [f"| {k} | {s['evaluated']} | {s['skipped']} | {len(s['failed'])} |"
               for k, s in summary.items()]

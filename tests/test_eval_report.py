@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pyarrow as pa
 import pytest
+from scipy.stats import spearmanr
 
 from massive_activations.evals.eval_report import correlations
 
@@ -25,7 +26,45 @@ def test_spearman_rho_on_six_checkpoints_matches_the_rank_formula():
     metric = [0.92, 0.90, 0.95, 0.93, 0.99, 0.96]  # ranks 2,1,4,3,6,5
     row = correlations(joined(metric, ratio)).to_pylist()[0]
     assert row["spearman_rho"] == pytest.approx(1 - 6 * 6 / (6 * 35))
-    assert row["n_checkpoints"] == 6 and 0 < row["p_value"] < 0.05
+    # both series rise with the step, so they are not 6 independent pairs: the p-value is above
+    # scipy's iid one (0.04) and the partial ρ abstains below the floor, saying why
+    assert row["n_checkpoints"] == 6 and spearmanr(metric, ratio).pvalue < 0.05 < row["p_value"] < 1
+    assert math.isnan(row["partial_rho"]) and row["reason"].startswith("fewer than 20 checkpoints")
+
+
+def _layered(n_layers: int, n: int, planted: dict[int, float], models: str = "m") -> pa.Table:
+    """Per layer, a metric and a ratio sharing a saturating trend over n log-spaced checkpoints; the
+    metric follows the ratio's own noise in the layers of ``planted`` (with that weight)."""
+    rng, rows = np.random.default_rng(0), []
+    steps = np.round(np.geomspace(16, 143_000, n)).astype(int)
+    trend = 1 / (1 + np.exp(-(np.log(steps) - 6) / 0.8))
+    for model in models:
+        for layer in range(n_layers):
+            own = rng.normal(size=n)
+            w = planted.get(layer, 0.0)
+            metric = -3 * trend + w * own + np.sqrt(1 - w * w) * rng.normal(size=n)
+            rows += [{"model": model, "step": int(s), "layer": layer, "kind": "quant", "variant": "int8-tensor",
+                      "metric": "sqnr_db", "value": float(v), "ratio": float(r)}
+                     for s, v, r in zip(steps, metric, 4 * trend + own, strict=True)]
+    return pa.Table.from_pylist(rows)
+
+
+def test_layers_get_fdr_q_values_and_one_pooled_test_per_metric():
+    from massive_activations.evals.eval_report import pooled_correlations
+
+    corr = correlations(_layered(6, 30, {1: 0.95, 4: 0.95}))
+    rows = corr.to_pylist()
+    p = [r["partial_rho_p"] for r in rows]
+    order = np.argsort(p)  # BH by hand: q_(i) = min over j >= i of m·p_(j)/j
+    by_hand = np.minimum.accumulate([6 * p[k] / (i + 1) for i, k in enumerate(order)][::-1])[::-1]
+    assert [rows[k]["partial_rho_q"] for k in order] == pytest.approx(list(by_hand))
+    pooled = pooled_correlations(corr).to_pylist()
+    assert len(pooled) == 1 and pooled[0]["layers_tested"] == 6 and pooled[0]["n_models"] == 1
+    assert pooled[0]["pooled_p"] == pytest.approx(min(by_hand)) and pooled[0]["pooled_p"] < 1e-3
+    assert pooled[0]["discoveries_positive"] == 2 and pooled[0]["discoveries_negative"] == 0
+    null = pooled_correlations(correlations(_layered(6, 30, {}, models="ab"))).to_pylist()[0]
+    assert null["n_models"] == 2 and null["layers"] == 12 and null["pooled_p"] > 0.05
+    assert null["discoveries_positive"] == null["discoveries_negative"] == 0
 
 
 def test_a_metric_falling_as_the_ratio_grows_has_rho_minus_one():

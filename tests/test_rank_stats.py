@@ -1,55 +1,167 @@
-"""Partial Spearman ρ given the step, with bootstrap intervals: known answers on synthetic checkpoints."""
+"""The partial ρ beyond a smooth trend in log step: known answers from closed forms, scipy and hand
+computation, and its error rates on synthetic worlds with known truth (the full calibration is
+bench/inference_calibration.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.interpolate import CubicSpline
+from scipy.stats import norm, pearsonr, rankdata
+from scipy.stats import t as student_t
 
-from massive_activations.evals.rank_stats import correlations_with_ci, rank_stats
-
-
-def _checkpoints(rng: np.random.Generator, n: int, beyond: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ratio and metric both trend with the step; the metric follows the ratio's own (non-step) part
-    with weight ``beyond`` (0: it depends on the step alone)."""
-    step = np.arange(n, dtype=float) * 1000
-    own = rng.normal(size=n)  # the part of the ratio the step does not explain
-    ratio = step / step.max() * 6 + own
-    metric = -step / step.max() * 6 + beyond * own + rng.normal(size=n)
-    return metric, ratio, step
-
-
-def _truth(beyond: float) -> float:
-    """The population partial ρ, from one very large sample."""
-    metric, ratio, step = _checkpoints(np.random.default_rng(123), 200_000, beyond)
-    return float(rank_stats(metric, ratio, step)["partial_rho"])
+from massive_activations.evals.rank_stats import (
+    MIN_CHECKPOINTS,
+    TREND_DF,
+    correlation_test,
+    correlations_with_ci,
+    effective_n,
+    fdr,
+    pooled_p,
+    residual,
+    trend_basis,
+)
 
 
-def test_a_metric_that_depends_on_step_alone_has_a_large_raw_rho_and_a_partial_rho_near_zero():
-    metric, ratio, step = _checkpoints(np.random.default_rng(0), 60, beyond=0.0)
-    out = correlations_with_ci(metric, ratio, step, n_boot=2000, seed=0)
-    assert out["rho_ratio"] < -0.6 and out["rho_step"] < -0.75  # what the old report read causally
-    assert abs(out["partial_rho"]) < 0.2 and out["partial_rho_low"] < 0 < out["partial_rho_high"]
-    assert abs(_truth(0.0)) < 0.01
+def _ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
+    out = np.empty(n)
+    out[0] = rng.normal()
+    for i in range(1, n):
+        out[i] = phi * out[i - 1] + np.sqrt(1 - phi * phi) * rng.normal()
+    return out
 
 
-def test_a_metric_that_follows_the_ratio_beyond_step_has_a_clearly_nonzero_partial_rho():
-    metric, ratio, step = _checkpoints(np.random.default_rng(1), 60, beyond=1.5)
-    out = correlations_with_ci(metric, ratio, step, n_boot=2000, seed=0)
-    assert out["partial_rho_low"] > 0.3, out
-    assert out["partial_rho_low"] < _truth(1.5) < out["partial_rho_high"]
+def _world(rng: np.random.Generator, n: int, planted: float, phi: float = 0.0):
+    """Ratio and metric share a trend in log step that rises and then falls, plus AR(1) noise of their
+    own; the metric's noise carries ``planted`` × the ratio's (a partial correlation beyond the step)."""
+    step = np.geomspace(16, 143_000, n)
+    x = np.log(step / 16) / np.log(143_000 / 16)
+    peak = np.exp(-0.5 * ((x - 0.6) / 0.2) ** 2)
+    own_ratio, own_metric = _ar1(rng, n, phi), _ar1(rng, n, phi)
+    return (-3 * peak + planted * own_ratio + np.sqrt(1 - planted**2) * own_metric, 4 * peak + own_ratio, step)
 
 
-@pytest.mark.parametrize("beyond", [0.0, 1.0])
-def test_bootstrap_intervals_cover_the_true_partial_rho(beyond):
-    truth, rng, covered, trials = _truth(beyond), np.random.default_rng(7), 0, 200
-    for trial in range(trials):
-        out = correlations_with_ci(*_checkpoints(rng, 40, beyond), n_boot=400, seed=trial)
-        covered += out["partial_rho_low"] <= truth <= out["partial_rho_high"]
-    assert covered / trials >= 0.88, (covered, trials, truth)  # nominal 0.95; percentile intervals at n = 40
+def _flag_rate(n: int, planted: float, phi: float, reps: int, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    return float(np.mean([correlations_with_ci(*_world(rng, n, planted, phi))["partial_rho_p"] < 0.05
+                          for _ in range(reps)]))
 
 
-def test_undefined_statistics_are_nan_and_bad_input_is_refused():
-    out = correlations_with_ci(np.ones(8), np.arange(8.0), np.arange(8.0), n_boot=50)
-    assert np.isnan(out["rho_ratio"]) and np.isnan(out["partial_rho"]) and np.isnan(out["partial_rho_low"])
+def test_a_shared_trend_that_rises_then_falls_is_not_an_association():
+    """The old partial ρ (a line in rank(step)) flagged this null world in ~100% of replicates."""
+    assert _flag_rate(24, 0.0, 0.0, reps=200, seed=0) <= 0.09  # nominal 0.05; binomial sd 0.015
+
+
+def test_autocorrelated_noise_does_not_inflate_false_positives():
+    assert _flag_rate(24, 0.0, 0.8, reps=200, seed=1) <= 0.09
+
+
+def test_a_planted_association_beyond_the_trend_is_found():
+    assert _flag_rate(37, 0.7, 0.0, reps=100, seed=2) >= 0.85
+
+
+def test_null_intervals_cover_zero():
+    rng = np.random.default_rng(3)
+    outs = [correlations_with_ci(*_world(rng, 24, 0.0, 0.5)) for _ in range(200)]
+    assert np.mean([o["partial_rho_low"] <= 0 <= o["partial_rho_high"] for o in outs]) >= 0.91
+
+
+def test_below_the_floor_the_partial_rho_abstains_with_a_reason():
+    rng = np.random.default_rng(4)
+    short = correlations_with_ci(*_world(rng, MIN_CHECKPOINTS - 1, 0.7))
+    assert all(np.isnan(short[f"partial_rho{e}"]) for e in ("", "_low", "_high", "_p"))
+    assert np.isnan(short["diff_rho"]) and "fewer than 20 checkpoints" in short["reason"]
+    assert np.isfinite(short["rho_ratio"])  # the raw ρ is still reported
+    enough = correlations_with_ci(*_world(rng, MIN_CHECKPOINTS, 0.7))
+    assert np.isfinite(enough["partial_rho"]) and enough["reason"] == ""
+
+
+def test_the_trend_basis_reproduces_any_natural_cubic_spline_on_its_knots():
+    step = np.geomspace(16, 143_000, 30)
+    x = np.log1p(step)
+    basis = trend_basis(step)
+    assert basis.shape == (30, TREND_DF + 1)
+    knots = np.quantile(x, np.linspace(0, 1, TREND_DF + 1))
+    curve = CubicSpline(knots, [3.0, -1.0, 4.0, 1.0, -5.0], bc_type="natural")(x)
+    assert np.abs(residual(curve + 7.0, basis)).max() < 1e-9  # intercept and curve in the span
+    assert np.abs(residual(2.0 * x, basis)).max() < 1e-9  # a line in log step too
+    assert np.abs(residual(np.sin(3 * x), basis)).max() > 0.05  # but not everything
+
+
+def _bartlett_by_hand(a: np.ndarray, b: np.ndarray, spent: int) -> float:
+    n = len(a)
+    a, b = a - a.mean(), b - b.mean()
+    def r(v, k):
+        return float(np.dot(v[: n - k], v[k:]) / np.dot(v, v))
+    return (n - spent) / max(1.0, 1 + 2 * sum(r(a, k) * r(b, k) for k in range(1, n // 3)))
+
+
+def test_effective_n_is_bartletts_formula():
+    rng = np.random.default_rng(5)
+    a, b = _ar1(rng, 30, 0.8), _ar1(rng, 30, 0.8)
+    assert effective_n(a, b, 5) == pytest.approx(_bartlett_by_hand(a, b, 5), rel=1e-12)
+    assert effective_n(a, b, 5) < 20  # strongly autocorrelated: fewer than the 25 left
+    white = rng.normal(size=(2, 30))
+    assert effective_n(*white, 1) <= 29
+
+
+def test_the_interval_and_p_value_are_fishers_z_and_the_t_test():
+    low, high, p = correlation_test(0.5, 30.0, 0.95)
+    half = norm.ppf(0.975) / np.sqrt(27)
+    assert (low, high) == pytest.approx((np.tanh(np.arctanh(0.5) - half), np.tanh(np.arctanh(0.5) + half)))
+    assert p == pytest.approx(2 * student_t.sf(0.5 * np.sqrt(28 / 0.75), 28))
+    rng = np.random.default_rng(6)  # independent pairs: the t test is scipy's Pearson test
+    a = rng.normal(size=25)
+    b = 0.4 * a + rng.normal(size=25)
+    r, p_scipy = pearsonr(a, b)
+    assert correlation_test(float(r), 25.0, 0.95)[2] == pytest.approx(p_scipy, rel=1e-9)
+    assert correlation_test(0.5, 3.0, 0.95) == pytest.approx((np.nan,) * 3, nan_ok=True)
+    assert correlation_test(-1.0, 10.0, 0.95) == (-1.0, -1.0, 0.0)
+
+
+def test_the_raw_rho_is_spearmans_with_an_autocorrelation_aware_p_value():
+    rng = np.random.default_rng(7)
+    metric, ratio, step = _world(rng, 30, 0.5)
+    out = correlations_with_ci(metric, ratio, step)
+    assert out["rho_ratio"] == pytest.approx(pearsonr(rankdata(metric), rankdata(ratio))[0])
+    n_eff = _bartlett_by_hand(rankdata(metric), rankdata(ratio), 1)
+    assert out["rho_ratio_n_eff"] == pytest.approx(n_eff)
+    assert out["rho_ratio_p"] == pytest.approx(correlation_test(out["rho_ratio"], n_eff, 0.95)[2])
+
+
+def test_checkpoints_in_any_order_give_the_same_answer():
+    rng = np.random.default_rng(8)
+    metric, ratio, step = _world(rng, 25, 0.5, 0.5)
+    order = rng.permutation(25)
+    a, b = correlations_with_ci(metric, ratio, step), correlations_with_ci(metric[order], ratio[order], step[order])
+    assert a["reason"] == b["reason"] == ""
+    assert {k: v for k, v in a.items() if k != "reason"} == pytest.approx(
+        {k: v for k, v in b.items() if k != "reason"})
+
+
+def test_fdr_and_the_pooled_test_by_hand():
+    """p = 0.01, 0.04, 0.03, 0.2 (and one abstention): BH q = min over j ≥ i of m·p_(j)/j with m = 4."""
+    q = fdr([0.01, 0.04, 0.03, float("nan"), 0.2])
+    assert q[:3] == pytest.approx([0.04, 0.16 / 3, 0.16 / 3]) and np.isnan(q[3]) and q[4] == pytest.approx(0.2)
+    assert pooled_p([0.01, 0.04, 0.03, float("nan"), 0.2]) == pytest.approx(0.04)  # Simes: min 4·p_(i)/i
+    assert np.isnan(pooled_p([float("nan")]))
+
+
+def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="one value per checkpoint; got 3, 4, 4"):
         correlations_with_ci(np.ones(3), np.ones(4), np.ones(4))
+    with pytest.raises(ValueError, match="finite"):
+        correlations_with_ci(np.array([1.0, np.nan] * 10), np.arange(20.0), np.arange(20.0))
+    with pytest.raises(ValueError, match="0 < level < 1, got 1000, 1.5"):
+        correlations_with_ci(np.ones(4), np.ones(4), np.ones(4), level=1.5)
+
+
+def test_a_constant_series_or_a_pure_time_trend_gives_nan_not_a_number():
+    out = correlations_with_ci(np.ones(24), np.arange(24.0), np.arange(24.0))
+    assert np.isnan(out["rho_ratio"]) and np.isnan(out["partial_rho"]) and np.isnan(out["partial_rho_low"])
+    assert out["reason"].startswith("the metric is constant or a smooth function of log step")
+    rng = np.random.default_rng(9)
+    step = np.geomspace(16, 143_000, 24)
+    out = correlations_with_ci(rng.normal(size=24), 3 + 2 * np.log1p(step), step)  # the ratio is all trend
+    assert np.isnan(out["partial_rho"]) and np.isnan(out["diff_rho"]) and out["reason"].startswith("the ratio is")
+    assert np.isfinite(out["rho_ratio"])

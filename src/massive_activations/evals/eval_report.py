@@ -4,8 +4,10 @@ The joined view is long: one row per (model, step, layer, kind, variant, metric)
 value and that checkpoint-layer's ratio (from ``ratios/``). Checkpoint-level metrics (W8A8, outlier
 dims) get the checkpoint's largest layer ratio and layer = -2. Across checkpoints, per (model,
 layer, kind, variant, metric): Spearman's ρ of the metric with the ratio, with the step, and the
-partial ρ with the ratio given the step, with bootstrap intervals; within each checkpoint, ρ across
-layers; and across models at matched steps (``model_correlations``), ρ over every model's layers.
+partial ρ with the ratio beyond a smooth trend in the step, with calibrated intervals, p-values and
+false-discovery-rate q-values over layers (rank_stats), and one pooled test per metric
+(``pooled_correlations``); within each checkpoint, ρ across layers; and across models at matched
+steps (``model_correlations``), ρ over every model's layers.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from scipy.stats import spearmanr
 from massive_activations.errors import BadInputError
 from massive_activations.evals.eval_run import CODE_MODULES as EVAL_MODULES
 from massive_activations.evals.eval_run import EVALS, ITDA_SIMILARITY, QUANT_MODEL
-from massive_activations.evals.rank_stats import STATS, correlations_with_ci
+from massive_activations.evals.rank_stats import STATS, correlations_with_ci, fdr, pooled_p
 from massive_activations.provenance import stable_hash
 from massive_activations.report.plots import plot_eval_metrics
 from massive_activations.store import Store, StoreError
@@ -84,30 +86,60 @@ def joined_view(store: Store, models: list[str]) -> pa.Table:
 
 
 def correlations(joined: pa.Table, min_points: int = 4, n_boot: int = 1000, seed: int = 0) -> pa.Table:
-    """Per (model, layer, kind, variant, metric), across checkpoints: Spearman ρ (and p) of the metric
-    with the ratio, ρ with the step, and the partial ρ with the ratio given the step, each with a
-    95% bootstrap interval over checkpoints (see rank_stats)."""
+    """Per (model, layer, kind, variant, metric), across checkpoints: Spearman ρ of the metric with the
+    ratio and with the step, the partial ρ beyond a smooth trend in log step and the first-difference
+    ρ, each with a 95% interval, a p-value and its effective n (rank_stats); the partial ρ's
+    Benjamini–Hochberg q-value over the layers of its (model, kind, variant, metric). ρ with the ratio
+    needs ``min_points`` checkpoints; the partial ρ abstains (NaN, with ``reason``) below rank_stats'
+    floor."""
     groups: dict[tuple, list[tuple[float, float, float]]] = {}
     for r in joined.to_pylist():
         if r["ratio"] is not None and np.isfinite(r["value"]):
             groups.setdefault((r["model"], r["layer"], r["kind"], r["variant"], r["metric"]), []).append(
                 (r["value"], r["ratio"], r["step"]))
+    nan = float("nan")
+    columns = [f"{s}{e}" for s in STATS for e in ("", "_low", "_high", "_p", "_n_eff")]
     rows = []
     for (model, layer, kind, variant, metric), pts in sorted(groups.items()):
         values, ratio, step = np.array(pts).T
-        nan = float("nan")
         if len(pts) < min_points or np.ptp(values) == 0 or np.ptp(ratio) == 0:
-            stats = dict.fromkeys(["spearman_rho", "p_value", *(f"{s}{e}" for s in ("spearman_rho", *STATS[1:])
-                                                                 for e in ("_low", "_high"))], nan)
-            stats.update(rho_step=nan, partial_rho=nan)
+            stats: dict[str, Any] = {**dict.fromkeys(columns, nan),
+                                     "reason": f"fewer than {min_points} checkpoints or a constant series"}
         else:
-            res = spearmanr(values, ratio)
-            ci = correlations_with_ci(values, ratio, step, n_boot=n_boot, seed=seed)
-            stats = {"spearman_rho": float(res.statistic), "p_value": float(res.pvalue),
-                     "spearman_rho_low": ci["rho_ratio_low"], "spearman_rho_high": ci["rho_ratio_high"],
-                     **{k: v for k, v in ci.items() if not k.startswith("rho_ratio")}}
+            stats = correlations_with_ci(values, ratio, step, n_boot=n_boot, seed=seed)
         rows.append({"model": model, "layer": layer, "kind": kind, "variant": variant, "metric": metric,
-                     **stats, "n_checkpoints": len(pts)})
+                     "spearman_rho": stats.pop("rho_ratio"), "p_value": stats.pop("rho_ratio_p"),
+                     **{k.replace("rho_ratio", "spearman_rho"): v for k, v in stats.items()},
+                     "n_checkpoints": len(pts)})
+    families: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        families.setdefault((r["model"], r["kind"], r["variant"], r["metric"]), []).append(i)
+    for members in families.values():
+        for i, q in zip(members, fdr([rows[i]["partial_rho_p"] for i in members]), strict=True):
+            rows[i]["partial_rho_q"] = float(q)
+    return pa.Table.from_pylist(rows)
+
+
+def pooled_correlations(corr: pa.Table, alpha: float = 0.05) -> pa.Table:
+    """Per (kind, variant, metric), over the layers of every model in ``corr``: one test of "the metric
+    tracks the ratio beyond the step in some layer" (Simes, ``pooled_p``), the median partial ρ, and
+    how many layers have a Benjamini–Hochberg q-value below ``alpha`` on each side — q computed over
+    all these models' layers, so the counts are discoveries at a controlled false-discovery rate."""
+    families: dict[tuple, list[dict]] = {}
+    for r in corr.to_pylist():
+        if r["layer"] >= 0:
+            families.setdefault((r["kind"], r["variant"], r["metric"]), []).append(r)
+    rows = []
+    for (kind, variant, metric), members in sorted(families.items()):
+        p = np.array([r["partial_rho_p"] for r in members], dtype=float)
+        rho = np.array([r["partial_rho"] for r in members], dtype=float)
+        q, tested = fdr(p), np.isfinite(p)
+        rows.append({"kind": kind, "variant": variant, "metric": metric,
+                     "n_models": len({r["model"] for r in members}), "layers": len(members),
+                     "layers_tested": int(tested.sum()),
+                     "median_partial_rho": float(np.median(rho[tested])) if tested.any() else float("nan"),
+                     "pooled_p": pooled_p(p), "discoveries_negative": int(((q < alpha) & (rho < 0)).sum()),
+                     "discoveries_positive": int(((q < alpha) & (rho > 0)).sum()), "alpha": alpha})
     return pa.Table.from_pylist(rows)
 
 
@@ -155,12 +187,17 @@ def model_correlations(joined: pa.Table, min_models: int = 2, min_points: int = 
 def cross_model_report_to_store(store: Store, models: list[str], eval_hashes: list[str],
                                 force: bool = False) -> dict[str, Any]:
     """``evals/model_correlations/models=<hash of the model list>/`` for these models' evaluations
-    (given by their hashes); skipped when the store holds it for the same ones."""
+    (given by their hashes), and ``evals/pooled_across_models`` (each metric's pooled test and
+    FDR-controlled layer counts over all these models' layers); skipped when the store holds them for
+    the same evaluations."""
     models = sorted(models)
     inputs, part = {"models": models, "eval_hashes": sorted(eval_hashes)}, {"models": stable_hash(models)[:12]}
     dataset = f"{EVALS}/model_correlations"
     if not force and (meta := store.current(dataset, part, inputs, CODE_MODULES)):
         return {"status": "skipped", "hash": meta.get("content_hash"), "partition": part}
+    corr = store.read_dataset(f"{EVALS}/correlations", where={"model": models})
+    store.write_partition(f"{EVALS}/pooled_across_models", part, pooled_correlations(corr), inputs=inputs,
+                          code_modules=CODE_MODULES, overwrite=True)
     table = model_correlations(joined_view(store, models))
     if table.num_rows == 0:
         return {"status": "no matched steps", "partition": part}
@@ -180,10 +217,13 @@ def report_to_store(store: Store, model: str, kinds: list[str], eval_hashes: lis
                 "correlations": [{"model": model, **r} for r in corr.to_pylist()]}
     joined = joined_view(store, [model])
     corr, across = correlations(joined), layer_correlations(joined)
+    pooled = pooled_correlations(corr)
     for kind, key in figures.items():
         store.write_bytes(key, plot_eval_metrics(joined, model, PANELS[kind], corr, across))
     # correlations last: it marks the report done
-    for name, table in (("joined", joined), ("layer_correlations", across), ("correlations", corr)):
-        store.write_partition(f"{EVALS}/{name}", part, table.drop_columns(["model"]), inputs=inputs,
+    for name, table in (("joined", joined), ("layer_correlations", across), ("pooled", pooled),
+                        ("correlations", corr)):
+        table = table.drop_columns(["model"]) if "model" in table.column_names else table
+        store.write_partition(f"{EVALS}/{name}", part, table, inputs=inputs,
                               code_modules=CODE_MODULES, overwrite=True)
     return {"model": model, "status": "computed", "figures": figures, "correlations": corr.to_pylist()}
