@@ -114,8 +114,9 @@ def _report(out: dict, target: Store) -> str:
             f"; {k} evaluated {s['evaluated']}, skipped {s['skipped']}" for k, s in r.get("evaluations", {}).items()),
         "fit": lambda r: f"mean R² {r['mean_r2']:.3f}; " + ", ".join(
             f"{m} {x['status']}" for m, x in r["results"].items()),
-        "regress": lambda r: r.get("reason") or "best LOMO R² " + ", ".join(
-            f"{k} {v:.2f}" for k, v in r["best_lomo_r2"].items() if math.isfinite(v)),
+        "regress": lambda r: r.get("reason") or "nested R² (repeated 80/20) " + (", ".join(
+            f"{k} {v:.2f}" for k, v in r["nested_r2"].items() if math.isfinite(v)) or "not scored: too few rows")
+        + "; best LOMO R² " + ", ".join(f"{k} {v:.2f}" for k, v in r["best_lomo_r2"].items() if math.isfinite(v)),
         "predict": lambda r: f"figure `{target.url_for(r['figure'])}`",
         "evaluate": lambda r: f"reports of {len(r['figures'])} models",
     }

@@ -6,14 +6,17 @@ from prefect import get_run_logger, task
 
 from massive_activations.regress.architecture import resolve_architecture
 from massive_activations.regress.regress_run import predict, train
+from massive_activations.regress.regression import N_SPLITS
 from massive_activations.store import Store
 from tasks.policy import task_options
 
 
 @task(name="train-regressors", task_run_name="regress-{series}", **task_options(retries=1))
-def train_regressors(store: str, series: str, seed: int, regressors: list[str], force: bool = False) -> dict:
+def train_regressors(store: str, series: str, seed: int, regressors: list[str], force: bool = False,
+                     n_splits: int = N_SPLITS, identified_only: bool = False) -> dict:
     logger = get_run_logger()
-    result = train(Store(store), series, seed, tuple(regressors), force=force, report=logger.info)
+    result = train(Store(store), series, seed, tuple(regressors), force=force, report=logger.info,
+                   n_splits=n_splits, identified_only=identified_only)
     logger.info("regressors for %s %s: %s (%d rows)", series, result["status"], result["chosen"], result["n_rows"])
     return result
 

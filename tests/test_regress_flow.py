@@ -8,6 +8,7 @@ from prefect.artifacts import Artifact
 from flows.fit import fit
 from flows.predict import ArchitectureParams, predict
 from flows.regress import regress
+from massive_activations.errors import BadInputError
 from massive_activations.regress.architecture import FEATURES
 from massive_activations.regress.regress_run import PAPER_TABLE3, load_regressors, train
 from massive_activations.regress.regression import CONFIGS, RAW_TARGETS
@@ -33,9 +34,16 @@ def test_regress_then_predict(fitted):
     assert {"A", "lam", "gamma", "t0", "K", "y_first", "y_last", "rise"} <= set(result["chosen"])
     scores = fitted.read_dataset("regression_scores").to_pylist()
     assert {(r["config"], r["protocol"]) for r in scores} == {
-        (c, p) for c in ("paper", "project") for p in ("random_80_20", "leave_one_model_out")}
-    # project: 12 targets × the 2 regressors asked for; paper: its 5 parameters × its 5 regressors
-    assert len(scores) == 2 * (12 * 2 + 5 * 5)
+        (c, p) for c in ("paper", "project") for p in ("random_80_20", "leave_one_model_out")} | {
+        ("project", "repeated_80_20")}
+    # project: 12 targets × the 2 regressors asked for; paper: its 5 parameters × its 5 regressors; and
+    # the repeated splits: 12 targets × (2 regressors + the nested choice)
+    assert len(scores) == 2 * (12 * 2 + 5 * 5) + 12 * 3
+    repeated = [r for r in scores if r["protocol"] == "repeated_80_20"]
+    # 5 layers: a 20% test side holds 1 row, too few to score, in every split: said, not scored
+    assert all(r["n_splits"] == 0 and r["r2"] != r["r2"] for r in repeated)
+    assert {r["note"] for r in repeated if r["target"] == "K"} == {
+        "not scored: no split had 3 or more varying test rows"}
     assert {r["regressor"] for r in scores if r["config"] == "paper"} == set(CONFIGS["paper"].regressors)
     paper = [r for r in scores if r["protocol"] == "random_80_20" and r["target"] in RAW_TARGETS]
     assert all(r["note"].startswith("not meaningful") for r in paper)  # 1 test row of 5: said plainly
@@ -52,6 +60,7 @@ def test_regress_then_predict(fitted):
     assert "peak_class" in bundle
     summary = Artifact.get("regression-summary")
     assert summary is not None and "Paper configuration, paper protocol" in summary.data
+    assert "Project configuration, 20 repeated 80/20 splits" in summary.data
 
     scores_key = fitted.partition_key("regression_scores", {"series": "ratio"})
     written = fitted.fs.info(fitted.path(scores_key))["mtime"]
@@ -67,6 +76,18 @@ def test_regress_then_predict(fitted):
     assert fitted.read_bytes(out["figure"])[:4] == b"\x89PNG"
     by_name = predict("pythia-160m", store=fitted.url)
     assert len(by_name["rows"]) == 12
+
+
+def test_learning_from_identified_fits_only(fitted):
+    fits = fitted.read_dataset("fits", where={"series": "ratio"}).to_pylist()
+    identified = {r["model"] for r in fits if r["identified"]}
+    result = train(fitted, regressors=("ridge",), identified_only=True, n_splits=2)
+    if len(identified) >= 2:
+        assert result["status"] == "trained" and result["n_rows"] == sum(r["identified"] for r in fits)
+    else:  # a single model left cannot teach anything across architectures: said, not trained
+        assert result["status"] == "not trained" and "at least 2 models" in result["reason"]
+    with pytest.raises(BadInputError, match="n_splits must be at least 2"):
+        train(fitted, regressors=("ridge",), n_splits=1)
 
 
 def test_predict_rejects_bad_architectures_before_work(fitted):
@@ -117,4 +138,4 @@ def test_a_monitored_run_on_the_store_changes_nothing_regress_learns(fitted, tmp
     assert store.fs.info(store.path(scores_key))["mtime"] == written  # same known fits: nothing retrained
     heard: list[str] = []  # minutes of work on a small CPU: each part is reported as it finishes
     train(store, regressors=("ridge",), force=True, report=heard.append)
-    assert len(heard) == 12 + 5 + 1 and heard[0] == "project configuration, A: both protocols done"
+    assert len(heard) == 12 + 5 + 2 and heard[0] == "project configuration, A: both protocols done"

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.metrics import r2_score
 
 from massive_activations.regress import regression as R
 from massive_activations.regress.architecture import FEATURES, feature_matrix, layer_features, resolve_architecture
@@ -251,3 +252,59 @@ def test_two_small_models_are_scored_where_they_can_be_and_each_gap_says_why():
     assert {r["target"]: r["n_undefined"] for r in out} == {"A": 0, "K": 0, "y_first": 0, "t_peak": 5}
     lomo_k = [r for r in out if (r["protocol"], r["target"]) == ("leave_one_model_out", "K")]
     assert lomo_k and all(math.isfinite(r["r2"]) for r in lomo_k)  # LOMO over two models does score
+
+
+def test_repeated_splits_report_mean_and_sd_on_both_scales():
+    """gamma is 1e-4·(1 + r), learnt as log(gamma): on the learning scale R² is that of log(y), which
+    for the log transform is the R² of the logs of the raw predictions (an identity, checked by hand)."""
+    data = synthetic()
+    rows = R.repeated_splits(data, config("ridge", targets=("gamma", "K")), n_splits=4, seed=3, n_jobs=1)
+    by = {(r["target"], r["regressor"]): r for r in rows}
+    assert set(by) == {(t, n) for t in ("gamma", "K") for n in ("ridge", "nested choice")}
+    gamma = by[("gamma", "ridge")]
+    assert gamma["n_splits"] == 4 and gamma["protocol"] == "repeated_80_20" and gamma["r2"] > 0.95
+    by_hand_raw, by_hand_learn = [], []
+    for s in range(3, 7):
+        train, test = (np.sort(i) for i in R.train_test_split(np.arange(len(data.groups)), test_size=0.2,
+                                                               random_state=s))
+        y = data.y["gamma"]
+        transformer, _ = R.target_transformer("log", y)
+        out = R._split_task("ridge", transformer, s, data.X[train], y[train], data.X[test], y[test])
+        by_hand_raw.append(r2_score(y[test], out["raw"]))
+        by_hand_learn.append(r2_score(np.log(y[test]), np.log(out["raw"])))
+    assert gamma["r2"] == pytest.approx(np.mean(by_hand_raw)) and gamma["r2_sd"] == pytest.approx(
+        np.std(by_hand_raw, ddof=1))
+    assert gamma["r2_learning"] == pytest.approx(np.mean(by_hand_learn))
+    assert gamma["r2_learning_sd"] == pytest.approx(np.std(by_hand_learn, ddof=1))
+    with pytest.raises(ValueError, match="n_splits >= 2, got 1"):
+        R.repeated_splits(data, config("ridge"), n_splits=1)
+
+
+def test_the_nested_choice_is_made_on_the_training_rows_only():
+    """In each split the nested row scores the regressor with the best inner-CV score, whatever the
+    test rows say: replayed here split by split from each regressor's own inner score and test R²."""
+    data = synthetic(noise=0.3)
+    names = ("ridge", "random_forest")
+    rows = R.repeated_splits(data, config(*names, targets=("K",)), n_splits=5, seed=0, n_jobs=1)
+    nested = next(r for r in rows if r["regressor"] == "nested choice")
+    picked, best_on_test = [], []
+    y = data.y["K"]
+    transformer, _ = R.target_transformer("yeo-johnson", y)
+    for s in range(5):
+        train, test = (np.sort(i) for i in R.train_test_split(np.arange(len(data.groups)), test_size=0.2,
+                                                               random_state=s))  # rows in order, as the protocol
+        outs = {n: R._split_task(n, transformer, s, data.X[train], y[train], data.X[test], y[test]) for n in names}
+        test_r2 = {n: r2_score(y[test], o["raw"]) for n, o in outs.items()}
+        picked.append(test_r2[max(names, key=lambda n: outs[n]["inner"])])
+        best_on_test.append(max(test_r2.values()))
+    assert nested["r2"] == pytest.approx(np.mean(picked)) and nested["n_splits"] == 5
+    assert np.mean(picked) < np.mean(best_on_test)  # picking on test would have looked better
+    assert nested["note"].startswith("chosen per split: ")
+
+
+def test_identified_only_keeps_the_identified_rows():
+    data = synthetic()
+    data.identified = np.arange(len(data.groups)) % 3 != 0
+    kept = R.identified_only(data)
+    assert len(kept.groups) == int(data.identified.sum()) and kept.identified.all()
+    np.testing.assert_array_equal(kept.y["K"], data.y["K"][data.identified])

@@ -54,10 +54,13 @@ def architecture_of(store: Store, model: str) -> Architecture:
 
 def train(store: Store, series: str = "ratio", seed: int = 0,
           regressors: tuple[str, ...] = tuple(R.REGRESSORS), force: bool = False,
-          report: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Both configurations under both protocols, the peak classifier, the chosen models (saved, from
-    the project configuration's leave-one-model-out scores), importances and figures; skipped when
-    the store holds them for the same fits and settings (``force``: anyway).
+          report: Callable[[str], None] = lambda _: None, n_splits: int = R.N_SPLITS,
+          identified_only: bool = False) -> dict[str, Any]:
+    """Both configurations under both protocols, the project configuration under ``n_splits`` repeated
+    80/20 splits with a nested choice of regressor, the peak classifier, the chosen models (saved,
+    from the project configuration's leave-one-model-out scores), importances and figures; skipped
+    when the store holds them for the same fits and settings (``force``: anyway).
+    ``identified_only``: learn only from the layers whose fit is identified.
 
     Only models whose architecture is known (Pythia, or a suite manifest on the store) are learnt
     from; the others (a monitored run, say) are returned as ``left_out``.
@@ -67,6 +70,8 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
     unknown = [r for r in regressors if r not in R.REGRESSORS]
     if unknown or not regressors:
         raise BadInputError(f"unknown regressors {unknown or regressors}; choose from {', '.join(R.REGRESSORS)}")
+    if n_splits < 2:
+        raise BadInputError(f"n_splits must be at least 2 (repeated 80/20 splits), got {n_splits}")
     project = dataclasses.replace(R.CONFIGS["project"], regressors=tuple(regressors))
     fits = store.read_dataset(FITS)
     rows = fits.filter(pc.equal(fits.column("series"), series)).to_pylist()
@@ -78,14 +83,15 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
             known[model] = architecture_of(store, model)
         except ValueError:
             left_out.append(model)  # e.g. a monitored training run: its fits do not change what is learnt
-    rows = [r for r in rows if r["model"] in known]
-    models = sorted(known)
+    rows = [r for r in rows if r["model"] in known and (r.get("identified", True) or not identified_only)]
+    models = sorted({r["model"] for r in rows})
     if len(models) < 2:
         return {"series": series, "status": "not trained", "left_out": left_out, "n_rows": len(rows),
                 "chosen": {}, "reason": f"learning across architectures needs fits of at least 2 models with a "
                                         f"known architecture; {store.url} has {models or 'none'}"}
     inputs = {"series": series, "seed": seed, "regressors": list(regressors),
-              "fits_hash": store.partitions_hash(FITS, {"model": models}), "models": models}
+              "fits_hash": store.partitions_hash(FITS, {"model": models}), "models": models,
+              "n_splits": n_splits, "identified_only": identified_only}
     part = {"series": series}
     prefix = f"regressors/series={series}"
     if not force and store.current("regression_scores", part, inputs, CODE_MODULES) and has_regressors(store, series):
@@ -93,7 +99,7 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
         return {"series": series, "status": "skipped", "chosen": meta["chosen"], "scores": meta["scores"],
                 "classes": meta["classes"], "figures": meta["figures"], "model_key": f"{prefix}/model.skops",
                 "n_rows": meta["training_rows"], "left_out": left_out}
-    data = R.build_dataset(rows, known)
+    data = R.build_dataset(rows, {m: known[m] for m in models})
     paper, lomo = [], []
     for config in (project, R.CONFIGS["paper"]):
         for target in config.targets:  # one target at a time, so that progress can be told
@@ -101,7 +107,12 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
             paper += R.paper_protocol(data, one, seed)
             lomo += R.leave_one_model_out(data, one, seed)[0]
             report(f"{config.name} configuration, {target}: both protocols done")
-    for row in paper + lomo:
+    repeated = R.repeated_splits(data, project, n_splits, seed)
+    report(f"project configuration: {n_splits} repeated 80/20 splits done")
+    columns = dict.fromkeys(k for r in paper + lomo + repeated for k in r)  # one schema for every protocol
+    paper, lomo, repeated = ([{k: r.get(k, float("nan")) for k in columns} for r in protocol_rows]
+                             for protocol_rows in (paper, lomo, repeated))
+    for row in paper + lomo + repeated:
         table3 = PAPER_TABLE3.get(row["target"], {})
         row["paper_r2"] = table3.get(row["regressor"], float("nan")) if row["protocol"] == "random_80_20" \
             else float("nan")
@@ -126,14 +137,15 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
     store.write_bytes(f"{prefix}/model.skops", R.dump_bundle(bundle))
     metadata = {"features": list(FEATURES), "targets": list(R.TARGETS), "chosen": best,
                 "rmse_unseen": {t: bundle[t]["rmse_unseen"] for t in best}, "inputs": inputs,
-                "training_rows": len(data.groups), "scores": paper + lomo, "classes": classes, "figures": figures,
-                "max_step": max(max(r["steps"]) for r in rows),
+                "training_rows": len(data.groups), "scores": paper + lomo + repeated, "classes": classes,
+                "figures": figures, "max_step": max(max(r["steps"]) for r in rows),
                 "code_version": module_version(*CODE_MODULES), "libraries": library_versions()}
     store.write_json(f"{prefix}/metadata.json", metadata)
     # last: its provenance is what marks this training as done (Store.current)
-    store.write_partition("regression_scores", part, pa.Table.from_pylist(paper + lomo), inputs=inputs,
+    store.write_partition("regression_scores", part, pa.Table.from_pylist(paper + lomo + repeated), inputs=inputs,
                           code_modules=CODE_MODULES, overwrite=True)
-    return {"series": series, "status": "trained", "chosen": best, "scores": paper + lomo, "classes": classes,
+    return {"series": series, "status": "trained", "chosen": best, "scores": paper + lomo + repeated,
+            "classes": classes,
             "figures": figures, "model_key": f"{prefix}/model.skops", "n_rows": len(data.groups),
             "left_out": left_out}
 
