@@ -40,7 +40,7 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
             suite: str = "default", source: SourceParams = SourceParams(),
             prompts: PromptParams = PromptParams(), settings: CaptureParams = CaptureParams(),
             device: str = "auto", dtype: str = "float32", refresh: bool = False,
-            evaluations: tuple[Kind, ...] = (), eval_steps: str = "every=6",
+            evaluations: tuple[Kind, ...] = (), eval_steps: str = "spaced=20",
             eval_settings: EvalParams = EvalParams(), eval_refresh: bool = False) -> dict:
     """Capture every (model, step), and evaluate some while each is loaded; skip what the store
     already holds with the same inputs.
@@ -48,7 +48,7 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
     Args:
         models: Models to capture: a Pythia name (pythia-70m) or a Hub repository (allenai/OLMo-2-0425-1B,
             stored as allenai--OLMo-2-0425-1B); default: every model of the folder source.
-        steps: Checkpoints: all, log, start:stop:stride, every=N or step numbers, comma-separated.
+        steps: Checkpoints: all, log, start:stop:stride, every=N, spaced=N or step numbers, comma-separated.
         store: Store URL: a path, file://… or s3://bucket/prefix.
         suite: Offline suite whose folder is the default source.
         source: Where checkpoints come from, the download cache and how far to download ahead.
@@ -60,7 +60,8 @@ def capture(models: list[str] | None = None, steps: str = "all", store: str = DE
         refresh: Recapture and rewrite every selected checkpoint, whatever the store holds.
         evaluations: Evaluations to run on the checkpoint while it is loaded for capture (sae, itda,
             quant); their report across checkpoints is the evaluate flow's.
-        eval_steps: Checkpoints to evaluate, a step selector over the captured ones.
+        eval_steps: Checkpoints to evaluate, a step selector over the captured ones (20 spread in log step:
+            the correlations across training need 20 or more).
         eval_settings: SAE, ITDA and quantization settings.
         eval_refresh: Re-evaluate and rewrite, whatever the store holds.
     """

@@ -45,7 +45,7 @@ def captured_prompts(store: Store, prompt_set: str) -> PromptParams:
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str = DEFAULT_STORE,
+def evaluate(models: list[str] | None = None, steps: str = "spaced=20", store: str = DEFAULT_STORE,
              kinds: tuple[Kind, ...] = ("sae", "itda", "quant"), settings: EvalParams = EvalParams(),
              device: str = "auto", dtype: str = "float32", source: SourceParams = SourceParams(),
              suite: str = "default", prompts: PromptParams | None = None, refresh: bool = False) -> dict:
@@ -54,7 +54,8 @@ def evaluate(models: list[str] | None = None, steps: str = "every=6", store: str
 
     Args:
         models: Captured models to evaluate (default: all).
-        steps: Checkpoints to evaluate, a step selector over the captured ones.
+        steps: Checkpoints to evaluate, a step selector over the captured ones (20 spread in log step: the
+            correlations across training need 20 or more).
         store: Store URL: a path, file://… or s3://bucket/prefix.
         kinds: Evaluations: sae, itda, quant.
         settings: SAE, ITDA and quantization settings.

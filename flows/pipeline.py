@@ -39,7 +39,7 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
              source: SourceParams = SourceParams(), store: str = DEFAULT_STORE, steps: str = "all",
              prompts: PromptParams = PromptParams(), settings: CaptureParams = CaptureParams(),
              fit_settings: FitParams = FitParams(), evaluations: tuple[Kind, ...] = ("sae", "itda", "quant"),
-             eval_steps: str = "every=6", eval_settings: EvalParams = EvalParams(),
+             eval_steps: str = "spaced=20", eval_settings: EvalParams = EvalParams(),
              unseen: ArchitectureParams = UNSEEN, workers: int = 2, device: str = "auto",
              runner: RunnerParams = RunnerParams(), refresh: list[Stage] | None = None,
              until: Stage = "evaluate") -> dict:
@@ -51,12 +51,13 @@ def pipeline(suite: Literal["default", "micro"] = "default", models: list[str] |
             or allenai/OLMo-2-0425-1B.
         source: Where checkpoints come from (default: the offline suite on the store).
         store: Store URL for data, plots and the task cache: a path, file://… or s3://bucket/prefix.
-        steps: Checkpoints to capture: all, log, start:stop:stride, every=N or step numbers.
+        steps: Checkpoints to capture: all, log, start:stop:stride, every=N, spaced=N or step numbers.
         prompts: The prompt set (sequences, length, your own texts).
         settings: Capture settings.
         fit_settings: Emergence-fit settings.
         evaluations: Downstream evaluations to run; empty skips the evaluate stage.
-        eval_steps: Checkpoints to evaluate (a step selector over the captured ones).
+        eval_steps: Checkpoints to evaluate (a step selector over the captured ones; 20 spread in log step,
+            as the correlations across training need 20 or more).
         eval_settings: SAE, ITDA and quantization settings.
         unseen: An architecture to predict emergence for from its shape alone.
         workers: Processes that train the offline suite.

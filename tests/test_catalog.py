@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from massive_activations.sources.catalog import (
@@ -60,12 +61,25 @@ def test_all_and_every():
     assert select_steps("every=2", [0, 1, 2, 4, 10]) == [0, 2, 10]
 
 
+def test_spaced_spreads_checkpoints_evenly_in_log_step():
+    """log(1 + s) of 0, 1, 3, 7, 15, 31, 63 is 0, 1, …, 6 times log 2: three points evenly spread are
+    the ends and 7 (the middle); 2^k − 1 up to 1023 with six points: the ends, then the farthest each time."""
+    assert select_steps("spaced=3", [0, 1, 3, 7, 15, 31, 63]) == [0, 7, 63]
+    assert select_steps("spaced=3", [0, 1, 2, 4, 10]) == [0, 2, 10]  # log1p 1.10 is nearest ln(11)/2 = 1.20
+    assert select_steps("spaced=20", [0, 8, 16]) == [0, 8, 16]  # the whole schedule when it is short
+    pythia = select_steps("spaced=20")
+    assert len(pythia) == 20 and pythia[0] == 0 and pythia[-1] == 143000
+    logs = np.diff(np.log1p(pythia))
+    assert logs.max() < 3 * np.log1p(143000) / 19  # no gap far beyond the even spacing
+
+
 @pytest.mark.parametrize("selector, message", [
     ("999", r"step 999 is not on the schedule; it has 154 steps: 0, 1, 2, 4, .*143000"),
     ("1000:2500:500", r"includes steps not on the schedule: \[1500, 2500\]"),
     ("", "empty step selection"),
     ("5000:1000", "need start <= stop"),
     ("every=0", "N >= 1"),
+    ("spaced=1", "N >= 2"),
     ("latest", "cannot read step selector 'latest'"),
     ("600:900", "selects no checkpoint"),
 ])

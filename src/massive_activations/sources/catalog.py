@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from massive_activations.errors import BadInputError
 
 PYTHIA_VOCAB = 50304
@@ -185,13 +187,30 @@ def _describe(schedule: Sequence[int]) -> str:
     return f"{len(schedule)} steps: {text}"
 
 
+def _log_spaced(valid: list[int], n: int) -> list[int]:
+    """n scheduled steps spread evenly in log(1 + step): the first and the last, then again and again the
+    step farthest from those taken (ties: the earlier step), which spreads them as evenly as the
+    schedule allows."""
+    if n >= len(valid):
+        return list(valid)
+    where = np.log1p(np.asarray(valid, dtype=float))
+    taken = [0, len(valid) - 1]
+    gap = np.minimum(np.abs(where - where[0]), np.abs(where - where[-1]))
+    while len(taken) < n:
+        best = int(np.argmax(gap))  # argmax takes the first of equal gaps
+        taken.append(best)
+        gap = np.minimum(gap, np.abs(where - where[best]))
+    return sorted(valid[i] for i in taken)
+
+
 def select_steps(selector: str | int | Iterable[int], schedule: Sequence[int] = PYTHIA_STEPS) -> list[int]:
     """Resolve a step selector against a checkpoint schedule.
 
     A selector is a comma-separated union of: ``all``; ``log`` (the leading 0, 1, 2, 4, … part);
     ``start:stop:stride`` (inclusive of stop; stride defaults to every scheduled step in between);
-    ``every=N`` (every N-th scheduled checkpoint, always keeping the first and the last); or a step.
-    Steps off the schedule are an error, not silently dropped.
+    ``every=N`` (every N-th scheduled checkpoint, always keeping the first and the last);
+    ``spaced=N`` (N checkpoints spread evenly in log(1 + step), so early emergence is covered; the whole
+    schedule when it has N or fewer); or a step. Steps off the schedule are an error, not silently dropped.
     """
     valid = sorted(set(schedule))
     if not valid:
@@ -217,6 +236,11 @@ def select_steps(selector: str | int | Iterable[int], schedule: Sequence[int] = 
                 raise CatalogError(f"every=N needs N >= 1, got {token!r}")
             chosen.update(valid[::n])
             chosen.add(valid[-1])
+        elif m := re.fullmatch(r"spaced=(\d+)", token):
+            n = int(m.group(1))
+            if n < 2:
+                raise CatalogError(f"spaced=N needs N >= 2, got {token!r}")
+            chosen.update(_log_spaced(valid, n))
         elif m := re.fullmatch(r"(\d+):(\d+)(?::(\d+))?", token):
             start, stop = int(m.group(1)), int(m.group(2))
             stride = int(m.group(3)) if m.group(3) else None
@@ -234,7 +258,7 @@ def select_steps(selector: str | int | Iterable[int], schedule: Sequence[int] = 
             chosen.add(int(token))
         else:
             raise CatalogError(f"cannot read step selector {token!r}; use all, log, start:stop:stride, "
-                               "every=N or step numbers, separated by commas")
+                               "every=N, spaced=N or step numbers, separated by commas")
     if not chosen:
         raise CatalogError(f"step selection {selector!r} selects no checkpoint")
     return sorted(chosen)
