@@ -47,25 +47,6 @@ def _flag_rate(n: int, planted: float, phi: float, reps: int, seed: int) -> floa
                           for _ in range(reps)]))
 
 
-def test_a_shared_trend_that_rises_then_falls_is_not_an_association():
-    """The old partial ρ (a line in rank(step)) flagged this null world in ~100% of replicates."""
-    assert _flag_rate(24, 0.0, 0.0, reps=200, seed=0) <= 0.09  # nominal 0.05; binomial sd 0.015
-
-
-def test_autocorrelated_noise_does_not_inflate_false_positives():
-    assert _flag_rate(24, 0.0, 0.8, reps=200, seed=1) <= 0.09
-
-
-def test_a_planted_association_beyond_the_trend_is_found():
-    assert _flag_rate(37, 0.7, 0.0, reps=100, seed=2) >= 0.85
-
-
-def test_null_intervals_cover_zero():
-    rng = np.random.default_rng(3)
-    outs = [correlations_with_ci(*_world(rng, 24, 0.0, 0.5)) for _ in range(200)]
-    assert np.mean([o["partial_rho_low"] <= 0 <= o["partial_rho_high"] for o in outs]) >= 0.91
-
-
 def test_below_the_floor_the_partial_rho_abstains_with_a_reason():
     rng = np.random.default_rng(4)
     short = correlations_with_ci(*_world(rng, MIN_CHECKPOINTS - 1, 0.7))
@@ -93,7 +74,7 @@ def _bartlett_by_hand(a: np.ndarray, b: np.ndarray, spent: int) -> float:
     a, b = a - a.mean(), b - b.mean()
     def r(v, k):
         return float(np.dot(v[: n - k], v[k:]) / np.dot(v, v))
-    return (n - spent) / max(1.0, 1 + 2 * sum(r(a, k) * r(b, k) for k in range(1, n // 3)))
+    return (n - spent) / max(1.0, 1 + 2 * sum(r(a, k) * r(b, k) for k in range(1, max(2, n // 3))))
 
 
 def test_effective_n_is_bartletts_formula():
@@ -103,6 +84,13 @@ def test_effective_n_is_bartletts_formula():
     assert effective_n(a, b, 5) < 20  # strongly autocorrelated: fewer than the 25 left
     white = rng.normal(size=(2, 30))
     assert effective_n(*white, 1) <= 29
+    short = np.array([0.0, 1.0, 3.0, 2.0, 5.0]), np.array([1.0, 0.0, 2.0, 4.0, 3.0])  # one lag below 6 points
+    assert effective_n(*short, 1) == pytest.approx(_bartlett_by_hand(*short, 1), rel=1e-12)
+    assert effective_n(*short, 4) == pytest.approx(_bartlett_by_hand(*short, 4), rel=1e-12)  # n − p = 1
+    zero_one = np.array([0.0, 1.0, 1.0, 0.0] * 5)  # a range of exactly 1 is a series, not a constant
+    assert effective_n(zero_one, white[0, :20], 1) == pytest.approx(_bartlett_by_hand(zero_one, white[0, :20], 1))
+    alternating, smooth = np.array([1.0, -1.0] * 10), np.sin(np.linspace(0, 3, 20))
+    assert effective_n(alternating, smooth, 1) == 19  # opposite autocorrelations: never above n − p
 
 
 def test_the_interval_and_p_value_are_fishers_z_and_the_t_test():
@@ -116,6 +104,10 @@ def test_the_interval_and_p_value_are_fishers_z_and_the_t_test():
     r, p_scipy = pearsonr(a, b)
     assert correlation_test(float(r), 25.0, 0.95)[2] == pytest.approx(p_scipy, rel=1e-9)
     assert correlation_test(0.5, 3.0, 0.95) == pytest.approx((np.nan,) * 3, nan_ok=True)
+    assert correlation_test(0.5, 2.5, 0.95) == pytest.approx((np.nan,) * 3, nan_ok=True)
+    half = norm.ppf(0.975) / np.sqrt(0.5)  # just above 3 effective pairs there is an interval
+    assert correlation_test(0.5, 3.5, 0.95)[:2] == pytest.approx(
+        (np.tanh(np.arctanh(0.5) - half), np.tanh(np.arctanh(0.5) + half)))
     assert correlation_test(-1.0, 10.0, 0.95) == (-1.0, -1.0, 0.0)
 
 
@@ -127,6 +119,23 @@ def test_the_raw_rho_is_spearmans_with_an_autocorrelation_aware_p_value():
     n_eff = _bartlett_by_hand(rankdata(metric), rankdata(ratio), 1)
     assert out["rho_ratio_n_eff"] == pytest.approx(n_eff)
     assert out["rho_ratio_p"] == pytest.approx(correlation_test(out["rho_ratio"], n_eff, 0.95)[2])
+
+
+def test_each_effective_n_spends_its_own_degrees_of_freedom():
+    """ρ with the ratio and with the step spend 1 (the mean), the first differences 1, the partial ρ the
+    spline's 5: each effective n is Bartlett's on its own pair of series, by hand."""
+    rng = np.random.default_rng(11)
+    metric, ratio, step = _world(rng, 26, 0.5, 0.5)
+    out = correlations_with_ci(metric, ratio, step)
+    rm, rs = rankdata(metric), rankdata(step)
+    assert out["rho_step_n_eff"] == pytest.approx(_bartlett_by_hand(rm, rs, 1))
+    assert out["diff_rho_n_eff"] == pytest.approx(
+        _bartlett_by_hand(rankdata(np.diff(metric)), rankdata(np.diff(ratio)), 1))
+    basis = trend_basis(step)
+    def beyond(y):
+        return rankdata(y - basis @ np.linalg.lstsq(basis, y, rcond=None)[0])
+    assert out["partial_rho_n_eff"] == pytest.approx(_bartlett_by_hand(beyond(metric), beyond(ratio), TREND_DF + 1))
+    assert out["partial_rho"] == pytest.approx(pearsonr(beyond(metric), beyond(ratio))[0])
 
 
 def test_checkpoints_in_any_order_give_the_same_answer():
@@ -148,12 +157,30 @@ def test_fdr_and_the_pooled_test_by_hand():
 
 
 def test_bad_input_is_refused():
-    with pytest.raises(ValueError, match="one value per checkpoint; got 3, 4, 4"):
-        correlations_with_ci(np.ones(3), np.ones(4), np.ones(4))
+    for sizes in ((3, 4, 4), (5, 4, 4), (4, 3, 4), (4, 4, 3), (4, 4, 5)):
+        with pytest.raises(ValueError, match="one value per checkpoint; got {}, {}, {}".format(*sizes)):
+            correlations_with_ci(*(np.arange(float(k)) for k in sizes))
+    with pytest.raises(ValueError, match=r"steps must be distinct, one per checkpoint; got \[0.0, 0.0, 1.0"):
+        correlations_with_ci(np.arange(20.0), np.arange(20.0), np.r_[0.0, np.arange(19.0)])
     with pytest.raises(ValueError, match="finite"):
         correlations_with_ci(np.array([1.0, np.nan] * 10), np.arange(20.0), np.arange(20.0))
-    with pytest.raises(ValueError, match="0 < level < 1, got 1000, 1.5"):
-        correlations_with_ci(np.ones(4), np.ones(4), np.ones(4), level=1.5)
+    assert np.isfinite(correlations_with_ci(np.arange(4.0), np.arange(4.0)[::-1], np.arange(4.0),
+                                            n_boot=1)["rho_ratio"])  # n_boot = 1 is allowed (it is not used)
+    for n_boot, level in ((1000, 1.5), (1000, 1.0), (1000, 0.0), (1000, -0.5), (0, 0.95)):
+        with pytest.raises(ValueError, match=f"0 < level < 1, got {n_boot}, {level}"):
+            correlations_with_ci(np.ones(4), np.ones(4), np.ones(4), n_boot=n_boot, level=level)
+
+
+def test_the_answer_does_not_depend_on_the_metrics_scale():
+    """A metric of order 1e-6 (a loss difference) or 1e6 (a ratio) is the same series: same statistics."""
+    rng = np.random.default_rng(10)
+    metric, ratio, step = _world(rng, 24, 0.6)
+    base = correlations_with_ci(metric, ratio, step)
+    for scale in (1e-6, 1e6):
+        scaled = correlations_with_ci(metric * scale, ratio / scale, step)
+        assert scaled["reason"] == base["reason"] == ""
+        assert {k: v for k, v in scaled.items() if k != "reason"} == pytest.approx(
+            {k: v for k, v in base.items() if k != "reason"})
 
 
 def test_a_constant_series_or_a_pure_time_trend_gives_nan_not_a_number():
@@ -165,3 +192,28 @@ def test_a_constant_series_or_a_pure_time_trend_gives_nan_not_a_number():
     out = correlations_with_ci(rng.normal(size=24), 3 + 2 * np.log1p(step), step)  # the ratio is all trend
     assert np.isnan(out["partial_rho"]) and np.isnan(out["diff_rho"]) and out["reason"].startswith("the ratio is")
     assert np.isfinite(out["rho_ratio"])
+    both = correlations_with_ci(np.log1p(step), 3 + 2 * np.log1p(step), step)
+    assert both["reason"].startswith("the metric and the ratio are constant or a smooth function of log step")
+
+
+# The error rates on synthetic worlds: slower (hundreds of replicates), so last (``pytest -x`` in the
+# mutation runs stops at the fast known answers first).
+
+
+def test_a_shared_trend_that_rises_then_falls_is_not_an_association():
+    """The old partial ρ (a line in rank(step)) flagged this null world in ~100% of replicates."""
+    assert _flag_rate(24, 0.0, 0.0, reps=200, seed=0) <= 0.09  # nominal 0.05; binomial sd 0.015
+
+
+def test_autocorrelated_noise_does_not_inflate_false_positives():
+    assert _flag_rate(24, 0.0, 0.8, reps=200, seed=1) <= 0.09
+
+
+def test_a_planted_association_beyond_the_trend_is_found():
+    assert _flag_rate(37, 0.7, 0.0, reps=100, seed=2) >= 0.85
+
+
+def test_null_intervals_cover_zero():
+    rng = np.random.default_rng(3)
+    outs = [correlations_with_ci(*_world(rng, 24, 0.0, 0.5)) for _ in range(200)]
+    assert np.mean([o["partial_rho_low"] <= 0 <= o["partial_rho_high"] for o in outs]) >= 0.91

@@ -49,9 +49,10 @@ ABSTAIN = f"fewer than {MIN_CHECKPOINTS} checkpoints: below the floor where the 
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """NaN for a constant series (0/0)."""
     a, b = a - a.mean(), b - b.mean()
-    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float(np.clip((a * b).sum() / denom, -1.0, 1.0)) if denom > 0 else float("nan")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(np.clip((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()), -1.0, 1.0))
 
 
 def trend_basis(step: np.ndarray, df: int = TREND_DF) -> np.ndarray:
@@ -61,11 +62,9 @@ def trend_basis(step: np.ndarray, df: int = TREND_DF) -> np.ndarray:
     spline through them is linear beyond the ends. Each column is the interpolating natural spline of
     one knot's indicator (a cardinal basis), which spans the same space as any natural-spline basis."""
     x = np.log1p(np.asarray(step, dtype=float))
-    knots = np.unique(np.quantile(x, np.linspace(0, 1, df + 1)))
-    if len(knots) < 2:
-        return np.ones((len(x), 1))
+    knots = np.quantile(x, np.linspace(0, 1, df + 1))  # distinct: the steps are (correlations_with_ci)
     eye = np.eye(len(knots))
-    cols = [CubicSpline(knots, eye[i], bc_type="natural", extrapolate=True)(x) for i in range(len(knots))]
+    cols = [CubicSpline(knots, eye[i], bc_type="natural")(x) for i in range(len(knots))]
     return np.column_stack(cols)  # the cardinal basis sums to 1, so it holds the intercept
 
 
@@ -80,31 +79,29 @@ def beyond_trend(y: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return rankdata(residual(y, basis))
 
 
-def effective_n(a: np.ndarray, b: np.ndarray, n_params: int = 1) -> float:
+def effective_n(a: np.ndarray, b: np.ndarray, n_params: int) -> float:
     """Bartlett's effective number of independent pairs for the correlation of two autocorrelated
-    series, with ``n_params`` degrees of freedom already spent on each; never above n − n_params."""
+    (non-constant) series, with ``n_params`` degrees of freedom already spent on each; never above
+    n − n_params."""
     n = len(a)
-    if n - n_params < 1 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
     lags = max(1, n // 3 - 1)  # k < n/3; n/2 cost power and n/4 false positives (docs/science.md)
-    inflation = 1 + 2 * float(np.sum(acf(a, nlags=lags, fft=False)[1:] * acf(b, nlags=lags, fft=False)[1:]))
+    inflation = 1 + 2 * float(np.sum(acf(a, nlags=lags)[1:] * acf(b, nlags=lags)[1:]))
     return float(n - n_params) / max(inflation, 1.0)
 
 
 def correlation_test(r: float, n_eff: float, level: float) -> tuple[float, float, float]:
     """(low, high, p) for a correlation ``r`` on ``n_eff`` independent pairs: Fisher's z interval
     and the two-sided t test; NaN where n_eff leaves no degrees of freedom."""
-    if not (np.isfinite(r) and np.isfinite(n_eff)) or n_eff <= 3:
+    if not n_eff > 3:  # also NaN
         return float("nan"), float("nan"), float("nan")
-    if abs(r) == 1:  # a perfect correlation: Fisher's interval shrinks to the point
-        return r, r, 0.0
-    z, half = np.arctanh(r), norm.ppf((1 + level) / 2) / np.sqrt(n_eff - 3)
-    t_stat = r * np.sqrt((n_eff - 2) / (1 - r * r))
+    with np.errstate(divide="ignore"):  # |r| = 1: z and t are infinite, the interval is the point, p is 0
+        z, half = np.arctanh(r), norm.ppf((1 + level) / 2) / np.sqrt(n_eff - 3)
+        t_stat = r * np.sqrt((n_eff - 2) / np.float64(1 - r * r))
     return float(np.tanh(z - half)), float(np.tanh(z + half)), float(2 * student_t.sf(abs(t_stat), n_eff - 2))
 
 
 def _with_test(name: str, r: float, a: np.ndarray, b: np.ndarray, n_params: int, level: float) -> dict[str, float]:
-    n_eff = effective_n(a, b, n_params) if np.isfinite(r) else float("nan")
+    n_eff = effective_n(a, b, n_params) if np.isfinite(r) else float("nan")  # r is NaN for a constant series
     low, high, p = correlation_test(r, n_eff, level)
     return {name: r, f"{name}_low": low, f"{name}_high": high, f"{name}_p": p, f"{name}_n_eff": n_eff}
 
@@ -126,6 +123,8 @@ def correlations_with_ci(metric: np.ndarray, ratio: np.ndarray, step: np.ndarray
         raise ValueError(f"need n_boot >= 1 and 0 < level < 1, got {n_boot}, {level}")
     if not np.isfinite(np.concatenate([metric, ratio, step])).all():
         raise ValueError("metric, ratio and step must be finite (drop the checkpoints without a value first)")
+    if len(np.unique(step)) < len(step):
+        raise ValueError(f"steps must be distinct, one per checkpoint; got {np.sort(step).tolist()}")
     order = np.argsort(step, kind="stable")
     metric, ratio, step = metric[order], ratio[order], step[order]
     rm, rr, rs = rankdata(metric), rankdata(ratio), rankdata(step)
@@ -143,7 +142,7 @@ def correlations_with_ci(metric: np.ndarray, ratio: np.ndarray, step: np.ndarray
     # test stays valid against the other series' independent noise.)
     basis = trend_basis(step)
     trend_only = [name for name, raw in (("metric", metric), ("ratio", ratio))
-                  if np.ptp(residual(raw, basis)) <= 1e-9 * np.ptp(raw) or np.ptp(raw) == 0]
+                  if np.ptp(residual(raw, basis)) <= 1e-9 * np.abs(raw).max()]  # a constant too
     if trend_only:
         em = er = dm = dr = np.zeros(len(step))
     else:
@@ -151,7 +150,7 @@ def correlations_with_ci(metric: np.ndarray, ratio: np.ndarray, step: np.ndarray
         dm, dr = rankdata(np.diff(metric)), rankdata(np.diff(ratio))
     out.update(_with_test("partial_rho", _pearson(em, er), em, er, basis.shape[1], level))
     out.update(_with_test("diff_rho", _pearson(dm, dr), dm, dr, 1, level))
-    out["reason"] = (f"the {' and the '.join(trend_only)} {'is' if len(trend_only) == 1 else 'are'} constant or "
+    out["reason"] = (f"the {' and the '.join(trend_only)} {('is', 'are')[len(trend_only) - 1]} constant or "
                      "a smooth function of log step: nothing is left beyond it") if trend_only else ""
     return out
 
