@@ -187,6 +187,8 @@ def test_a_constant_series_or_a_pure_time_trend_gives_nan_not_a_number():
     out = correlations_with_ci(np.ones(24), np.arange(24.0), np.arange(24.0))
     assert np.isnan(out["rho_ratio"]) and np.isnan(out["partial_rho"]) and np.isnan(out["partial_rho_low"])
     assert out["reason"].startswith("the metric is constant or a smooth function of log step")
+    zeros = correlations_with_ci(np.zeros(24), np.arange(24.0), np.arange(24.0))  # a metric that never moves
+    assert zeros["reason"].startswith("the metric is constant") and np.isnan(zeros["partial_rho"])
     rng = np.random.default_rng(9)
     step = np.geomspace(16, 143_000, 24)
     out = correlations_with_ci(rng.normal(size=24), 3 + 2 * np.log1p(step), step)  # the ratio is all trend
