@@ -138,9 +138,10 @@ def test_five_families_run_through_capture_fit_evaluate_and_regress(prefect_serv
     at_zero = [r for r in across if r["step"] == 0 and r["metric"] == "sqnr_db"]
     assert at_zero and all(r["n_models"] == len(keys) and r["n_points"] == 3 * len(keys) for r in at_zero)
 
-    result = regress(store=store.url, regressors=("ridge", "random_forest"))
+    result = regress(store=store.url, regressors=("ridge", "random_forest"), n_splits=2)  # repeated: a few suffice
     scores = store.read_dataset("regression_scores").to_pylist()
-    assert {r["protocol"] for r in scores} == {"random_80_20", "leave_one_model_out"} and result["chosen"]
+    assert {r["protocol"] for r in scores} == {"random_80_20", "leave_one_model_out", "repeated_80_20"}
+    assert result["chosen"] and {r["n_splits"] for r in scores if r["protocol"] == "repeated_80_20"} <= {0, 1, 2}
     arch = resolve_architecture(str(tmp_path / "models" / "me/tiny-gpt2" / "0" / "config.json"))
     assert arch.positions == "learned" and arch.tied_embeddings
     # and predicts for any config.json: a Qwen2 with 4 layers, none of which it has seen
