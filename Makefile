@@ -60,6 +60,7 @@ mutation: $(STAMP)
 	for config in mutation/*.toml; do \
 		session=$${config%.toml}.sqlite; rm -f $$session; \
 		.venv/bin/cosmic-ray init $$config $$session && .venv/bin/cr-filter-operators $$session $$config && \
+		$(PY) mutation/functions_filter.py $$session $$config && \
 		HF_HUB_OFFLINE=1 .venv/bin/cosmic-ray exec $$config $$session && .venv/bin/cr-report $$session | tail -3 \
 		|| exit 1; \
 	done

@@ -1,9 +1,11 @@
-"""Capture time / bare forward time on the same batches (target ≤ 1.10).
+"""Capture time / bare forward time on the same batches (target ≤ 1.10), and the outlier panel's cost
+(capture with the panel / capture without it: target ≤ 1.3).
 
-Same model, same prompts, measured side by side in one run, alternating so drift hits all three:
-``capture()`` (hooks on every layer) against two baselines under inference_mode: the bare
-transformer trunk ``model.gpt_neox(input_ids)`` (the same computation without the hooks, the strict
-baseline) and the bare full ``model(input_ids)`` with its LM head (what a user would otherwise run).
+Same model, same prompts, measured side by side in one run, alternating so drift hits all four:
+``capture()`` without the panel (hooks on every layer) and with it (sinks, super weights, kurtosis:
+capture/panel.py), against two baselines under inference_mode: the bare transformer trunk
+``model.gpt_neox(input_ids)`` (the same computation without the hooks, the strict baseline) and the
+bare full ``model(input_ids)`` with its LM head (what a user would otherwise run).
 
     .venv/bin/python bench/capture_overhead.py [--device cpu] [--length 512] [--repeats 5]
 """
@@ -38,7 +40,8 @@ def build(layers: int, d: int, heads: int, context: int) -> GPTNeoXForCausalLM:
 def measure(model: GPTNeoXForCausalLM, tokens: np.ndarray, device: torch.device, repeats: int) -> dict[str, float]:
     """Median seconds of each way of running the same batch, interleaved."""
     batch = torch.as_tensor(tokens, device=device)
-    settings = CaptureSettings(batch_size=len(tokens))
+    settings = CaptureSettings(batch_size=len(tokens), panel=False)
+    with_panel = CaptureSettings(batch_size=len(tokens))
 
     def sync() -> None:
         if device.type == "cuda":
@@ -58,7 +61,11 @@ def measure(model: GPTNeoXForCausalLM, tokens: np.ndarray, device: torch.device,
         capture(model, tokens, settings)
         sync()
 
-    runs = {"trunk": trunk, "full": full, "capture": hooked}
+    def panel() -> None:
+        capture(model, tokens, with_panel)
+        sync()
+
+    runs = {"trunk": trunk, "full": full, "capture": hooked, "panel": panel}
     for fn in runs.values():
         fn()  # warm-up
     times: dict[str, list[float]] = {key: [] for key in runs}
@@ -81,11 +88,12 @@ def main() -> None:
     tokens = np.random.default_rng(0).integers(1, 50000, size=(args.sequences, args.length))
     tokens[:, 0] = 0
     print(f"device={device} threads={torch.get_num_threads()} prompts={args.sequences}×{args.length}")
-    print(f"{'model':20s} {'trunk s':>8s} {'full s':>8s} {'capture s':>10s} {'cap/trunk':>10s} {'cap/full':>9s}")
+    print(f"{'model':20s} {'trunk s':>8s} {'full s':>8s} {'capture s':>10s} {'+panel s':>9s} {'cap/trunk':>10s} "
+          f"{'cap/full':>9s} {'panel/cap':>10s}")
     for name, shape in MODELS.items():
         t = measure(build(*shape, context=args.length).to(device), tokens, device, args.repeats)
-        print(f"{name:20s} {t['trunk']:8.3f} {t['full']:8.3f} {t['capture']:10.3f} "
-              f"{t['capture'] / t['trunk']:10.3f} {t['capture'] / t['full']:9.3f}")
+        print(f"{name:20s} {t['trunk']:8.3f} {t['full']:8.3f} {t['capture']:10.3f} {t['panel']:9.3f} "
+              f"{t['capture'] / t['trunk']:10.3f} {t['capture'] / t['full']:9.3f} {t['panel'] / t['capture']:10.3f}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from flows.artifacts import figures_markdown
 from flows.params import DEFAULT_STORE, FitParams
 from massive_activations.errors import BadInputError
 from massive_activations.fit.emergence import PEAK_CLASSES, FitSettings
-from massive_activations.fit.fit_run import COMPARISON, FITS, check_series_names
+from massive_activations.fit.fit_run import COMPARISON, FITS, ONSETS, PANEL_SERIES, check_series_names
 from massive_activations.sources.families import model_key
 from massive_activations.store import Store
 from tasks.fit import fit_model_task
@@ -47,8 +47,32 @@ def _summary(fits: pa.Table) -> str:
     return "\n".join(lines)
 
 
+def _step(value: float) -> str:
+    return f"{value:,.0f}" if np.isfinite(value) else "–"
+
+
+def onset_summary(onsets: pa.Table) -> str:
+    """Per model and series: the median onset over layers, and the layers whose onset comes before
+    or after the ratio's with the 95% interval of the difference excluding 0."""
+    lines = ["| model | series | layers fitted | median onset | identified | before the ratio | after the ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for model in sorted(set(onsets.column("model").to_pylist())):
+        rows = [r for r in onsets.to_pylist() if r["model"] == model]
+        for name in sorted({r["series"] for r in rows}, key=lambda s: (s != "ratio", s)):
+            sub = [r for r in rows if r["series"] == name]
+            finite = [r["onset"] for r in sub if np.isfinite(r["onset"])]
+            before = [r["layer"] for r in sub if r["minus_ratio_high"] < 0]
+            after = [r["layer"] for r in sub if r["minus_ratio_low"] > 0]
+            lines.append(f"| {model} | {name} | {len(sub)} | {_step(float(np.median(finite)) if finite else np.nan)} "
+                         f"| {sum(r['identified'] for r in sub)} | "
+                         f"{', '.join(map(str, before)) or '–' if name != 'ratio' else ''} | "
+                         f"{', '.join(map(str, after)) or '–' if name != 'ratio' else ''} |")
+    return "\n".join(lines)
+
+
 @flow(name="fit", log_prints=True)
-def fit(models: list[str] | None = None, series: tuple[str, ...] = ("ratio", "top1", "median", "ratio_excl0"),
+def fit(models: list[str] | None = None, series: tuple[str, ...] = ("ratio", "top1", "median", "ratio_excl0",
+                                                                   *PANEL_SERIES),
         store: str = DEFAULT_STORE, settings: FitParams = FitParams(), refresh: bool = False) -> dict:
     """Fit every layer of every model; re-fit only models whose ratios, series or settings changed."""
     logger = get_run_logger()
@@ -83,6 +107,12 @@ def fit(models: list[str] | None = None, series: tuple[str, ...] = ("ratio", "to
         f"# Fit quality\n\nMean R² of the ratio over all layers: **{overall:.3f}** (paper: {PAPER_MEAN_R2})\n\n"
         + _summary(fits) + f"\n\nFigures on the store under `{target.url_for('plots/fits')}`\n\n" + images,
         key="fit-summary")
+    onsets = target.read_dataset(ONSETS, where={"model": models})
+    onset_images = figures_markdown([(model, target.read_bytes(keys["onsets"]), target.url_for(keys["onsets"]))
+                                     for model, keys in figures.items() if "onsets" in keys])
+    create_markdown_artifact("# Which emerges first\n\nOnset = the step where the fitted curve has moved half "
+                             "its rise (95% interval from the fit's uncertainty; docs/science.md)\n\n"
+                             + onset_summary(onsets) + "\n\n" + onset_images, key="fit-onsets")
     logger.info("fit: %s; mean R² (ratio) %.3f", {m: r["status"] for m, r in results.items()}, overall)
     return {"results": results, "figures": figures, "mean_r2": overall}
 

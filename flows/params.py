@@ -87,6 +87,8 @@ class CaptureParams(BaseModel):
                                    description="Activation vectors kept per layer (0: none)")
     sample_dtype: Literal["float32", "float16"] = "float32"
     sample_seed: int = 0
+    panel: bool = Field(True, description="Also measure attention sinks, super-weight candidates and kurtosis "
+                                          "in the same pass (panel/)")
 
 
 class FitParams(BaseModel):

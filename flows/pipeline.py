@@ -30,7 +30,7 @@ from massive_activations.store import Store
 Stage = Literal["suite", "capture", "fit", "regress", "evaluate"]
 STAGES: tuple[str, ...] = Stage.__args__
 UNSEEN = ArchitectureParams(n_layers=5, d_model=80, n_heads=5, name="unseen-l5-d80-h5")
-OUTPUTS = ("suites", "stats", "ratios", "activations", "fits", "fit_comparison", "regression_scores",
+OUTPUTS = ("suites", "stats", "ratios", "activations", "panel", "fits", "fit_comparison", "onsets", "regression_scores",
            "regression_importance", "regressors", "predictions", "evals", "plots")
 
 

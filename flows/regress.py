@@ -78,7 +78,8 @@ def regress(store: str = DEFAULT_STORE, series: str = "ratio", seed: int = 0,
 
     Args:
         store: Store URL holding the fits: a path, file://… or s3://bucket/prefix.
-        series: The fitted series to learn (ratio, top1, median or ratio_excl0).
+        series: The fitted series to learn (ratio, top1, median, ratio_excl0, or a panel series: sink_share,
+            alpha0_max, super_in, kurtosis).
         seed: Seed of the 80/20 split and of the regressors.
         regressors: Regressors to train and compare.
         n_splits: Seeds of the repeated 80/20 split (mean ± sd of each score, and the nested choice).

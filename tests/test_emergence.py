@@ -7,18 +7,25 @@ import math
 
 import numpy as np
 import pytest
+from scipy import signal
 
 from massive_activations.fit.emergence import (
+    AMPLITUDE_SCALE,
     DECAY,
     DIP,
     EARLY_PEAK,
+    LAM_MAX,
     LOG_INCREASE,
+    PARAMS,
+    SCALE_MAX,
     SeriesError,
     check_series,
     classify,
+    descriptors,
     emergence,
     emergence_jacobian,
     fit_emergence,
+    identification,
     peak_step,
     step2_decay,
 )
@@ -82,15 +89,17 @@ def test_peak_classes_of_known_curves(A, lam, gamma, t0, K, expected):  # noqa: 
 
 
 def test_a_ridge_fit_is_flagged_and_its_descriptors_still_hold():
-    """A saturating rise from a dip at the start: A ≈ −2e18 with λ = 32 (offline-suite layers fit so).
-
-    Only A·exp(−λ·t0) is set by the data, so the raw parameters are not identified, but the fitted
-    curve's value at the last step, its rise and t_half match the curve that made the data."""
+    """A saturating rise from a dip at the start, made with A = −2e18 and λ = 32 (offline-suite layers
+    fit so). Only A·exp(−λ·t0) is set by the data: the fit lands elsewhere on that ridge (A ≈ −5700,
+    λ ≈ 1.4 with this noise), with standard errors larger than A, λ and γ themselves, so the raw
+    parameters are flagged as not identified; the fitted curve's value at the last step, its rise and
+    t_half still match the curve that made the data."""
     A, lam, gamma, t0, K = -2e18, 32.0, 2e-4, 1.03, 400.0  # noqa: N806 - rises from ~113 to 400
     clean = emergence(T, A, lam, gamma, t0, K)
     noisy = clean * (1 + 0.01 * np.random.default_rng(3).standard_normal(T.size))
     fit = fit_emergence(T, noisy, alternatives=False)
-    assert not fit.identified and fit.identification
+    assert not fit.identified
+    assert {"SE of A larger than A", "SE of lam larger than lam"} <= set(fit.identification.split("; "))
     assert math.isnan(fit.K_identified)
     assert fit.y_last == pytest.approx(clean[-1], rel=0.02)
     assert fit.rise == pytest.approx(np.ptp(clean), rel=0.05)
@@ -98,6 +107,91 @@ def test_a_ridge_fit_is_flagged_and_its_descriptors_still_hold():
     curve = emergence(dense, A, lam, gamma, t0, K)
     true_half = dense[np.argmax(np.abs(curve - curve[0]) >= np.ptp(curve) / 2)]
     assert fit.t_half == pytest.approx(true_half, rel=0.1)
+
+
+TMAX, RANGE = 143_000.0, 100.0
+GOOD = {"A": 10.0, "lam": 0.5, "gamma": 1e-4, "t0": 1.5, "K": 3.0}  # γ·t_max = 14.3, |A| ≪ 10⁴ × range
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({}, []),
+    ({"lam": 0.95 * LAM_MAX}, ["λ = 47.5 at its bound 50"]),  # within 5% of the bound: flagged
+    ({"lam": 0.949 * LAM_MAX}, []),
+    ({"gamma": 0.95 * SCALE_MAX / TMAX}, ["γ·t_max or t0 at its bound"]),
+    ({"gamma": 0.949 * SCALE_MAX / TMAX}, []),
+    ({"gamma": SCALE_MAX / TMAX}, ["γ·t_max or t0 at its bound"]),  # at the bound itself too
+    ({"t0": SCALE_MAX}, ["γ·t_max or t0 at its bound"]),
+    ({"t0": 0.95 * SCALE_MAX}, ["γ·t_max or t0 at its bound"]),
+    ({"t0": 0.949 * SCALE_MAX}, []),
+    ({"A": AMPLITUDE_SCALE * RANGE * 1.001}, ["|A| = 1e+06 beyond 10000 × the data's range"]),
+    ({"A": -AMPLITUDE_SCALE * RANGE * 1.001}, ["|A| = 1e+06 beyond 10000 × the data's range"]),
+    ({"A": AMPLITUDE_SCALE * RANGE}, []),  # exactly at the scale: not beyond it
+    ({"se_A": 10.0}, []),  # an error as large as the value: still identified
+    ({"se_A": 10.001}, ["SE of A larger than A"]),
+    ({"se_lam": 0.51}, ["SE of lam larger than lam"]),
+    ({"se_gamma": float("nan")}, ["SE of gamma larger than gamma"]),  # no error at all: not identified
+    ({"se_t0": float("inf")}, ["SE of t0 larger than t0"]),
+    ({"lam": 0.0, "se_lam": 1.0}, []),  # λ = 0 is the pure-log boundary, not a ridge
+    ({"lam": -0.1, "se_lam": 1.0}, []),  # (as is any λ ≤ 0 a caller passes)
+    ({"t0": 0.0, "se_t0": 0.1}, ["SE of t0 larger than t0"]),  # only λ is exempt at 0
+    ({"lam": 0.0, "se_lam": 1.0, "se_gamma": 1.0}, ["SE of gamma larger than gamma"]),  # and the rest still judged
+    ({"se_K": 1e9}, []),  # K is judged by the descriptors, not its error
+    ({"lam": 49.0, "A": -2e18, "se_t0": 2.0}, ["λ = 49 at its bound 50", "|A| = 2e+18 beyond 10000 × the data's range",
+                                                 "SE of t0 larger than t0"]),
+])
+def test_each_identification_reason_fires_exactly_at_its_rule(change, expected):
+    """Each reason of ``identification`` on parameters built to sit just on either side of its rule."""
+    values = {**GOOD, **{k: v for k, v in change.items() if not k.startswith("se_")}}
+    se = {name: 0.1 * abs(values[name]) for name in PARAMS} | {k[3:]: v for k, v in change.items()
+                                                                if k.startswith("se_")}
+    assert identification(tuple(values[n] for n in PARAMS), se, RANGE, TMAX) == expected
+
+
+def test_a_flat_series_is_judged_against_a_floor_not_a_zero_range():
+    """A constant series has range 0: |A| is compared with 10⁴ × 1e-12, so any real amplitude is flagged."""
+    se = dict.fromkeys(PARAMS, 1e-12)
+    assert identification((1e-7, 0.5, 1e-4, 1.5, 3.0), se, 0.0, TMAX) == ["|A| = 1e-07 beyond 10000 × the data's range"]
+    assert identification((1e-9, 0.5, 1e-4, 1.5, 3.0), se, 0.0, TMAX) == []
+
+
+def test_the_boundaries_of_the_classes_and_descriptors():
+    """A = 0 is a (flat) maximum, not a dip; a flat or undefined curve has no t_half; K is only
+    identified for a curve that decays (λ > 0); a λ too small to compute never peaks."""
+    inside = 1000.0
+    assert classify(0.0, 0.3, inside, T) == EARLY_PEAK
+    assert classify(-0.5, 0.3, inside, T) == DIP
+    assert classify(100.0, -0.5, inside, T) == LOG_INCREASE  # λ ≤ 0 never turns
+    assert classify(100.0, 0.3, T.max(), T) == classify(100.0, 0.3, T.min(), T) == EARLY_PEAK  # the ends count
+    assert peak_step(-0.1, 1e-4, 1.5) == math.inf
+    flat = descriptors((0.0, 0.3, 1e-4, 1.5, 5.0), T, EARLY_PEAK, inside, True)
+    assert flat["rise"] == 0 and math.isnan(flat["t_half"])
+    assert math.isnan(descriptors((math.nan, 0.3, 1e-4, 1.5, 5.0), T, EARLY_PEAK, inside, True)["t_half"])
+    pure_log = descriptors((80.0, 0.0, 1.1e-4, 1.5, 5.0), T, LOG_INCREASE, math.inf, True)
+    assert math.isnan(pure_log["K_identified"]) and math.isnan(pure_log["peak_value"])
+    assert math.isnan(pure_log["t_peak"])
+    assert math.isnan(descriptors((80.0, -0.1, 1.1e-4, 1.5, 5.0), T, LOG_INCREASE, math.inf, True)["K_identified"])
+    small = descriptors((0.01, 0.3, 1.1e-4, 1.5, 5.0), T, EARLY_PEAK, inside, True)  # a rise well below 1
+    assert 0 < small["rise"] < 1 and 0 < small["t_half"] < T.max()
+    peaked = descriptors((500.0, 0.3, 1.1e-4, 1.5, 50.0), T, EARLY_PEAK, inside, True)
+    assert peaked["t_peak"] == inside
+    assert peaked["peak_value"] == emergence(np.array([inside]), 500.0, 0.3, 1.1e-4, 1.5, 50.0)[0]
+    assert descriptors((500.0, 0.3, 1.1e-4, 1.5, 50.0), T, EARLY_PEAK, inside, True)["K_identified"] == 50.0
+    assert peak_step(1e-300, 1e-4, 1.5) == math.inf
+    params = (500.0, 0.3, 1.1e-4, 1.5, 50.0)
+    ends = descriptors(params, T, EARLY_PEAK, inside, True)
+    assert (ends["y_first"], ends["y_last"]) == tuple(emergence(T[[0, -1]], *params))  # at the first and last step
+
+
+def test_t_half_resolves_an_onset_between_the_first_checkpoints():
+    """A curve that moves half its rise between steps 1 and 2: t_half on the log grid, within 1% of the
+    crossing found by brute force."""
+    params = (100.0, 0.3, 0.3, 1.0, 0.0)  # 0 at step 0, a peak near step 7.7, then back towards 0
+    dense = np.linspace(0, 50, 5_000_001)
+    f = emergence(dense, *params)
+    crossing = dense[np.argmax(f >= f.max() / 2)]
+    assert 1 < crossing < 2
+    got = descriptors(params, T, EARLY_PEAK, peak_step(0.3, 0.3, 1.0), True)["t_half"]
+    assert got == pytest.approx(crossing, rel=0.01)
 
 
 def test_peak_formula():
@@ -206,6 +300,15 @@ def test_second_order_step_response_recovers_its_own_parameters(zeta, omega_t):
     assert alt.params["omega"] == pytest.approx(omega, rel=0.05)
     if zeta < 1:
         assert fit.best_alternative == "step2"
+
+
+@pytest.mark.parametrize("zeta", [0.2, 0.7, 1.0, 1.5, 4.0])
+def test_step2_decay_is_one_minus_scipys_second_order_step_response(zeta):
+    """The known answer from outside: scipy.signal.step of ω² / (s² + 2ζωs + ω²)."""
+    omega = 3.0
+    t = np.linspace(0, 6, 300)
+    _, response = signal.step(signal.TransferFunction([omega ** 2], [1.0, 2 * zeta * omega, omega ** 2]), T=t)
+    np.testing.assert_allclose(step2_decay(t, zeta, omega), 1 - response, atol=1e-9)
 
 
 def test_step2_decay_is_continuous_across_critical_damping():

@@ -15,7 +15,7 @@ from flows.capture import capture
 from flows.evaluate import evaluate
 from flows.params import CaptureParams, EvalParams, SourceParams
 from massive_activations.sources.checkpoints import HubSource, TransientSourceError
-from massive_activations.sources.hub_cache import CacheTooSmallError
+from massive_activations.sources.hub_cache import CacheTooSmallError, HubCache
 from massive_activations.store import Store
 from tests.conftest import serve_micro_as_pythia
 from tests.hub_server import black_hole
@@ -59,6 +59,31 @@ def test_eviction_is_least_recently_used_and_never_takes_a_pinned_revision(fake_
             hub.fetch("pythia-14m", step)
             assert (held / "model.safetensors").exists() and (held / "config.json").exists()
     assert "step0" in cached() and len(cached()) <= 2
+
+
+def test_no_eviction_runs_while_a_file_is_downloading(fake_hub, micro_root, tmp_path):
+    """A download holds the cache lock shared: an eviction that starts meanwhile (another process's,
+    with a cap of nothing) finds it taken and deletes nothing, not even an unpinned revision whose
+    blobs the download could be linking (revisions share them); once the download ends it evicts."""
+    serve_micro_as_pythia(fake_hub, micro_root, tmp_path, steps=(0, 1))
+    hub = _hub(fake_hub.url, tmp_path / "hub", 1.0)
+    hub.fetch("pythia-14m", 0)  # cached and unpinned
+    weights = micro_root / MODEL / "step1" / "model.safetensors"
+    fake_hub.bandwidth = weights.stat().st_size / 1.5  # step1's weights take 1.5 s
+    with ThreadPoolExecutor(1) as pool:
+        fetching = pool.submit(hub.fetch, "pythia-14m", 1)
+        deadline = time.monotonic() + 30
+        while not any(cmd == "GET" and p.endswith("step1/model.safetensors") for cmd, p, _ in fake_hub.log):
+            assert time.monotonic() < deadline and not fetching.done(), "step1's weights were never requested"
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert HubCache(tmp_path / "hub", 0).evict() == []  # mid-download
+        fetching.result()
+    fake_hub.bandwidth = None
+    assert (hub.fetch("pythia-14m", 0) / "model.safetensors").exists()
+    assert not any(cmd == "GET" and p.endswith("step0/model.safetensors") for cmd, p, _ in fake_hub.log[-20:])
+    assert sorted(HubCache(tmp_path / "hub", 0).evict()) == ["EleutherAI--pythia-14m@step0",
+                                                             "EleutherAI--pythia-14m@step1"]
 
 
 def _reader(url: str, cache: str, gib: float, steps: list[int], digests: dict[int, str], rounds: int) -> list[str]:

@@ -89,7 +89,7 @@ def test_unsupported_architectures_fail_before_any_weights_naming_what_is_missin
         assert len(check_config(tiny_config(kind)).blocks) == 3
 
 
-def test_a_model_spread_over_cpu_and_disk_gives_the_same_statistics(tmp_path, monkeypatch):
+def test_a_model_spread_over_cpu_and_disk_gives_the_same_statistics_and_panel(tmp_path, monkeypatch):
     """max_memory forces most blocks to disk; the weights are stored in float16 and loaded in float32,
     so the offloaded blocks read a converted copy, which must live as long as the model does."""
     from massive_activations.sources.checkpoints import CheckpointHandle, FolderSource
@@ -108,8 +108,9 @@ def test_a_model_spread_over_cpu_and_disk_gives_the_same_statistics(tmp_path, mo
     try:
         placed = set(spread.get().model.hf_device_map.values())
         assert placed == {"cpu", "disk"}, spread.get().model.hf_device_map
-        expected = capture(whole.get().model, tokens).stats
-        assert capture(spread.get().model, tokens).stats.equals(expected)
+        expected, got = capture(whole.get().model, tokens), capture(spread.get().model, tokens)
+        assert got.stats.equals(expected.stats)
+        assert got.panel.equals(expected.panel)  # the super weight read from the offload store too
         assert lm_loss(spread.get().model, tokens) == pytest.approx(lm_loss(whole.get().model, tokens), rel=1e-6)
     finally:
         whole.release()

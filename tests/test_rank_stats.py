@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.interpolate import CubicSpline
-from scipy.stats import norm, pearsonr, rankdata
+from scipy.stats import norm, pearsonr, rankdata, spearmanr
 from scipy.stats import t as student_t
 
 from massive_activations.evals.rank_stats import (
@@ -67,6 +67,35 @@ def test_the_trend_basis_reproduces_any_natural_cubic_spline_on_its_knots():
     assert np.abs(residual(curve + 7.0, basis)).max() < 1e-9  # intercept and curve in the span
     assert np.abs(residual(2.0 * x, basis)).max() < 1e-9  # a line in log step too
     assert np.abs(residual(np.sin(3 * x), basis)).max() > 0.05  # but not everything
+
+
+def _natural_spline_by_hand(x: np.ndarray, knots: np.ndarray) -> np.ndarray:
+    """The truncated-power basis of a natural cubic spline (Hastie, Tibshirani & Friedman, ESL eq. 5.4-5.5):
+    1, x and d_k(x) - d_{K-1}(x), d_k = ((x - ξ_k)³₊ - (x - ξ_K)³₊) / (ξ_K - ξ_k). No CubicSpline in it."""
+    def d(k):
+        return (np.clip(x - knots[k], 0, None) ** 3 - np.clip(x - knots[-1], 0, None) ** 3) / (knots[-1] - knots[k])
+    return np.column_stack([np.ones_like(x), x] + [d(k) - d(len(knots) - 2) for k in range(len(knots) - 2)])
+
+
+def test_the_partial_rho_on_uneven_steps_is_spearmans_rho_of_spline_residuals_by_hand():
+    """Irregular checkpoints (doubling early, uneven gaps late, unsorted): the partial ρ equals scipy's
+    Spearman ρ of the two series' residuals on a natural spline built by hand in log(1 + step), knots
+    at quantiles."""
+    rng = np.random.default_rng(11)
+    step = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 700, 1000, 1500, 3000, 4000, 9000, 13000,
+                     20000, 33000, 64000, 71000, 100000, 143000], dtype=float)
+    x = np.log1p(step)
+    trend = np.sin(x / 2.0) * 10
+    metric, ratio = trend + rng.normal(size=x.size), 3 * trend + 0.5 * x + rng.normal(size=x.size)
+    knots = np.quantile(x, np.linspace(0, 1, TREND_DF + 1))
+    basis = _natural_spline_by_hand(x, knots)
+    def left(y):
+        return y - basis @ np.linalg.lstsq(basis, y, rcond=None)[0]
+    expected = spearmanr(left(metric), left(ratio)).statistic
+    shuffled = rng.permutation(x.size)
+    got = correlations_with_ci(metric[shuffled], ratio[shuffled], step[shuffled])
+    assert got["partial_rho"] == pytest.approx(expected, abs=1e-12)
+    assert abs(expected - spearmanr(metric, ratio).statistic) > 0.3  # the trend mattered here
 
 
 def _bartlett_by_hand(a: np.ndarray, b: np.ndarray, spent: int) -> float:

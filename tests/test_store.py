@@ -8,6 +8,7 @@ import threading
 import pyarrow as pa
 import pytest
 
+from massive_activations.provenance import module_version
 from massive_activations.store import PartitionExistsError, Store, StoreError
 
 
@@ -136,3 +137,35 @@ def test_failed_write_leaves_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert store.read_partition("stats", {"model": "m"}).num_rows == 2
     assert not list(tmp_path.rglob("*.tmp-*"))
+
+
+def test_current_reuses_a_partition_only_for_the_same_inputs_and_the_same_code(tmp_path, monkeypatch):
+    """The one skip-or-compute decision: a stored partition is current for exactly the inputs it was
+    computed from (tuples and lists alike, as JSON stores them) and the source of its code modules;
+    editing one of those modules makes it stale, as a missing partition is."""
+    source = tmp_path / "pkg" / "stage_code.py"
+    source.parent.mkdir()
+    source.write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(source.parent))
+    store, part, inputs = Store(str(tmp_path / "store")), {"model": "m1", "step": 8}, {"layers": (0, 1), "k": 3}
+    assert store.current("stats", part, inputs, ("stage_code",)) is None  # nothing stored yet
+    store.write_partition("stats", part, _table(2), inputs=inputs, code_modules=("stage_code",))
+    meta = store.current("stats", part, {"k": 3, "layers": [0, 1]}, ("stage_code",))
+    assert meta is not None and meta["inputs"] == {"layers": [0, 1], "k": 3}
+    assert store.current("stats", part, {**inputs, "k": 4}, ("stage_code",)) is None  # other inputs
+    assert store.current("stats", part, {"layers": (0, 1)}, ("stage_code",)) is None  # an input fewer
+    assert store.current("stats", {"model": "m1", "step": 16}, inputs, ("stage_code",)) is None
+
+    def edit(value: int) -> None:  # the next run (a new process) sees the edited module
+        source.write_text(f"VALUE = {value}\n")
+        module_version.cache_clear()
+
+    for stored, now in zip(range(1, 9), [*range(2, 9), 1], strict=True):  # round a cycle of 8 versions,
+        edit(stored)  # so the new hash sorts both below and above the stored one
+        store.write_partition("stats", part, _table(2), inputs=inputs, code_modules=("stage_code",),
+                              overwrite=True)
+        assert store.current("stats", part, inputs, ("stage_code",)) is not None
+        edit(now)
+        assert store.current("stats", part, inputs, ("stage_code",)) is None, (stored, now)
+    edit(8)  # and back: the stored result is current again
+    assert store.current("stats", part, inputs, ("stage_code",)) is not None

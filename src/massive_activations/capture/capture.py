@@ -18,6 +18,7 @@ smallest), as in the reference code.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +26,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from massive_activations.capture.panel import PanelRecorder
 from massive_activations.errors import BadInputError
 from massive_activations.sources.model_parts import ModelParts, block_output, find_parts, input_device
 
-CODE_MODULES = ("massive_activations.capture.capture", "massive_activations.sources.model_parts")
+CODE_MODULES = ("massive_activations.capture.capture", "massive_activations.capture.panel",
+                "massive_activations.sources.model_parts")
 EMBEDDING_LAYER = -1
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
@@ -42,6 +45,7 @@ class CaptureSettings:
     samples_per_layer: int = 0  # activation vectors kept per layer (0: none)
     sample_dtype: str = "float32"
     sample_seed: int = 0
+    panel: bool = True  # attention sinks, super-weight candidates and kurtosis in the same pass (panel.py)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -58,6 +62,7 @@ class CaptureSettings:
 class CaptureResult:
     stats: pa.Table  # one row per (layer, seq)
     samples: dict[int, pa.Table]  # layer -> sampled activation vectors with labels
+    panel: pa.Table | None = None  # one row per layer (panel.py), when asked for
 
 
 def sample_positions(n_sequences: int, length: int, m: int, seed: int) -> np.ndarray:
@@ -165,10 +170,11 @@ def capture(model: Any, tokens: np.ndarray, settings: CaptureSettings = CaptureS
     recorder = _Recorder(settings, fixed)
     device = input_device(model)
     parts = find_parts(model)  # the trunk is the transformer without its LM head: logits are not needed here
-    handles = [m.register_forward_hook(recorder.hook(layer))
-               for layer, m in hooked_modules(parts, settings.include_embedding)]
+    modules = hooked_modules(parts, settings.include_embedding)
+    handles = [m.register_forward_hook(recorder.hook(layer)) for layer, m in modules]
+    panel = PanelRecorder(model, parts, modules) if settings.panel else None
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), panel.attached() if panel else nullcontext():
             for start in range(0, n, settings.batch_size):
                 batch = torch.as_tensor(tokens[start:start + settings.batch_size], device=device)
                 recorder.batch_start = start
@@ -177,7 +183,8 @@ def capture(model: Any, tokens: np.ndarray, settings: CaptureSettings = CaptureS
         for handle in handles:
             handle.remove()
     return CaptureResult(stats=_stats_table(recorder, tokens, model.config.hidden_size),
-                         samples=_sample_tables(recorder, tokens, settings))
+                         samples=_sample_tables(recorder, tokens, settings),
+                         panel=panel.table(tokens) if panel else None)
 
 
 def _stats_table(recorder: _Recorder, tokens: np.ndarray, width: int) -> pa.Table:

@@ -1,7 +1,7 @@
 """Capture one checkpoint onto the store: load it, measure it, write its partitions.
 
 Writes the model's architecture (``architectures/<model>.json``, once), ``activations/`` (when
-sampling), then ``ratios/``, then ``stats/`` last: the stats
+sampling), ``panel/`` (the outlier panel, panel.py), then ``ratios/``, then ``stats/`` last: the stats
 partition, with matching inputs in its metadata, is what marks a checkpoint as captured, so an
 interrupted capture is redone and a finished one is never redone.
 """
@@ -21,7 +21,7 @@ from massive_activations.store import Store
 
 log = logging.getLogger(__name__)
 
-STATS, RATIOS, ACTIVATIONS = "stats", "ratios", "activations"
+STATS, RATIOS, ACTIVATIONS, PANEL = "stats", "ratios", "activations", "panel"
 
 
 def capture_inputs(model: str, step: int, source: CheckpointSource, prompt_set: str,
@@ -61,6 +61,8 @@ def capture_to_store(store: Store, source: CheckpointSource, model: str, step: i
     for layer, table in result.samples.items():
         store.write_partition(ACTIVATIONS, {**part, "layer": layer}, table, inputs=inputs,
                               code_modules=CODE_MODULES, overwrite=True)
+    if result.panel is not None:
+        store.write_partition(PANEL, part, result.panel, inputs=inputs, code_modules=CODE_MODULES, overwrite=True)
     ratios = store.write_partition(RATIOS, part, layer_ratios(result.stats, settings), inputs=inputs,
                                    code_modules=CODE_MODULES, overwrite=True)
     stats = store.write_partition(STATS, part, result.stats, inputs=inputs, code_modules=CODE_MODULES,

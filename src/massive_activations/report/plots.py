@@ -213,3 +213,30 @@ def plot_forecast_history(forecasts: pa.Table, model: str) -> bytes:
     left.legend(fontsize=6)
     fig.suptitle(f"{model}: forecasts as training goes on")
     return _png(fig)
+
+
+def plot_onsets(onsets: pa.Table, model: str) -> bytes:
+    """Per layer, each series' onset step with its 95% interval (hollow: the fit is not identified)."""
+    rows = onsets.to_pylist()
+    names = sorted({r["series"] for r in rows}, key=lambda s: (s != "ratio", s))
+    fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+    for i, name in enumerate(names):
+        pts = sorted((r for r in rows if r["series"] == name and math.isfinite(r["onset"])), key=lambda r: r["layer"])
+        if not pts:
+            continue
+        x = np.array([r["layer"] for r in pts]) + (i - (len(names) - 1) / 2) * 0.12
+        y = np.array([r["onset"] for r in pts])
+        low = np.array([r["onset_low"] for r in pts])
+        high = np.array([r["onset_high"] for r in pts])
+        err = np.vstack([np.where(np.isfinite(low), np.clip(y - low, 0, None), 0),
+                         np.where(np.isfinite(high), np.clip(high - y, 0, None), 0)])
+        ax.errorbar(x, y, yerr=err, fmt="none", color=f"C{i}", lw=1, alpha=0.7)
+        for xi, yi, r in zip(x, y, pts, strict=True):
+            ax.plot([xi], [yi], "o", ms=5, color=f"C{i}", mfc=f"C{i}" if r["identified"] else "white")
+        ax.plot([], [], "o", color=f"C{i}", label=name)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("onset step (half the rise)")
+    ax.legend(fontsize=7, ncol=min(5, len(names)))
+    ax.set_title(f"{model}: which emerges first (95% intervals; hollow: fit not identified)", fontsize=9)
+    return _png(fig)

@@ -1,0 +1,274 @@
+"""The outlier panel: attention sinks, super-weight candidates and kurtosis, measured in the capture's pass.
+
+Three phenomena linked to massive activations (docs/science.md, "The outlier panel"), recorded per
+layer beside the ratio so a run can ask which emerges first:
+
+- **Attention sinks** (Gu et al., arXiv 2410.10781). α₀ of a head is the mean attention weight its
+  queries put on key position 0: every query comes after position 0, so this is also the paper's α
+  of the first token, the average attention a token receives from the queries after it. A head is a
+  sink when α₀ > ``SINK_EPSILON`` (ε = 0.3); ``sink_share`` is the share of a layer's heads that are,
+  and the model's Sink₁^ε is its mean over layers.
+- **Super weights** (Yu et al., arXiv 2411.07191), found data-free from spikes: per layer, the
+  largest |input| and |output| of the MLP's down-projection over all tokens, with their channels.
+  The candidate is the down-projection weight at (output channel, input channel) of those maxima. A
+  spike is an *outlier* when the top channel's maximum is at least ``SPIKE_RATIO`` times the median
+  channel's maximum.
+- **Kurtosis**: the excess kurtosis of the hidden state over all tokens × dims (the metric of
+  Outlier-Safe Pre-Training, arXiv 2506.19697), and of the per-channel RMS over tokens (He et al.,
+  arXiv 2405.19279). Both are exact: per-batch central moments merged by Pébay's formulas in float64.
+
+**How α₀ is exact without slow attention for the whole model.** The attention output still comes
+from the model's own implementation (SDPA, flash, eager), unchanged. Each attention module gets a
+view of its config naming a registered attention function that calls that implementation and,
+beside it, recomputes the softmax's row for key 0 from the same (rotated) queries and keys, the
+same scaling and the same mask: α_{i,0} = exp(s_{i,0} − logsumexp_j s_{i,j}). That is the eager
+attention weight itself, in float32; one sequence's scores for 256 queries (heads × 256 × keys) live
+at a time.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from transformers import AttentionInterface
+
+from massive_activations.sources.model_parts import ModelParts, block_output
+
+SINK_EPSILON = 0.3
+SPIKE_RATIO = 20.0
+ATTENTION_NAMES = ("attention", "self_attn", "attn")
+DOWN_PROJECTIONS = ("dense_4h_to_h", "down_proj", "c_proj", "fc_out", "fc2", "ff_out")
+_FUNCTION = "massive_activations_alpha0"
+
+
+@dataclass
+class Moments:
+    """Count, mean and central moment sums M2..M4 of a stream of values, merged exactly (Pébay 2008)."""
+
+    n: float = 0.0
+    mean: float = 0.0
+    m2: float = 0.0
+    m3: float = 0.0
+    m4: float = 0.0
+
+    def add(self, values: torch.Tensor) -> None:
+        x = values.detach().double().reshape(-1)
+        nb = float(x.numel())
+        if not nb:
+            return
+        mb = float(x.mean())
+        d = x - mb
+        d2 = d * d
+        b2, b3, b4 = float(d2.sum()), float((d2 * d).sum()), float((d2 * d2).sum())
+        na, n = self.n, self.n + nb
+        delta = mb - self.mean
+        m4 = (self.m4 + b4 + delta ** 4 * na * nb * (na * na - na * nb + nb * nb) / n ** 3
+              + 6 * delta ** 2 * (na * na * b2 + nb * nb * self.m2) / n ** 2
+              + 4 * delta * (na * b3 - nb * self.m3) / n)
+        m3 = self.m3 + b3 + delta ** 3 * na * nb * (na - nb) / n ** 2 + 3 * delta * (na * b2 - nb * self.m2) / n
+        self.m2, self.m3, self.m4 = self.m2 + b2 + delta ** 2 * na * nb / n, m3, m4
+        self.mean, self.n = self.mean + delta * nb / n, n
+
+    def excess_kurtosis(self) -> float:
+        """n·M4 / M2² − 3 (Fisher, biased: scipy.stats.kurtosis' default); NaN for a constant stream."""
+        return self.n * self.m4 / self.m2 ** 2 - 3.0 if self.m2 > 0 else float("nan")
+
+
+@dataclass
+class _Layer:
+    moments: Moments = field(default_factory=Moments)
+    channel_sq: torch.Tensor | None = None  # Σ h² per channel
+    tokens: int = 0
+    alpha0: torch.Tensor | None = None  # Σ over queries of α_{i,0}, per head
+    queries: int = 0
+    down_in: torch.Tensor | None = None  # max |input| per input channel of the down-projection
+    down_out: torch.Tensor | None = None
+
+
+def _running_max(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    return new if old is None else torch.maximum(old, new)
+
+
+def attention_module(block: torch.nn.Module) -> torch.nn.Module:
+    for name in ATTENTION_NAMES:
+        if isinstance(getattr(block, name, None), torch.nn.Module):
+            return getattr(block, name)
+    raise AttributeError(f"{type(block).__name__}: no attention module (looked for {', '.join(ATTENTION_NAMES)})")
+
+
+def down_projection(block: torch.nn.Module) -> torch.nn.Module:
+    """The MLP's last projection: by name, inside the block's MLP (GPT-2's attention has a c_proj too)."""
+    for key, module in block.named_modules():
+        parts = key.split(".")
+        if parts[-1] in DOWN_PROJECTIONS and any("mlp" in p or p == "ff" for p in parts[:-1]):
+            return module
+    raise AttributeError(f"{type(block).__name__}: no MLP down-projection (looked for {', '.join(DOWN_PROJECTIONS)})")
+
+
+def weight_at(projection: torch.nn.Module, out_channel: int, in_channel: int) -> float:
+    """A weight by (output, input) channel: Linear stores (out, in), GPT-2's Conv1D (in, out). A weight
+    offloaded by a device map is on the meta device outside its forward: read from its offload store."""
+    w = projection.weight.detach()
+    if w.device.type == "meta":
+        w = projection._hf_hook.weights_map["weight"]
+    return float(w[in_channel, out_channel] if type(projection).__name__ == "Conv1D" else w[out_channel, in_channel])
+
+
+class _ConfigView:
+    """The model's config as one attention module sees it, with the panel's attention function named."""
+
+    def __init__(self, config: Any):
+        self.__dict__["_config"] = config
+        self.__dict__["_attn_implementation"] = _FUNCTION
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_config"], name)
+
+
+def _model_attention(module: torch.nn.Module, implementation: str):
+    """The attention function the model itself would call (its own eager one when it names none)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager)
+
+
+def _alpha0_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, **kwargs: Any):
+    recorder, layer, implementation = module._ma_panel
+    out = _model_attention(module, implementation)(module, query, key, value, attention_mask, **kwargs)
+    recorder.attention(layer, query, key, attention_mask, kwargs.get("scaling"))
+    return out
+
+
+AttentionInterface.register(_FUNCTION, _alpha0_attention)
+
+
+def alpha0(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float | None,
+           chunk: int = 256) -> torch.Tensor:
+    """α_{i,0} per (sequence, head, query): the softmax weight of key 0, from the scores as eager attention
+    forms them (GQA keys repeated; a causal mask when none is given; a boolean mask keeps True). One
+    sequence's scores for ``chunk`` queries live at a time."""
+    q, k = query.float(), key.float()
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    lq, lk = q.shape[2], k.shape[2]
+    out = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    for b in range(q.shape[0]):
+        for lo in range(0, lq, chunk):
+            hi = min(lq, lo + chunk)
+            s = (q[b, :, lo:hi] @ k[b].transpose(-1, -2)) * scale
+            if mask is None:  # causal, aligned at the end as SDPA's is_causal
+                rows = torch.arange(lo, hi, device=s.device)[:, None] + (lk - lq)
+                s = s.masked_fill(torch.arange(lk, device=s.device)[None, :] > rows, float("-inf"))
+            else:
+                m = mask[b if mask.shape[0] > 1 else 0][..., lo:hi, :]
+                s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.float()
+            out[b, :, lo:hi] = torch.exp(s[..., 0] - torch.logsumexp(s, dim=-1))
+    return out
+
+
+class PanelRecorder:
+    """Hooks a model for one capture pass and collects the panel (module docstring)."""
+
+    def __init__(self, model: Any, parts: ModelParts, modules: list[tuple[int, torch.nn.Module]]):
+        self.model, self.parts, self.modules = model, parts, modules
+        self.layers: dict[int, _Layer] = {layer: _Layer() for layer, _ in modules}
+        self.position0: list[np.ndarray] = []
+
+    def attention(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
+                  scaling: float | None) -> None:
+        a = alpha0(query, key, mask, scaling)
+        state = self.layers[layer]
+        total = a.sum(dim=(0, 2)).double().cpu()
+        state.alpha0 = total if state.alpha0 is None else state.alpha0 + total
+        state.queries += a.shape[0] * a.shape[2]
+
+    def _hidden(self, layer: int):
+        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            h = block_output(output).detach()
+            state = self.layers[layer]
+            state.moments.add(h)
+            sq = (h.double() ** 2).sum(dim=(0, 1)).cpu()
+            state.channel_sq = sq if state.channel_sq is None else state.channel_sq + sq
+            state.tokens += h.shape[0] * h.shape[1]
+        return hook
+
+    def _down(self, layer: int):
+        def hook(_module: torch.nn.Module, inputs: Any, output: Any) -> None:
+            state = self.layers[layer]
+            x, y = inputs[0].detach(), block_output(output).detach()
+            state.down_in = _running_max(state.down_in, x.abs().reshape(-1, x.shape[-1]).amax(dim=0).float().cpu())
+            state.down_out = _running_max(state.down_out, y.abs().reshape(-1, y.shape[-1]).amax(dim=0).float().cpu())
+        return hook
+
+    @contextmanager
+    def attached(self) -> Iterator[PanelRecorder]:
+        implementation = self.model.config._attn_implementation or "eager"
+        handles, views = [], []
+        try:
+            for layer, module in self.modules:
+                handles.append(module.register_forward_hook(self._hidden(layer)))
+                if layer < 0:
+                    continue
+                handles.append(down_projection(module).register_forward_hook(self._down(layer)))
+                attention = attention_module(module)
+                attention._ma_panel = (self, layer, implementation)
+                views.append((attention, attention.config))
+                attention.config = _ConfigView(attention.config)
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+            for attention, config in views:
+                attention.config = config
+                del attention._ma_panel
+
+    def table(self, tokens: np.ndarray) -> pa.Table:
+        """One row per layer (module docstring); the embedding's row has kurtosis only."""
+        ids, counts = np.unique(tokens[:, 0], return_counts=True)
+        rows: dict[str, list[Any]] = {k: [] for k in (
+            "layer", "kurtosis", "rms_kurtosis", "alpha0", "alpha0_max", "alpha0_mean", "sink_share",
+            "down_in_max", "down_in_channel", "down_in_ratio", "down_in_outlier", "down_out_max",
+            "down_out_channel", "down_out_ratio", "down_out_outlier", "super_weight")}
+        for layer in sorted(self.layers):
+            state = self.layers[layer]
+            rms = Moments()
+            rms.add(torch.sqrt(state.channel_sq / state.tokens))
+            rows["layer"].append(layer)
+            rows["kurtosis"].append(state.moments.excess_kurtosis())
+            rows["rms_kurtosis"].append(rms.excess_kurtosis())
+            if layer < 0 or state.alpha0 is None or state.down_in is None:
+                for key in list(rows)[3:]:
+                    rows[key].append(None)
+                continue
+            heads = (state.alpha0 / state.queries).tolist()
+            rows["alpha0"].append(heads)
+            rows["alpha0_max"].append(max(heads))
+            rows["alpha0_mean"].append(float(np.mean(heads)))
+            rows["sink_share"].append(float(np.mean([a > SINK_EPSILON for a in heads])))
+            channels = {}
+            for side, maxima in (("in", state.down_in), ("out", state.down_out)):
+                channel = int(maxima.argmax())
+                median = float(maxima.median())
+                ratio = float(maxima[channel]) / median if median > 0 else float("inf")
+                rows[f"down_{side}_max"].append(float(maxima[channel]))
+                rows[f"down_{side}_channel"].append(channel)
+                rows[f"down_{side}_ratio"].append(ratio)
+                rows[f"down_{side}_outlier"].append(ratio >= SPIKE_RATIO)
+                channels[side] = channel
+            rows["super_weight"].append(weight_at(down_projection(self.parts.blocks[layer]), channels["out"],
+                                                  channels["in"]))
+        types = {"layer": pa.int32(), "alpha0": pa.list_(pa.float64()), "down_in_channel": pa.int32(),
+                 "down_out_channel": pa.int32(), "down_in_outlier": pa.bool_(), "down_out_outlier": pa.bool_()}
+        table = pa.table({k: pa.array(v, types.get(k, pa.float64())) for k, v in rows.items()})
+        table = table.append_column("position0_id", pa.array(np.full(table.num_rows, ids[counts.argmax()]), pa.int64()))
+        return table.append_column("position0_distinct", pa.array(np.full(table.num_rows, len(ids)), pa.int32()))
