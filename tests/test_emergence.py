@@ -160,7 +160,7 @@ def test_the_boundaries_of_the_classes_and_descriptors():
     inside = 1000.0
     assert classify(0.0, 0.3, inside, T) == EARLY_PEAK
     assert classify(-0.5, 0.3, inside, T) == DIP
-    assert classify(100.0, -0.5, inside, T) == LOG_INCREASE  # λ ≤ 0 never turns
+    assert classify(100.0, -0.5, inside, T) == classify(100.0, 0.0, inside, T) == LOG_INCREASE  # λ ≤ 0 never turns
     assert classify(100.0, 0.3, T.max(), T) == classify(100.0, 0.3, T.min(), T) == EARLY_PEAK  # the ends count
     assert peak_step(-0.1, 1e-4, 1.5) == math.inf
     flat = descriptors((0.0, 0.3, 1e-4, 1.5, 5.0), T, EARLY_PEAK, inside, True)

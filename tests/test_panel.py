@@ -139,9 +139,9 @@ def test_position_0_is_recorded():
     assert {r["position0_distinct"] for r in rows.values()} == {2}
 
 
-def test_alpha0_in_query_chunks_equals_the_whole_softmax():
-    """Chunks of 5 queries over 16, GQA keys, no mask (causal) and a boolean and an additive mask: the
-    same α as softmax over the full score matrix."""
+def test_alpha0_equals_the_whole_softmax_for_every_kind_of_mask():
+    """GQA keys; no mask (causal), a boolean, an additive and a 2-d padding mask: the same α as softmax
+    over the full score matrix."""
     from massive_activations.capture.panel import alpha0
 
     g = torch.Generator().manual_seed(0)
@@ -150,5 +150,5 @@ def test_alpha0_in_query_chunks_equals_the_whole_softmax():
     causal = torch.ones(16, 16, dtype=torch.bool).tril()
     expected = torch.softmax(full.masked_fill(~causal, float("-inf")), dim=-1)[..., 0]
     for mask in (None, causal[None, None].expand(2, 1, 16, 16),
-                 torch.zeros(2, 1, 16, 16).masked_fill(~causal, float("-inf"))):
-        torch.testing.assert_close(alpha0(q, k, mask, 0.3, chunk=5), expected)
+                 torch.zeros(2, 1, 16, 16).masked_fill(~causal, float("-inf")), torch.ones(2, 16)):
+        torch.testing.assert_close(alpha0(q, k, mask, 0.3), expected)

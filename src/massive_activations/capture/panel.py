@@ -20,10 +20,11 @@ layer beside the ratio so a run can ask which emerges first:
 **How α₀ is exact without slow attention for the whole model.** The attention output still comes
 from the model's own implementation (SDPA, flash, eager), unchanged. Each attention module gets a
 view of its config naming a registered attention function that calls that implementation and,
-beside it, recomputes the softmax's row for key 0 from the same (rotated) queries and keys, the
-same scaling and the same mask: α_{i,0} = exp(s_{i,0} − logsumexp_j s_{i,j}). That is the eager
-attention weight itself, in float32; one sequence's scores for 256 queries (heads × 256 × keys) live
-at a time.
+beside it, runs scaled-dot-product attention once more on the same (rotated) queries and keys, the
+same scaling and the same mask, with a value that is 1 at key 0 and 0 elsewhere: its output for
+query i is Σ_j A_ij·[j = 0] = A_i0, the attention weight itself, in float32. The fused kernel never
+keeps the score matrix, so the cost is about one more attention per layer and the memory that of
+one layer's attention.
 """
 
 from __future__ import annotations
@@ -58,15 +59,17 @@ class Moments:
     m3: float = 0.0
     m4: float = 0.0
 
-    def add(self, values: torch.Tensor) -> None:
-        x = values.detach().double().reshape(-1)
-        nb = float(x.numel())
+    def add(self, values: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Merge a batch in; returns its values minus their mean (a float64 copy, flat) and that mean,
+        for a caller's own sums."""
+        d = values.detach().to(torch.float64, copy=True).reshape(-1)
+        nb = float(d.numel())
         if not nb:
-            return
-        mb = float(x.mean())
-        d = x - mb
+            return d, 0.0
+        mb = float(d.mean())
+        d.sub_(mb)
         d2 = d * d
-        b2, b3, b4 = float(d2.sum()), float((d2 * d).sum()), float((d2 * d2).sum())
+        b2, b3, b4 = float(d2.sum()), float(torch.dot(d2, d)), float(torch.dot(d2, d2))
         na, n = self.n, self.n + nb
         delta = mb - self.mean
         m4 = (self.m4 + b4 + delta ** 4 * na * nb * (na * na - na * nb + nb * nb) / n ** 3
@@ -75,6 +78,7 @@ class Moments:
         m3 = self.m3 + b3 + delta ** 3 * na * nb * (na - nb) / n ** 2 + 3 * delta * (na * b2 - nb * self.m2) / n
         self.m2, self.m3, self.m4 = self.m2 + b2 + delta ** 2 * na * nb / n, m3, m4
         self.mean, self.n = self.mean + delta * nb / n, n
+        return d, mb
 
     def excess_kurtosis(self) -> float:
         """n·M4 / M2² − 3 (Fisher, biased: scipy.stats.kurtosis' default); NaN for a constant stream."""
@@ -94,6 +98,12 @@ class _Layer:
 
 def _running_max(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
     return new if old is None else torch.maximum(old, new)
+
+
+def _abs_max(x: torch.Tensor) -> torch.Tensor:
+    """max |x| per channel (last dim) over everything else, without an |x| copy."""
+    flat = x.reshape(-1, x.shape[-1])
+    return torch.maximum(flat.amax(dim=0), -flat.amin(dim=0)).float().cpu()
 
 
 def attention_module(block: torch.nn.Module) -> torch.nn.Module:
@@ -151,29 +161,23 @@ def _alpha0_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
 AttentionInterface.register(_FUNCTION, _alpha0_attention)
 
 
-def alpha0(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float | None,
-           chunk: int = 256) -> torch.Tensor:
-    """α_{i,0} per (sequence, head, query): the softmax weight of key 0, from the scores as eager attention
-    forms them (GQA keys repeated; a causal mask when none is given; a boolean mask keeps True). One
-    sequence's scores for ``chunk`` queries live at a time."""
+def alpha0(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float | None) -> torch.Tensor:
+    """α_{i,0} per (sequence, head, query): the softmax weight of key 0, as the attention output for a
+    value that is 1 at key 0 and 0 elsewhere (SDPA's fused kernel: no score matrix is kept). GQA keys
+    are repeated; no mask means causal; a 2-d padding mask (flash attention's) is made causal."""
     q, k = query.float(), key.float()
     if k.shape[1] != q.shape[1]:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
     lq, lk = q.shape[2], k.shape[2]
-    out = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
-    for b in range(q.shape[0]):
-        for lo in range(0, lq, chunk):
-            hi = min(lq, lo + chunk)
-            s = (q[b, :, lo:hi] @ k[b].transpose(-1, -2)) * scale
-            if mask is None:  # causal, aligned at the end as SDPA's is_causal
-                rows = torch.arange(lo, hi, device=s.device)[:, None] + (lk - lq)
-                s = s.masked_fill(torch.arange(lk, device=s.device)[None, :] > rows, float("-inf"))
-            else:
-                m = mask[b if mask.shape[0] > 1 else 0][..., lo:hi, :]
-                s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.float()
-            out[b, :, lo:hi] = torch.exp(s[..., 0] - torch.logsumexp(s, dim=-1))
-    return out
+    if mask is not None and mask.ndim == 2:
+        causal = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+        mask = causal[None, None] & mask.bool()[:, None, None, :]
+    one = torch.zeros(q.shape[0], q.shape[1], lk, q.shape[3], dtype=q.dtype, device=q.device)  # the kernel's
+    one[:, :, 0, 0] = 1.0  # fast path wants the value as wide as the query
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, one, attn_mask=None if mask is None else mask.to(q.device) if mask.dtype == torch.bool else mask.float(),
+        is_causal=mask is None and lq > 1, scale=scaling)
+    return out[..., 0]
 
 
 class PanelRecorder:
@@ -196,18 +200,20 @@ class PanelRecorder:
         def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
             h = block_output(output).detach()
             state = self.layers[layer]
-            state.moments.add(h)
-            sq = (h.double() ** 2).sum(dim=(0, 1)).cpu()
+            centred, m = state.moments.add(h)
+            centred = centred.view(-1, h.shape[-1])  # h − m, m this batch's mean
+            # Σ h² per channel = Σ (h − m)² + 2m·Σ (h − m) + tokens·m², all in float64
+            sq = ((centred * centred).sum(dim=0) + 2 * m * centred.sum(dim=0) + len(centred) * m * m).cpu()
             state.channel_sq = sq if state.channel_sq is None else state.channel_sq + sq
-            state.tokens += h.shape[0] * h.shape[1]
+            state.tokens += len(centred)
         return hook
 
     def _down(self, layer: int):
         def hook(_module: torch.nn.Module, inputs: Any, output: Any) -> None:
             state = self.layers[layer]
             x, y = inputs[0].detach(), block_output(output).detach()
-            state.down_in = _running_max(state.down_in, x.abs().reshape(-1, x.shape[-1]).amax(dim=0).float().cpu())
-            state.down_out = _running_max(state.down_out, y.abs().reshape(-1, y.shape[-1]).amax(dim=0).float().cpu())
+            state.down_in = _running_max(state.down_in, _abs_max(x))
+            state.down_out = _running_max(state.down_out, _abs_max(y))
         return hook
 
     @contextmanager

@@ -235,6 +235,7 @@ def plot_onsets(onsets: pa.Table, model: str) -> bytes:
             ax.plot([xi], [yi], "o", ms=5, color=f"C{i}", mfc=f"C{i}" if r["identified"] else "white")
         ax.plot([], [], "o", color=f"C{i}", label=name)
     ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xticks(sorted({r["layer"] for r in rows}))
     ax.set_xlabel("layer")
     ax.set_ylabel("onset step (half the rise)")
     ax.legend(fontsize=7, ncol=min(5, len(names)))
