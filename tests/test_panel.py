@@ -152,3 +152,24 @@ def test_alpha0_equals_the_whole_softmax_for_every_kind_of_mask():
     for mask in (None, causal[None, None].expand(2, 1, 16, 16),
                  torch.zeros(2, 1, 16, 16).masked_fill(~causal, float("-inf")), torch.ones(2, 16)):
         torch.testing.assert_close(alpha0(q, k, mask, 0.3), expected)
+
+
+def test_a_block_the_panel_cannot_read_fails_before_the_pass_naming_the_part_and_the_way_out():
+    """A block whose MLP down-projection has an unknown name: the panel's lookup fails with the names it
+    tried and --no-panel, no hook is left on the model, and the capture without the panel still runs."""
+    from massive_activations.sources.model_parts import UnsupportedArchitectureError
+
+    model, tokens = tiny_model("llama"), np.random.default_rng(0).integers(1, 100, size=(2, 8))
+    mlp = find_parts(model).blocks[1].mlp
+    mlp.out_proj = mlp.down_proj
+    del mlp.down_proj
+    mlp.forward = lambda x: mlp.out_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+    with pytest.raises(UnsupportedArchitectureError, match=r"no MLP down-projection.*down_proj.*--no-panel"):
+        capture(model, tokens)
+    assert not any(m._forward_hooks for m in model.modules())
+    assert capture(model, tokens, CaptureSettings(panel=False)).panel is None
+    attention = find_parts(model).blocks[0]
+    attention.attention_block = attention.self_attn
+    del attention.self_attn
+    with pytest.raises(UnsupportedArchitectureError, match=r"no attention module.*self_attn"):
+        find_parts(model).attention(0)

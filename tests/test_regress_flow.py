@@ -139,3 +139,22 @@ def test_a_monitored_run_on_the_store_changes_nothing_regress_learns(fitted, tmp
     heard: list[str] = []  # minutes of work on a small CPU: each part is reported as it finishes
     train(store, regressors=("ridge",), force=True, report=heard.append)
     assert len(heard) == 12 + 5 + 2 and heard[0] == "project configuration, A: both protocols done"
+
+
+def test_a_panel_series_is_learnt_as_its_own_targets_beside_the_ratio(fitted, tmp_path):
+    """Kurtosis fits (from panel/) give regressors of their own, under series=kurtosis, from the
+    kurtosis rows alone; the ratio's regressors are left as they were."""
+    import shutil
+
+    store = Store(tmp_path / "store")
+    shutil.copytree(fitted.root, store.root)
+    ratio = train(store, regressors=("ridge",), n_splits=2)
+    fit(store=store.url, series=("ratio", "kurtosis"))
+    kurtosis_fits = store.read_dataset("fits", where={"series": "kurtosis"}).to_pylist()
+    assert len({r["model"] for r in kurtosis_fits}) >= 2
+    result = train(store, series="kurtosis", regressors=("ridge",), n_splits=2)
+    assert result["status"] == "trained" and result["n_rows"] == len(kurtosis_fits)
+    bundle, metadata = load_regressors(store, series="kurtosis")
+    assert metadata["inputs"]["series"] == "kurtosis" and "K" in bundle
+    assert store.read_dataset("regression_scores", where={"series": "kurtosis"}).num_rows > 0
+    assert train(store, regressors=("ridge",), n_splits=2)["chosen"] == ratio["chosen"]

@@ -171,8 +171,8 @@ def capture(model: Any, tokens: np.ndarray, settings: CaptureSettings = CaptureS
     device = input_device(model)
     parts = find_parts(model)  # the trunk is the transformer without its LM head: logits are not needed here
     modules = hooked_modules(parts, settings.include_embedding)
+    panel = PanelRecorder(model, parts, modules) if settings.panel else None  # before any hook is attached
     handles = [m.register_forward_hook(recorder.hook(layer)) for layer, m in modules]
-    panel = PanelRecorder(model, parts, modules) if settings.panel else None
     try:
         with torch.inference_mode(), panel.attached() if panel else nullcontext():
             for start in range(0, n, settings.batch_size):

@@ -40,12 +40,10 @@ import pyarrow as pa
 import torch
 from transformers import AttentionInterface
 
-from massive_activations.sources.model_parts import ModelParts, block_output
+from massive_activations.sources.model_parts import ModelParts, UnsupportedArchitectureError, block_output
 
 SINK_EPSILON = 0.3
 SPIKE_RATIO = 20.0
-ATTENTION_NAMES = ("attention", "self_attn", "attn")
-DOWN_PROJECTIONS = ("dense_4h_to_h", "down_proj", "c_proj", "fc_out", "fc2", "ff_out")
 _FUNCTION = "massive_activations_alpha0"
 
 
@@ -104,22 +102,6 @@ def _abs_max(x: torch.Tensor) -> torch.Tensor:
     """max |x| per channel (last dim) over everything else, without an |x| copy."""
     flat = x.reshape(-1, x.shape[-1])
     return torch.maximum(flat.amax(dim=0), -flat.amin(dim=0)).float().cpu()
-
-
-def attention_module(block: torch.nn.Module) -> torch.nn.Module:
-    for name in ATTENTION_NAMES:
-        if isinstance(getattr(block, name, None), torch.nn.Module):
-            return getattr(block, name)
-    raise AttributeError(f"{type(block).__name__}: no attention module (looked for {', '.join(ATTENTION_NAMES)})")
-
-
-def down_projection(block: torch.nn.Module) -> torch.nn.Module:
-    """The MLP's last projection: by name, inside the block's MLP (GPT-2's attention has a c_proj too)."""
-    for key, module in block.named_modules():
-        parts = key.split(".")
-        if parts[-1] in DOWN_PROJECTIONS and any("mlp" in p or p == "ff" for p in parts[:-1]):
-            return module
-    raise AttributeError(f"{type(block).__name__}: no MLP down-projection (looked for {', '.join(DOWN_PROJECTIONS)})")
 
 
 def weight_at(projection: torch.nn.Module, out_channel: int, in_channel: int) -> float:
@@ -185,6 +167,12 @@ class PanelRecorder:
 
     def __init__(self, model: Any, parts: ModelParts, modules: list[tuple[int, torch.nn.Module]]):
         self.model, self.parts, self.modules = model, parts, modules
+        # found before the pass: an architecture without them fails here, naming what is missing
+        try:
+            self.hooked = {layer: (parts.attention(layer), parts.down_projection(layer)) for layer, _ in modules
+                           if layer >= 0}
+        except UnsupportedArchitectureError as err:
+            raise UnsupportedArchitectureError(f"{err} (capture without the outlier panel: --no-panel)") from err
         self.layers: dict[int, _Layer] = {layer: _Layer() for layer, _ in modules}
         self.position0: list[np.ndarray] = []
 
@@ -225,8 +213,8 @@ class PanelRecorder:
                 handles.append(module.register_forward_hook(self._hidden(layer)))
                 if layer < 0:
                     continue
-                handles.append(down_projection(module).register_forward_hook(self._down(layer)))
-                attention = attention_module(module)
+                attention, down = self.hooked[layer]
+                handles.append(down.register_forward_hook(self._down(layer)))
                 attention._ma_panel = (self, layer, implementation)
                 views.append((attention, attention.config))
                 attention.config = _ConfigView(attention.config)
@@ -271,7 +259,7 @@ class PanelRecorder:
                 rows[f"down_{side}_ratio"].append(ratio)
                 rows[f"down_{side}_outlier"].append(ratio >= SPIKE_RATIO)
                 channels[side] = channel
-            rows["super_weight"].append(weight_at(down_projection(self.parts.blocks[layer]), channels["out"],
+            rows["super_weight"].append(weight_at(self.hooked[layer][1], channels["out"],
                                                   channels["in"]))
         types = {"layer": pa.int32(), "alpha0": pa.list_(pa.float64()), "down_in_channel": pa.int32(),
                  "down_out_channel": pa.int32(), "down_in_outlier": pa.bool_(), "down_out_outlier": pa.bool_()}

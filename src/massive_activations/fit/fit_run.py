@@ -58,11 +58,11 @@ def fit_inputs(store: Store, model: str, series: list[str], settings: FitSetting
             "settings": asdict(settings)}
 
 
-def series_table(store: Store, model: str) -> pa.Table:
-    """The model's ratios (blocks only), with its panel's columns where there is one, by (step, layer)."""
+def series_table(store: Store, model: str, with_panel: bool) -> pa.Table:
+    """The model's ratios (blocks only), with its panel's columns when it has one, by (step, layer)."""
     ratios = store.read_dataset("ratios", where={"model": model})
     ratios = ratios.filter(pc.greater_equal(ratios.column("layer"), 0))
-    if store.partitions_hash(PANEL, {"model": model}) is None:
+    if not with_panel:
         return ratios
     panel = store.read_dataset(PANEL, where={"model": model}).select(
         ["step", "layer", *(SERIES[name][0] for name in PANEL_SERIES)])
@@ -138,7 +138,7 @@ def fit_model(store: Store, model: str, series: list[str], settings: FitSettings
     if not force and (meta := store.current(FITS, {"model": model}, inputs, CODE_MODULES)):
         return {"model": model, "status": "skipped", "fits_hash": meta.get("content_hash"),
                 "figures": {k: v for k, v in figure_keys(model, series).items() if store.exists(v)}}
-    fits = fit_table(series_table(store, model), series, settings)
+    fits = fit_table(series_table(store, model, inputs["panel_hash"] is not None), series, settings)
     comparison = store.write_partition(COMPARISON, {"model": model}, comparison_table(fits), inputs=inputs,
                                        code_modules=CODE_MODULES, overwrite=True)
     onsets = pa.Table.from_pylist(onset_rows(fits.to_pylist()))

@@ -10,7 +10,9 @@ GPT-2 (``transformer.h``) and the like:
 - the embedding is ``get_input_embeddings()`` (for models with learned positions, such as GPT-2,
   the token embedding alone);
 - a block's *input projections* are the first Linear (or GPT-2 ``Conv1D``) of its attention and of
-  its MLP, found by name (``INPUT_PROJECTIONS``): their inputs are what LLM.int8() counts.
+  its MLP, found by name (``INPUT_PROJECTIONS``): their inputs are what LLM.int8() counts;
+- a block's attention module and its MLP's *down-projection* (the outlier panel's hooks) are found
+  by name too (``ATTENTION_MODULES``, ``DOWN_PROJECTIONS``).
 
 An architecture this cannot read fails with :class:`UnsupportedArchitectureError` naming what was
 not found; :func:`check_config` does so from a config.json alone, before any weights are fetched.
@@ -30,6 +32,9 @@ INPUT_PROJECTIONS: dict[str, tuple[str, ...]] = {
     "attention": ("query_key_value", "qkv_proj", "Wqkv", "c_attn", "att_proj", "q_proj"),
     "mlp": ("dense_h_to_4h", "gate_up_proj", "up_proj", "c_fc", "fc_in", "fc1", "ff_proj"),
 }
+# the block's attention module, and the MLP's last projection (inside a module named like mlp or ff)
+ATTENTION_MODULES = ("attention", "self_attn", "attn")
+DOWN_PROJECTIONS = ("dense_4h_to_h", "down_proj", "c_proj", "fc_out", "fc2", "ff_out")
 
 
 class UnsupportedArchitectureError(BadInputError):
@@ -54,6 +59,27 @@ class ModelParts:
                     f"{', '.join(names)}; the block has {sorted(k for k in named if k)[:12]})")
             found.append(match)
         return found
+
+    def attention(self, block: int) -> torch.nn.Module:
+        """Decoder block ``block``'s attention module (whose config names its attention function)."""
+        module = self.blocks[block]
+        for name in ATTENTION_MODULES:
+            if isinstance(getattr(module, name, None), torch.nn.Module):
+                return getattr(module, name)
+        raise UnsupportedArchitectureError(
+            f"{type(module).__name__}: no attention module (looked for {', '.join(ATTENTION_MODULES)}; the block "
+            f"has {sorted(name for name, _ in module.named_children())})")
+
+    def down_projection(self, block: int) -> torch.nn.Module:
+        """The MLP's last projection in decoder block ``block`` (GPT-2's attention has a c_proj too)."""
+        named = dict(self.blocks[block].named_modules())
+        for key, module in named.items():
+            parts = key.split(".")
+            if parts[-1] in DOWN_PROJECTIONS and any("mlp" in p or p == "ff" for p in parts[:-1]):
+                return module
+        raise UnsupportedArchitectureError(
+            f"{type(self.blocks[block]).__name__}: no MLP down-projection (looked for {', '.join(DOWN_PROJECTIONS)} "
+            f"inside an mlp; the block has {sorted(k for k in named if k)[:12]})")
 
     def linears(self) -> list[torch.nn.Module]:
         """Every Linear (and GPT-2 Conv1D) of the decoder blocks: what W8A8 quantizes."""
