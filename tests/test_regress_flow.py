@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from prefect.artifacts import Artifact
 
@@ -10,8 +11,8 @@ from flows.predict import ArchitectureParams, predict
 from flows.regress import regress
 from massive_activations.errors import BadInputError
 from massive_activations.regress.architecture import FEATURES
-from massive_activations.regress.regress_run import PAPER_TABLE3, load_regressors, train
-from massive_activations.regress.regression import CONFIGS, RAW_TARGETS
+from massive_activations.regress.regress_run import PAPER_TABLE3, architecture_of, load_regressors, train
+from massive_activations.regress.regression import CONFIGS, RAW_TARGETS, predict_layers
 from massive_activations.sources.catalog import CatalogError
 from massive_activations.store import Store
 
@@ -156,5 +157,14 @@ def test_a_panel_series_is_learnt_as_its_own_targets_beside_the_ratio(fitted, tm
     assert result["status"] == "trained" and result["n_rows"] == len(kurtosis_fits)
     bundle, metadata = load_regressors(store, series="kurtosis")
     assert metadata["inputs"]["series"] == "kurtosis" and "K" in bundle
+    # learnt from the kurtosis rows: its predicted starting level is the kurtosis's (about 0), not the
+    # ratio's (about 5)
+    ratio_fits = store.read_dataset("fits", where={"series": "ratio"}).to_pylist()
+    model = kurtosis_fits[0]["model"]
+    predicted = [r["y_first"] for r in predict_layers(bundle, architecture_of(store, model), np.arange(0, 1441, 48))]
+    def gap(fits):
+        return np.mean(np.abs(predicted - np.array([r["y_first"] for r in sorted(
+            (f for f in fits if f["model"] == model), key=lambda f: f["layer"])])))
+    assert gap(kurtosis_fits) < gap(ratio_fits) / 5
     assert store.read_dataset("regression_scores", where={"series": "kurtosis"}).num_rows > 0
     assert train(store, regressors=("ridge",), n_splits=2)["chosen"] == ratio["chosen"]
