@@ -166,7 +166,7 @@ class PanelRecorder:
     """Hooks a model for one capture pass and collects the panel (module docstring)."""
 
     def __init__(self, model: Any, parts: ModelParts, modules: list[tuple[int, torch.nn.Module]]):
-        self.model, self.parts, self.modules = model, parts, modules
+        self.model, self.modules = model, modules
         # found before the pass: an architecture without them fails here, naming what is missing
         try:
             self.hooked = {layer: (parts.attention(layer), parts.down_projection(layer)) for layer, _ in modules

@@ -9,11 +9,10 @@ metric tracks the ratio *beyond* a shared trend in time:
   trend — rising then falling, saturating — is removed, not only a straight line. Six, not fewer:
   with four a peaked trend's misfit is shared by both series, and where the noise is smooth too
   (AR φ = 0.95) that misfit pulled the partial ρ down and the interval covered the truth 74% of the
-  time. The partial ρ is
-  Spearman's ρ of the two residual series (the Pearson correlation of their ranks). Smoothing before
-  ranking matters: the ranks of a peaked trend have a cusp at the peak that no smooth curve removes,
-  and ranking first left a shared misfit that cost a third of the power and the coverage
-  (bench/inference_calibration.py).
+  time. The partial ρ is Spearman's ρ of the two residual series (the Pearson correlation of their
+  ranks). Smoothing before ranking matters: the ranks of a peaked trend have a cusp at the peak that
+  no smooth curve removes, and ranking first left a shared misfit that cost a third of the power and
+  the coverage (bench/inference_calibration.py).
 - **Inference.** The residuals stay autocorrelated from checkpoint to checkpoint, so they are not
   ``n`` independent points. The effective number of checkpoints follows Bartlett's formula for the
   variance of a cross-correlation, n_eff = (n − q) / (1 + 2·Σₖ wₖ·r_m(k)·r_r(k)), with r the sample
@@ -21,8 +20,8 @@ metric tracks the ratio *beyond* a shared trend in time:
   wₖ = 1 − k/(L + 1) (it tames the noise of the estimated sum, which otherwise only ever inflates),
   and q the covariates partialled out besides the mean (the spline's ``TREND_DF``; 0 for the raw ρ),
   so that with no autocorrelation the test is the exact one for a partial correlation. The p-value
-  is the t test of ρ on n_eff − 2 degrees of freedom and the interval is
-  Fisher's z interval with n_eff − 3. A block bootstrap was measured beside it and rejected: at 20
+  is the t test of ρ on n_eff − 2 degrees of freedom and the interval is Fisher's z interval with
+  n_eff − 3. A block bootstrap was measured beside it and rejected: at 20
   to 37 checkpoints its intervals flag 15–30% of null worlds.
 - **Floor.** Below ``MIN_CHECKPOINTS`` the method is not shown to hold its error rate, so it
   abstains: NaN, with the reason.
