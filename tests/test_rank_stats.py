@@ -77,6 +77,20 @@ def _natural_spline_by_hand(x: np.ndarray, knots: np.ndarray) -> np.ndarray:
     return np.column_stack([np.ones_like(x), x] + [d(k) - d(len(knots) - 2) for k in range(len(knots) - 2)])
 
 
+def test_the_trend_removed_has_the_six_degrees_of_freedom_the_calibration_measured():
+    """bench/inference_calibration.py measured the error rates with a 6-df spline (7 knots at the
+    sixths of log step): a ratio that is any such spline, built by hand, is all trend; with 5 or 7
+    degrees of freedom (other knots) something would be left of it."""
+    rng = np.random.default_rng(4)
+    step = np.geomspace(16, 143_000, 30)
+    x = np.log1p(step)
+    ratio = _natural_spline_by_hand(x, np.quantile(x, np.linspace(0, 1, 7))) @ np.array(
+        [2.0, 0.3, -1.0, 4.0, 0.5, -2.0, 1.5])
+    out = correlations_with_ci(rng.normal(size=30), ratio, step)
+    assert out["reason"].startswith("the ratio is constant or a smooth function of log step"), out["reason"]
+    assert np.isnan(out["partial_rho"])
+
+
 def test_the_partial_rho_on_uneven_steps_is_spearmans_rho_of_spline_residuals_by_hand():
     """Irregular checkpoints (doubling early, uneven gaps late, unsorted): the partial ρ equals scipy's
     Spearman ρ of the two series' residuals on a natural spline built by hand in log(1 + step), knots
