@@ -36,6 +36,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,13 +139,58 @@ def auxk_loss(pre: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor, w_d
     of each minibatch that count (a short batch padded to the others' size)."""
     if pre.ndim == 2:
         return auxk_loss(pre[None], dead[None], residual[None], w_dec[None], aux_k)[0]
-    top = pre.masked_fill(~dead[:, None, :], float("-inf")).topk(aux_k, dim=-1)  # a −inf pick adds 0
-    z_aux = torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
-    fit = torch.bmm(z_aux, w_dec.transpose(1, 2))
+    top = _dead_top(pre, dead, aux_k)
+    return _auxk_error(torch.relu(top.values), top.indices, residual, w_dec, valid)
+
+
+def _dead_top(pre: torch.Tensor, dead: torch.Tensor, aux_k: int) -> Any:
+    """The ``aux_k`` largest pre-activations among each SAE's dead latents (a −inf pick adds 0)."""
+    return pre.masked_fill(~dead[:, None, :], float("-inf")).topk(aux_k, dim=-1)
+
+
+def _auxk_error(codes: torch.Tensor, indices: torch.Tensor, residual: torch.Tensor, w_dec: torch.Tensor,
+                valid: torch.Tensor | None) -> torch.Tensor:
+    fit = decode_sparse(codes, indices, w_dec)
     if valid is not None:
         residual, fit = residual * valid[:, :, None], fit * valid[:, :, None]
     error = ((residual - fit) ** 2).sum(dim=2).sum(dim=1)
     return error / (residual ** 2).sum(dim=2).sum(dim=1).clamp_min(1e-12)
+
+
+def decode_sparse(codes: torch.Tensor, indices: torch.Tensor, w_dec: torch.Tensor) -> torch.Tensor:
+    """Σᵢ codes[..., i] · W_dec[:, indices[..., i]] for stacked SAEs: codes and indices (V, B, k),
+    w_dec (V, d, n), out (V, B, d). The same sum as the dense ``z @ W_decᵀ`` with z zero elsewhere,
+    in k terms instead of n (a bag sum over the decoder columns, differentiable in both)."""
+    n_sae, d, n = w_dec.shape
+    k = indices.shape[-1]
+    table = w_dec.transpose(1, 2).reshape(n_sae * n, d)
+    flat = (indices + n * torch.arange(n_sae, device=indices.device).view(-1, 1, 1)).reshape(-1, k)
+    out = torch.nn.functional.embedding_bag(flat, table, per_sample_weights=codes.reshape(-1, k), mode="sum")
+    return out.view(n_sae, -1, d)
+
+
+class _Picked(torch.autograd.Function):
+    """Chosen entries (``indices``, distinct per token) of the stacked pre-activations
+    (x − b_dec) W_encᵀ + b_enc, already computed without a graph: backward sends their gradient to
+    W_enc, b_enc and b_dec, the gradient of every other entry being zero. No graph is kept of the
+    dense product, the top-k or the (tokens × latents) codes."""
+
+    @staticmethod
+    def forward(ctx: Any, values: torch.Tensor, indices: torch.Tensor, batch: torch.Tensor, w_enc: torch.Tensor,
+                b_enc: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(indices, batch, w_enc, b_dec)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        indices, batch, w_enc, b_dec = ctx.saved_tensors
+        n_sae, n, d = w_enc.shape
+        # dense (V, B, n): at d = 64 one batched product beats k·d scattered rows per token
+        full = torch.zeros(n_sae, batch.shape[1], n, dtype=grad.dtype, device=grad.device).scatter_(2, indices, grad)
+        grad_b_enc = full.sum(dim=1)
+        grad_w_enc = torch.bmm(full.transpose(1, 2), batch - b_dec[:, None, :])
+        grad_b_dec = -torch.bmm(grad_b_enc[:, None, :], w_enc)[:, 0, :]
+        return None, None, None, grad_w_enc, grad_b_enc, grad_b_dec
 
 
 def train_sae(x: torch.Tensor, settings: SAESettings, device: str | torch.device = "cpu") -> SparseAutoencoder:
@@ -208,7 +254,10 @@ def train_saes(xs: list[torch.Tensor], settings: list[SAESettings],
     update for all: the same SAEs as training each alone (the same initialisation, minibatches,
     learning-rate schedule, AuxK and Adam update; equal within float32 rounding, tests/test_sae.py).
     Stacked, the many small SAEs of a checkpoint (kinds × masking × layers) make a few large
-    operations instead of many small ones. The settings may differ in ``kind`` only."""
+    operations instead of many small ones. A TopK stack keeps no graph of its dense codes: only the k
+    chosen pre-activations of a token carry a gradient (``_Picked``) and the decoder sums k columns
+    (``decode_sparse``), 1.3× faster a step at d = 64 (bench/RESULTS.md). The settings may differ in
+    ``kind`` only."""
     if len(xs) != len(settings) or not xs:
         raise ValueError(f"train_saes needs one settings per data matrix, got {len(xs)} and {len(settings)}")
     _same_but_kind(settings)
@@ -282,13 +331,16 @@ def _train_stacked(xs: list[torch.Tensor], settings: SAESettings,
         valid = (index >= 0).to(device)  # (V, B)
         count = valid.sum(dim=1)
         batch = data[index.clamp_min(0)].to(device)  # (V, B, d)
-        pre = torch.baddbmm(b_enc[:, None, :], batch - b_dec[:, None, :], w_enc.transpose(1, 2))
-        if topk:
-            top = pre.topk(settings.k, dim=-1)
-            z = torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+        if topk:  # only k latents a token: their pre-activations carry the gradient (_Picked), sparse decode
+            with torch.no_grad():
+                pre = torch.baddbmm(b_enc[:, None, :], batch - b_dec[:, None, :], w_enc.transpose(1, 2))
+                top = pre.topk(settings.k, dim=-1)
+            codes = torch.relu(_Picked.apply(top.values, top.indices, batch, w_enc, b_enc, b_dec))
+            x_hat = decode_sparse(codes, top.indices, w_dec) + b_dec[:, None, :]
         else:
+            pre = torch.baddbmm(b_enc[:, None, :], batch - b_dec[:, None, :], w_enc.transpose(1, 2))
             z = torch.relu(pre)
-        x_hat = torch.baddbmm(b_dec[:, None, :], z, w_dec.transpose(1, 2))
+            x_hat = torch.baddbmm(b_dec[:, None, :], z, w_dec.transpose(1, 2))
         residual = batch - x_hat
         err = (residual ** 2).sum(dim=2)  # (V, B)
         if padded:
@@ -298,10 +350,15 @@ def _train_stacked(xs: list[torch.Tensor], settings: SAESettings,
             penalty = (z * w_dec.norm(dim=1)[:, None, :]).sum(dim=2)
             loss = loss + settings.l1 * (penalty * valid if padded else penalty).sum(dim=1) / count.clamp_min(1)
         with torch.no_grad():
-            fired_rows = z > 0
-            if padded:
-                fired_rows &= valid[:, :, None]
-            fired = fired_rows.any(dim=1)  # (V, n)
+            if topk:
+                fires = (codes > 0) & valid[:, :, None] if padded else codes > 0
+                fired = torch.zeros(n_sae, n, device=device).scatter_add_(
+                    1, top.indices.reshape(n_sae, -1), fires.reshape(n_sae, -1).float()) > 0  # (V, n)
+            else:
+                fired_rows = z > 0
+                if padded:
+                    fired_rows &= valid[:, :, None]
+                fired = fired_rows.any(dim=1)  # (V, n)
             advance = torch.where(active, count.cpu(), 0)
             since_fired += advance.to(device)[:, None]
             since_fired.masked_fill_(fired, 0)
@@ -309,7 +366,13 @@ def _train_stacked(xs: list[torch.Tensor], settings: SAESettings,
             dead = since_fired >= settings.dead_tokens
             has_dead = dead.any(dim=1)
         if aux_k and bool(has_dead.any()):
-            aux = auxk_loss(pre, dead, residual.detach(), w_dec, aux_k, valid if padded else None)
+            if topk:
+                with torch.no_grad():
+                    picks = _dead_top(pre, dead, aux_k)
+                aux_codes = torch.relu(_Picked.apply(picks.values, picks.indices, batch, w_enc, b_enc, b_dec))
+                aux = _auxk_error(aux_codes, picks.indices, residual.detach(), w_dec, valid if padded else None)
+            else:
+                aux = auxk_loss(pre, dead, residual.detach(), w_dec, aux_k, valid if padded else None)
             loss = loss + AUXK_WEIGHT * torch.where(has_dead, aux, 0.0)
         for p in adam.params:
             p.grad = None
