@@ -139,13 +139,20 @@ def auxk_loss(pre: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor, w_d
     of each minibatch that count (a short batch padded to the others' size)."""
     if pre.ndim == 2:
         return auxk_loss(pre[None], dead[None], residual[None], w_dec[None], aux_k)[0]
-    top = _dead_top(pre, dead, aux_k)
-    return _auxk_error(torch.relu(top.values), top.indices, residual, w_dec, valid)
+    values, indices = _dead_top(pre, dead, aux_k)
+    return _auxk_error(torch.relu(values), indices, residual, w_dec, valid)
 
 
-def _dead_top(pre: torch.Tensor, dead: torch.Tensor, aux_k: int) -> Any:
-    """The ``aux_k`` largest pre-activations among each SAE's dead latents (a −inf pick adds 0)."""
-    return pre.masked_fill(~dead[:, None, :], float("-inf")).topk(aux_k, dim=-1)
+def _dead_top(pre: torch.Tensor, dead: torch.Tensor, aux_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the ``aux_k`` largest pre-activations among each SAE's dead latents (a
+    −inf pick adds 0). The top-k runs over the dead latents' columns only (padded to the SAE with
+    the most), not over all latents: few are dead, and this runs on most steps."""
+    width = max(int(dead.sum(dim=1).max()), aux_k)
+    columns = torch.argsort((~dead).to(torch.int8), dim=1, stable=True)[:, :width]  # (V, width): dead first
+    candidates = pre.gather(2, columns[:, None, :].expand(-1, pre.shape[1], -1))
+    candidates = candidates.masked_fill(~dead.gather(1, columns)[:, None, :], float("-inf"))
+    top = candidates.topk(aux_k, dim=-1)
+    return top.values, columns[:, None, :].expand(-1, pre.shape[1], -1).gather(2, top.indices)
 
 
 def _auxk_error(codes: torch.Tensor, indices: torch.Tensor, residual: torch.Tensor, w_dec: torch.Tensor,
@@ -368,9 +375,9 @@ def _train_stacked(xs: list[torch.Tensor], settings: SAESettings,
         if aux_k and bool(has_dead.any()):
             if topk:
                 with torch.no_grad():
-                    picks = _dead_top(pre, dead, aux_k)
-                aux_codes = torch.relu(_Picked.apply(picks.values, picks.indices, batch, w_enc, b_enc, b_dec))
-                aux = _auxk_error(aux_codes, picks.indices, residual.detach(), w_dec, valid if padded else None)
+                    values, indices = _dead_top(pre, dead, aux_k)
+                aux_codes = torch.relu(_Picked.apply(values, indices, batch, w_enc, b_enc, b_dec))
+                aux = _auxk_error(aux_codes, indices, residual.detach(), w_dec, valid if padded else None)
             else:
                 aux = auxk_loss(pre, dead, residual.detach(), w_dec, aux_k, valid if padded else None)
             loss = loss + AUXK_WEIGHT * torch.where(has_dead, aux, 0.0)
