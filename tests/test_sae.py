@@ -206,6 +206,32 @@ def test_auxk_pulls_up_a_dead_latent_that_explains_the_residual():
     assert SAESettings(k=64).aux_latents(128) == 64 and SAESettings(aux_k=0).aux_latents(128) == 0
 
 
+def test_auxk_loss_of_a_stack_equals_the_dense_formula_by_hand():
+    """Per SAE of a stack (none, few, half and all of its latents dead; fewer dead than aux_k in one):
+    the aux_k largest dead pre-activations, ReLU'd, decoded densely, against the residual's energy; the
+    loss uses only the dead latents' columns and a k-column decoder, so the value and the gradient are
+    checked against the dense computation."""
+    gen = torch.Generator().manual_seed(3)
+    pre = torch.randn(4, 50, 32, generator=gen).requires_grad_()
+    w_dec = torch.randn(4, 6, 32, generator=gen).requires_grad_()
+    residual = torch.randn(4, 50, 6, generator=gen)
+    dead = torch.rand(4, 32, generator=gen) < torch.tensor([0.0, 0.1, 0.5, 1.0])[:, None]
+    ours = auxk_loss(pre, dead, residual, w_dec, aux_k=5)
+    ours.sum().backward()
+    grads = pre.grad.clone(), w_dec.grad.clone()
+    pre.grad = w_dec.grad = None
+    want = []
+    for v in range(4):
+        masked = torch.where(dead[v], pre[v], torch.tensor(float("-inf")))
+        top = masked.topk(5, dim=1)
+        z = torch.zeros(50, 32).scatter(1, top.indices, torch.relu(top.values))
+        want.append(((residual[v] - z @ w_dec[v].T) ** 2).sum() / (residual[v] ** 2).sum())
+    torch.stack(want).sum().backward()
+    assert torch.allclose(ours, torch.stack(want).detach(), rtol=1e-5)
+    assert torch.allclose(grads[0], pre.grad, atol=1e-6) and torch.allclose(grads[1], w_dec.grad, atol=1e-6)
+    assert 0 < int(dead[1].sum()) < 5  # one SAE has fewer dead latents than aux_k
+
+
 @pytest.mark.parametrize("bad", [dict(k=0), dict(expansion=0), dict(kind="gated"), dict(lr=0.0), dict(aux_k=-1),
                                  dict(epochs=0), dict(steps=0), dict(dead_tokens=0)])
 def test_bad_sae_settings_are_refused(bad):
