@@ -5,11 +5,16 @@ A world: checkpoints log-spaced over Pythia's 16..143,000 steps; the ratio and t
 trend in log step (peaked: rises then falls; saturating: a logistic rise), 4 and −3 noise sds high,
 plus each one's own AR(1) noise of unit variance (φ = 0, 0.5, 0.8, 0.95). In the null worlds the two
 noises are independent (no association beyond the step); in the planted worlds the metric's noise is
-0.7·(the ratio's noise) + √0.51·(its own), a partial correlation of 0.7 beyond the step.
+0.7·(the ratio's noise) + √0.51·(its own), a partial correlation of 0.7 beyond the step. Beside them,
+null worlds whose noise is not AR(1), which no method here models: smooth AR(2) noise (φ = 1.2, −0.4)
+and MA(3) noise (the mean of four consecutive white draws), at 24 and 37 checkpoints.
 
 Methods:
-- ``ours``: rank_stats.correlations_with_ci (each series less a spline in log step, ranked; Bartlett's
-  effective n; flags p < 0.05);
+- ``ours``: rank_stats.correlations_with_ci (each series less a spline in log step, ranked;
+  Dutilleul's effective n through the spline, each series' noise an AR(2) fitted through it; flags
+  p < 0.05);
+- ``bartlett``: what ours was until 2026-12-06, the same ranked residuals with Bartlett's tapered sum
+  of lag products for the effective n;
 - ``diff``: its first-difference view, diff_rho (same test);
 - ``block``: the same ranked residuals with arch's stationary bootstrap, block length by Politis and
   White's rule (flags when the 95% percentile interval excludes 0);
@@ -33,14 +38,25 @@ from pathlib import Path
 import numpy as np
 from arch.bootstrap import StationaryBootstrap, optimal_block_length
 from joblib import Parallel, delayed
+from scipy.linalg import toeplitz
 from scipy.stats import rankdata
+from statsmodels.tsa.arima_process import arma_acf
 
-from massive_activations.evals.rank_stats import MIN_CHECKPOINTS, beyond_trend, correlations_with_ci, trend_basis
+from massive_activations.evals.rank_stats import (
+    MIN_CHECKPOINTS,
+    beyond_trend,
+    correlation_test,
+    correlations_with_ci,
+    effective_n,
+    trend_basis,
+)
 
 TRENDS = ("peaked", "saturating")
 PHIS = (0.0, 0.5, 0.8, 0.95)
 SIZES = (7, 20, 24, 37)
 PLANTED = 0.7
+NOISES = ("ar1", "ar2", "ma3")  # ar2 and ma3: null worlds only, φ unused
+METHODS = ("ours", "bartlett", "diff", "block", "old")
 
 
 def trend(kind: str, step: np.ndarray) -> np.ndarray:
@@ -57,9 +73,19 @@ def ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
     return out
 
 
-def world(rng: np.random.Generator, kind: str, n: int, phi: float, planted: float):
+def noise(rng: np.random.Generator, kind: str, n: int, phi: float) -> np.ndarray:
+    """Stationary noise of unit marginal variance: AR(1) with ``phi``, smooth AR(2), or MA(3)."""
+    if kind == "ar1":
+        return ar1(rng, n, phi)
+    if kind == "ar2":
+        return np.linalg.cholesky(toeplitz(arma_acf([1, -1.2, 0.4], [1], n))) @ rng.normal(size=n)
+    white = rng.normal(size=n + 3)
+    return (white[3:] + white[2:-1] + white[1:-2] + white[:-3]) / 2
+
+
+def world(rng: np.random.Generator, kind: str, n: int, phi: float, planted: float, noise_kind: str = "ar1"):
     step = np.geomspace(16, 143_000, n)
-    g, own_ratio, own_metric = trend(kind, step), ar1(rng, n, phi), ar1(rng, n, phi)
+    g, own_ratio, own_metric = trend(kind, step), noise(rng, noise_kind, n, phi), noise(rng, noise_kind, n, phi)
     ratio = 4 * g + own_ratio
     metric = -3 * g + planted * own_ratio + np.sqrt(1 - planted**2) * own_metric
     return metric, ratio, step
@@ -82,6 +108,15 @@ def old_method(metric, ratio, step, n_boot=1000, seed=0):
     return float(partial(metric, ratio, step)), float(low), float(high)
 
 
+def bartlett_method(metric, ratio, step):
+    """Ours until 2026-12-06: the same ranked residuals; Bartlett's tapered sum for the effective n."""
+    basis = trend_basis(step)
+    em, er = beyond_trend(metric, basis), beyond_trend(ratio, basis)
+    r = float(np.corrcoef(em, er)[0, 1])
+    low, high, _ = correlation_test(r, effective_n(em, er, basis.shape[1] - 1), 0.95)
+    return r, low, high
+
+
 def block_method(metric, ratio, step, n_boot=300, seed=0):
     """Our ranked spline residuals; stationary bootstrap of the pairs, Politis–White block length."""
     basis = trend_basis(step)
@@ -101,21 +136,23 @@ def limits() -> dict[str, dict[str, float]]:
         basis = trend_basis(s)
         em, er = beyond_trend(m, basis), beyond_trend(r, basis)
         dm, dr = rankdata(np.diff(m)), rankdata(np.diff(r))
-        out[kind] = {"ours": float(np.corrcoef(em, er)[0, 1]), "block": float(np.corrcoef(em, er)[0, 1]),
+        out[kind] = {"ours": float(np.corrcoef(em, er)[0, 1]), "bartlett": float(np.corrcoef(em, er)[0, 1]),
+                     "block": float(np.corrcoef(em, er)[0, 1]),
                      "diff": float(np.corrcoef(dm, dr)[0, 1]), "old": old_method(m, r, s, n_boot=2)[0]}
     return out
 
 
 def one_world(kind: str, n: int, phi: float, planted: float, reps: int, baseline_reps: int,
-              truth: dict[str, float]) -> dict:
-    """``reps`` replicates of ours (and its diff view); the slower baselines on the first
-    ``baseline_reps`` of them."""
-    rng = np.random.default_rng([SIZES.index(n), PHIS.index(phi), TRENDS.index(kind), int(planted * 10)])
-    flags = {m: 0 for m in ("ours", "diff", "block", "old")}
+              truth: dict[str, float], noise_kind: str = "ar1") -> dict:
+    """``reps`` replicates of ours (its diff view and the Bartlett version beside it); the slower
+    baselines on the first ``baseline_reps`` of them."""
+    seed = [SIZES.index(n), PHIS.index(phi), TRENDS.index(kind), int(planted * 10)]
+    rng = np.random.default_rng(seed + ([NOISES.index(noise_kind)] if noise_kind != "ar1" else []))
+    flags = {m: 0 for m in METHODS}
     cover, count = dict.fromkeys(flags, 0), dict.fromkeys(flags, 0)
     abstained = 0
     for rep in range(reps):
-        metric, ratio, step = world(rng, kind, n, phi, planted)
+        metric, ratio, step = world(rng, kind, n, phi, planted, noise_kind)
         baseline = rep < baseline_reps
         res = {"old": old_method(metric, ratio, step, seed=rep)} if baseline else {}
         ours = correlations_with_ci(metric, ratio, step)
@@ -124,6 +161,7 @@ def one_world(kind: str, n: int, phi: float, planted: float, reps: int, baseline
         else:
             res["ours"] = (ours["partial_rho"], ours["partial_rho_low"], ours["partial_rho_high"])
             res["diff"] = (ours["diff_rho"], ours["diff_rho_low"], ours["diff_rho_high"])
+            res["bartlett"] = bartlett_method(metric, ratio, step)
             if baseline:
                 res["block"] = block_method(metric, ratio, step, seed=rep)
         for m, (_, low, high) in res.items():
@@ -133,7 +171,7 @@ def one_world(kind: str, n: int, phi: float, planted: float, reps: int, baseline
     rate = {m: flags[m] / count[m] if count[m] else float("nan") for m in flags}
     coverage = {m: cover[m] / count[m] if count[m] else float("nan") for m in cover}
     return {"trend": kind, "n": n, "phi": phi, "planted": planted, "rate": rate, "coverage": coverage,
-            "abstained": abstained / reps}
+            "abstained": abstained / reps, "noise": noise_kind}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,9 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     truth = limits()
-    jobs = [(k, n, phi, planted) for planted in (0.0, PLANTED) for k in TRENDS for phi in PHIS for n in SIZES]
+    jobs = [(k, n, phi, planted, "ar1") for planted in (0.0, PLANTED) for k in TRENDS for phi in PHIS for n in SIZES]
+    jobs += [(k, n, 0.0, 0.0, kind) for kind in NOISES[1:] for k in TRENDS for n in SIZES if n >= 24]
     base = min(args.baseline_reps, args.reps)
-    results = Parallel(n_jobs=2)(delayed(one_world)(k, n, phi, p, args.reps, base, truth[k]) for k, n, phi, p in jobs)
+    everything = Parallel(n_jobs=2)(delayed(one_world)(k, n, phi, p, args.reps, base, truth[k], kind)
+                                    for k, n, phi, p, kind in jobs)
+    results = [r for r in everything if r["noise"] == "ar1"]
+    other = [r for r in everything if r["noise"] != "ar1"]
     lines = [f"`.venv/bin/python bench/inference_calibration.py --reps {args.reps} --baseline-reps "
              f"{base}` "
              f"({time.perf_counter() - start:.0f} s; planted truth: "
@@ -157,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                                  (PLANTED, "Planted partial correlation 0.7: power", "rate"),
                                  (0.0, "Null worlds: 95% interval coverage", "coverage"),
                                  (PLANTED, "Planted worlds: 95% interval coverage", "coverage")):
-        lines += [f"**{title}** (ours / diff / block / old; '—' where ours abstains)", "",
+        lines += [f"**{title}** ({' / '.join(METHODS)}; '—' where ours abstains)", "",
                   "| trend | φ | " + " | ".join(f"n = {n}" for n in SIZES) + " |",
                   "|---|---|" + "---|" * len(SIZES)]
         for kind in TRENDS:
@@ -166,10 +208,19 @@ def main(argv: list[str] | None = None) -> int:
                 for n in SIZES:
                     v = next(x for x in results
                              if (x["trend"], x["n"], x["phi"], x["planted"]) == (kind, n, phi, planted))[what]
-                    cells.append(" / ".join("—" if not np.isfinite(v[m]) else f"{v[m]:.2f}"
-                                            for m in ("ours", "diff", "block", "old")))
+                    cells.append(" / ".join("—" if not np.isfinite(v[m]) else f"{v[m]:.2f}" for m in METHODS))
                 lines.append(f"| {kind} | {phi} | " + " | ".join(cells) + " |")
         lines.append("")
+    sizes = sorted({r["n"] for r in other})
+    lines += [f"**Null worlds with noise that is not AR(1): false-positive rate at nominal 5%** "
+              f"({' / '.join(METHODS)})", "", "| trend | noise | " + " | ".join(f"n = {n}" for n in sizes) + " |",
+              "|---|---|" + "---|" * len(sizes)]
+    for kind in TRENDS:
+        for noise_kind in NOISES[1:]:
+            cells = [" / ".join(f"{r['rate'][m]:.2f}" for m in METHODS)
+                     for n in sizes for r in other if (r["trend"], r["noise"], r["n"]) == (kind, noise_kind, n)]
+            lines.append(f"| {kind} | {noise_kind} | " + " | ".join(cells) + " |")
+    lines.append("")
     calibrated = [r for r in results if r["n"] >= MIN_CHECKPOINTS]
     fpr = max(r["rate"]["ours"] for r in calibrated if r["planted"] == 0)
     cov = min(r["coverage"]["ours"] for r in calibrated)
@@ -178,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"Bars for ours: worst FPR at n ≥ {MIN_CHECKPOINTS}: {fpr:.3f} (bar ≤ 0.07); worst coverage: "
               f"{cov:.3f} (bar ≥ 0.90); power at n = 24: "
               + ", ".join(f"{k} φ={p}: {v:.2f}" for (k, p), v in sorted(power.items()))
-              + f" (bar ≥ 0.8); abstains below {MIN_CHECKPOINTS} checkpoints: {abstain:.0%} of replicates.", ""]
+              + f" (bar ≥ 0.8); abstains below {MIN_CHECKPOINTS} checkpoints: {abstain:.0%} of replicates. "
+              f"Worst FPR with noise that is not AR(1): {max(r['rate']['ours'] for r in other):.3f}.", ""]
     text = "\n".join(lines)
     print(text)
     if args.record:
