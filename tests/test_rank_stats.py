@@ -164,6 +164,8 @@ def test_the_partial_rhos_effective_n_is_the_variance_of_a_residual_correlation_
     assert projected_n_eff(smooth, ar1, basis) == pytest.approx(_projected_by_hand(smooth, ar1, basis), rel=1e-10)
     assert projected_n_eff(smooth, white, basis) == pytest.approx(_projected_by_hand(smooth, white, basis), rel=1e-10)
     assert projected_n_eff(white, white, basis) == pytest.approx(24 - TREND_DF, rel=1e-10)
+    alternating = arma_acf([1, 0.8], [1], 24)  # opposite to ar1: 1 + 1/Var₀ is 28.7, above n − q
+    assert _projected_by_hand(alternating, ar1, basis) == projected_n_eff(alternating, ar1, basis) == 24 - TREND_DF
     rng = np.random.default_rng(21)
     for acf_, low, high in ((white, 0.97, 1.03), (ar1, 1.0, 1.12), (smooth, 1.1, 1.3)):
         chol = np.linalg.cholesky(toeplitz(acf_))

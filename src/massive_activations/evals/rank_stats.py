@@ -116,7 +116,7 @@ def _ar2_table(n: int) -> np.ndarray:
     phi1, phi2 = k1 * (1 - k2), k2
     table = np.empty((len(k1), n))
     table[:, 0] = 1.0
-    table[:, 1:2] = k1[:, None]  # ρ₁ = φ₁ / (1 − φ₂) = κ₁
+    table[:, 1] = k1  # ρ₁ = φ₁ / (1 − φ₂) = κ₁
     for lag in range(2, n):
         table[:, lag] = phi1 * table[:, lag - 1] + phi2 * table[:, lag - 2]
     return table
