@@ -186,10 +186,27 @@ def test_the_noises_autocorrelation_is_recovered_through_the_trend_fit():
     fitted = np.mean([residual_acf(residual(chol @ rng.normal(size=600), long_basis), long_basis)[:4]
                       for _ in range(8)], axis=0)
     assert fitted[1:] == pytest.approx(arma_acf([1, -1.2, 0.4], [1], 4)[1:], abs=0.03)
+    alternating = np.linalg.cholesky(toeplitz(arma_acf([1, 0.6], [1], 600)))  # φ = −0.6
+    fitted = np.mean([residual_acf(residual(alternating @ rng.normal(size=600), long_basis), long_basis)[:4]
+                      for _ in range(4)], axis=0)
+    assert fitted[1:] == pytest.approx(arma_acf([1, 0.6], [1], 4)[1:], abs=0.04)
     basis = trend_basis(np.geomspace(16, 143_000, 24))
     left = [residual(_ar1(rng, 24, 0.8), basis) for _ in range(200)]
     raw = np.mean([np.corrcoef(e[:-1], e[1:])[0, 1] for e in left])
     assert raw < 0.0 < 0.3 < np.mean([residual_acf(e, basis)[1] for e in left])
+
+
+def test_every_fitted_autocorrelation_is_a_stationary_processes():
+    """Whatever the series (white, smooth, alternating, periodic with period 2 or 4, a jump), the
+    noise model fitted to it is a stationary one: |ρ_k| ≤ 1 and a positive definite Toeplitz matrix."""
+    rng = np.random.default_rng(24)
+    basis = trend_basis(np.geomspace(16, 143_000, 30))
+    t = np.arange(30)
+    for y in (rng.normal(size=30), np.cumsum(rng.normal(size=30)), (-1.0) ** t + 0.1 * rng.normal(size=30),
+              np.sin(np.pi * t / 2) + 0.1 * rng.normal(size=30), np.cos(np.pi * t / 2), (t > 14).astype(float)):
+        fitted = residual_acf(residual(y, basis), basis)
+        assert fitted[0] == 1.0 and np.all(np.abs(fitted) <= 1.0)
+        assert np.linalg.eigvalsh(toeplitz(fitted)).min() > 0
 
 
 def test_the_interval_and_p_value_are_fishers_z_and_the_t_test():
