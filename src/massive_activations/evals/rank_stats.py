@@ -26,8 +26,8 @@ metric tracks the ratio *beyond* a shared trend in time:
   n_eff − 2 degrees of freedom and the interval is Fisher's z interval with n_eff − 3.
   What it replaced, and why: Bartlett's sum Σₖ wₖ·r_a(k)·r_b(k) over the ranked residuals' sample
   autocorrelations read those pulled-down autocorrelations as they were, noisily: it cost power (0.76
-  at 24 checkpoints with φ = 0.95) and flagged ~10% of null worlds with smooth AR(2) noise at 37
-  checkpoints; an AR(1) fitted through the spline had the power but flagged ~13% of those. The raw ρ's
+  at 24 checkpoints with φ = 0.95) and flagged 8–9% of null worlds with smooth AR(2) noise at 37
+  checkpoints; an AR(1) fitted through the spline had the power but flagged 11–13% of those. The raw ρ's
   and the first differences, where nothing but the mean is fitted, keep Bartlett's formula
   (``effective_n``): n_eff = (n − q) / (1 + 2·Σₖ wₖ·r_a(k)·r_b(k)) over lags k ≤ L = ⌊n/3⌋ − 1 with
   the taper wₖ = 1 − k/(L + 1), q = 0. A block bootstrap was measured beside it and rejected: at 20
