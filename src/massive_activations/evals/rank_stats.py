@@ -49,6 +49,7 @@ layers of one residual stream are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -138,8 +139,9 @@ def residual_acf(x: np.ndarray, basis: np.ndarray) -> np.ndarray:
     in expectation, the lag-1 and lag-2 sample autocorrelations of ``x``, itself such a residual series.
 
     Fitting the trend pulls a short series' autocorrelations down (24 checkpoints less the 7-column
-    spline: AR(1) noise with φ = 0.8 shows a lag-1 autocorrelation of ~0.3), so matching through the
-    projection P undoes that: E[e′ S_k e] = tr(P S_k P Σ) with S_k the symmetric lag-k shift."""
+    spline: the residuals of AR(1) noise with φ = 0.8 have a lag-1 autocorrelation of −0.09 on
+    average), so matching through the projection P undoes that: E[e′ S_k e] = tr(P S_k P Σ) with S_k
+    the symmetric lag-k shift."""
     n = len(x)
     proj, table = _residual_maker(basis), _ar2_table(n)
     total = table @ _lag_sums(proj)
@@ -173,8 +175,8 @@ def correlation_test(r: float, n_eff: float, level: float) -> tuple[float, float
     return float(np.tanh(z - half)), float(np.tanh(z + half)), float(2 * student_t.sf(abs(t_stat), n_eff - 2))
 
 
-def _with_test(name: str, r: float, n_eff: float, level: float) -> dict[str, float]:
-    n_eff = n_eff if np.isfinite(r) else float("nan")  # r is NaN for a constant series
+def _with_test(name: str, r: float, n_eff: Callable[[], float], level: float) -> dict[str, float]:
+    n_eff = n_eff() if np.isfinite(r) else float("nan")  # r is NaN for a constant series: no autocorrelation
     low, high, p = correlation_test(r, n_eff, level)
     return {name: r, f"{name}_low": low, f"{name}_high": high, f"{name}_p": p, f"{name}_n_eff": n_eff}
 
@@ -202,8 +204,8 @@ def correlations_with_ci(metric: np.ndarray, ratio: np.ndarray, step: np.ndarray
     metric, ratio, step = metric[order], ratio[order], step[order]
     rm, rr, rs = rankdata(metric), rankdata(ratio), rankdata(step)
     out: dict[str, float | str] = {}
-    out.update(_with_test("rho_ratio", _pearson(rm, rr), effective_n(rm, rr, 0), level))
-    out.update(_with_test("rho_step", _pearson(rm, rs), effective_n(rm, rs, 0), level))
+    out.update(_with_test("rho_ratio", _pearson(rm, rr), lambda: effective_n(rm, rr, 0), level))
+    out.update(_with_test("rho_step", _pearson(rm, rs), lambda: effective_n(rm, rs, 0), level))
     nan = float("nan")
     if len(step) < MIN_CHECKPOINTS:
         for name in ("partial_rho", "diff_rho"):
@@ -217,14 +219,14 @@ def correlations_with_ci(metric: np.ndarray, ratio: np.ndarray, step: np.ndarray
     trend_only = [name for name, raw in (("metric", metric), ("ratio", ratio))
                   if np.ptp(residual(raw, basis)) <= 1e-9 * np.abs(raw).max()]  # a constant too
     if trend_only:
-        out.update(_with_test("partial_rho", nan, nan, level))
-        out.update(_with_test("diff_rho", nan, nan, level))
+        out.update(_with_test("partial_rho", nan, lambda: nan, level))
+        out.update(_with_test("diff_rho", nan, lambda: nan, level))
     else:
         em, er = beyond_trend(metric, basis), beyond_trend(ratio, basis)
         dm, dr = rankdata(np.diff(metric)), rankdata(np.diff(ratio))
-        n_eff = projected_n_eff(residual_acf(em, basis), residual_acf(er, basis), basis)
-        out.update(_with_test("partial_rho", _pearson(em, er), n_eff, level))
-        out.update(_with_test("diff_rho", _pearson(dm, dr), effective_n(dm, dr, 0), level))
+        out.update(_with_test("partial_rho", _pearson(em, er),
+                              lambda: projected_n_eff(residual_acf(em, basis), residual_acf(er, basis), basis), level))
+        out.update(_with_test("diff_rho", _pearson(dm, dr), lambda: effective_n(dm, dr, 0), level))
     out["reason"] = (f"the {' and the '.join(trend_only)} {('is', 'are')[len(trend_only) - 1]} constant or "
                      "a smooth function of log step: nothing is left beyond it") if trend_only else ""
     return out
