@@ -176,10 +176,10 @@ def test_the_partial_rhos_effective_n_is_the_variance_of_a_residual_correlation_
 
 
 def test_the_noises_autocorrelation_is_recovered_through_the_trend_fit():
-    """On long AR(2) series less their spline fit, the fitted autocorrelations are the process's
-    (arma_acf; the mean over 8 series of 600 points). On 24 checkpoints the fit is pulled far less
-    than the residuals' own: AR(1) noise with φ = 0.8 leaves residuals whose lag-1 autocorrelation
-    averages below 0."""
+    """On long series less their spline fit, the fitted autocorrelations are the process's (arma_acf):
+    smooth AR(2) noise (the mean over 8 series of 600 points) and AR(1) noise with φ = −0.6 (over 4).
+    On 24 checkpoints the fit is pulled far less than the residuals' own: AR(1) noise with φ = 0.8
+    leaves residuals whose lag-1 autocorrelation averages below 0."""
     rng = np.random.default_rng(22)
     long_basis = trend_basis(np.geomspace(16, 143_000, 600))
     chol = np.linalg.cholesky(toeplitz(arma_acf([1, -1.2, 0.4], [1], 600)))
@@ -196,7 +196,7 @@ def test_the_noises_autocorrelation_is_recovered_through_the_trend_fit():
     assert raw < 0.0 < 0.3 < np.mean([residual_acf(e, basis)[1] for e in left])
 
 
-def test_every_fitted_autocorrelation_is_a_stationary_processes():
+def test_every_fitted_noise_model_is_stationary():
     """Whatever the series (white, smooth, alternating, periodic with period 2 or 4, a jump), the
     noise model fitted to it is a stationary one: |ρ_k| ≤ 1 and a positive definite Toeplitz matrix."""
     rng = np.random.default_rng(24)
