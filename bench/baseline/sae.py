@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from massive_activations.errors import BadInputError
+from massive_activations.evals.sae import input_scale
 
 AUXK_WEIGHT = 1 / 32
 
@@ -143,7 +144,10 @@ def train_sae(x: torch.Tensor, settings: SAESettings, device: str | torch.device
     the SAE and each minibatch go to ``device`` (the model's GPU), and the SAE comes back on the CPU."""
     if x.ndim != 2 or len(x) < 2:
         raise ValueError(f"SAE training needs a (tokens >= 2, d_model) matrix, got shape {tuple(x.shape)}")
-    x = x.float()
+    # Since the pin: trained on inputs scaled to E‖x − E[x]‖² = d_model and folded back after (issue 25's
+    # scale-invariant objective), as today's path does, so that the two train the same SAEs.
+    factor = input_scale(x.float())
+    x = x.float() * factor
     torch.manual_seed(settings.seed)
     sae = SparseAutoencoder(x.shape[1], settings, mean=x.mean(dim=0)).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=settings.lr)
@@ -178,6 +182,9 @@ def train_sae(x: torch.Tensor, settings: SAESettings, device: str | torch.device
         opt.step()
         sae.normalise_decoder()
     sae.dead_fraction = float((since_fired >= min(settings.dead_tokens, sae.tokens_seen)).double().mean())
+    with torch.no_grad():
+        sae.b_enc.div_(factor)
+        sae.b_dec.div_(factor)
     return sae.cpu().eval()
 
 
