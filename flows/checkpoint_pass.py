@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.runner import compute_threads, runner_width
@@ -54,7 +55,9 @@ def run_pass(store: Store, jobs: list[Job], device: str, dtype: str, prefetch: i
         for i in todo:
             job = jobs[i]
             while len(in_flight) >= slots:
-                in_flight.pop(0).wait()
+                # whichever ends first frees its slot: a checkpoint that is only captured (seconds) must
+                # not wait behind an older one being evaluated (a minute), or a core sits idle meanwhile
+                in_flight.remove(next(as_completed(in_flight)))
                 report()
             started = sum(1 for a in ahead if a <= i)
             for a in ahead[:started + prefetch]:

@@ -197,3 +197,39 @@ def test_each_checkpoint_at_once_gets_its_share_of_the_cores_and_the_counts_are_
     assert {(p["user_api"], p["internal_api"]): p["num_threads"] for p in threadpool_info()} == before
     with compute_threads(1) as each:
         assert each == 2 and torch.get_num_threads() == 2  # one checkpoint at a time: both cores
+
+
+def test_a_slot_goes_to_the_next_checkpoint_as_soon_as_either_finishes(prefect_server, tmp_path, monkeypatch):
+    """Two slots, a long checkpoint first (one being evaluated), then short ones (only captured): the
+    short ones run one after another beside the long one, not after it (a core would sit idle)."""
+    import logging
+    import threading
+
+    from prefect import flow, task
+
+    from flows import checkpoint_pass
+    from tasks.progress import Progress
+
+    times: dict[int, tuple[float, float]] = {}
+    lock = threading.Lock()
+
+    @task(persist_result=False)
+    def fake_checkpoint(_store_url, _source, _model, step, *_rest):
+        start = time.monotonic()
+        time.sleep(4.0 if step == 0 else 0.2)
+        with lock:
+            times[step] = (start, time.monotonic())
+        return {"model": "m", "step": step}
+
+    monkeypatch.setattr(checkpoint_pass, "process_checkpoint", fake_checkpoint)
+    monkeypatch.setattr(checkpoint_pass, "stored_outcome", lambda *_args: None)
+    jobs = [checkpoint_pass.Job("m", step, {"kind": "folder"}) for step in range(5)]
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def one_pass() -> list[dict]:
+        progress = Progress(len(jobs), "checkpoints", "pass-test", logging.getLogger("test"))
+        return checkpoint_pass.run_pass(Store(tmp_path / "store"), jobs, "cpu", "float32", 0, progress)
+
+    assert [r["step"] for r in one_pass()] == [0, 1, 2, 3, 4]
+    long_end = times[0][1]
+    assert all(times[step][1] < long_end for step in range(1, 5)), times  # every short one ran beside the long one
