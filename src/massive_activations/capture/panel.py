@@ -33,12 +33,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-from transformers import AttentionInterface
 
 from massive_activations.sources.model_parts import ModelParts, UnsupportedArchitectureError, block_output
 
@@ -118,7 +118,7 @@ class _ConfigView:
 
     def __init__(self, config: Any):
         self.__dict__["_config"] = config
-        self.__dict__["_attn_implementation"] = _FUNCTION
+        self.__dict__["_attn_implementation"] = _registered()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["_config"], name)
@@ -140,7 +140,15 @@ def _alpha0_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     return out
 
 
-AttentionInterface.register(_FUNCTION, _alpha0_attention)
+@lru_cache(maxsize=1)
+def _registered() -> str:
+    """The panel's attention function, registered with transformers on first use rather than at import:
+    importing transformers' modeling code takes seconds that a command failing on a bad flag should not
+    spend."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(_FUNCTION, _alpha0_attention)
+    return _FUNCTION
 
 
 def alpha0(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float | None) -> torch.Tensor:
