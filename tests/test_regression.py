@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 from sklearn.metrics import r2_score
 
 from massive_activations.regress import regression as R
@@ -128,6 +129,17 @@ def test_fits_in_worker_processes_score_as_fitting_one_after_another():
         for a, b in zip(alone, together, strict=True):
             assert a == b or (a.keys() == b.keys() and all(
                 a[k] == b[k] or (isinstance(a[k], float) and np.isnan(a[k]) and np.isnan(b[k])) for k in a))
+
+
+def test_every_regressor_accepts_each_value_of_its_grid():
+    """The fits skip scikit-learn's parameter validation (``quiet_single_thread``): here, outside it, a bad
+    value in ``REGRESSORS`` still fails with scikit-learn's own message."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(12, 3)), rng.normal(size=12)  # noqa: N806
+    for estimator, grid in R.REGRESSORS.values():
+        for key, values in grid.items():
+            for value in values:
+                clone(estimator).set_params(**{key.removeprefix("model__"): value}).fit(X, y)
 
 
 def test_xgboost_is_reported_and_within_the_range_of_the_other_tree_models():

@@ -180,14 +180,19 @@ def quiet_single_thread(fn):
     """Lasso at the small end of its alpha grid may stop at max_iter; the grid search scores that
     candidate like any other, so the warning is noise here. The fit also runs on one BLAS/OpenMP
     thread: on a few dozen rows, HistGradientBoosting's thread pool made a grid search 11 s where one
-    thread takes 1 s, and the fits already run one per core (``N_JOBS``)."""
+    thread takes 1 s, and the fits already run one per core (``N_JOBS``).
+
+    scikit-learn's parameter validation is skipped inside: it re-checks the same fixed parameters of
+    ``REGRESSORS`` on every tree of every boosting stage (a third of a gradient-boosting fit on a few
+    dozen rows); tests/test_regression.py validates each regressor at each grid value once instead."""
     from functools import wraps
 
+    from sklearn import config_context
     from threadpoolctl import threadpool_limits
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with warnings.catch_warnings(), threadpool_limits(limits=1):
+        with warnings.catch_warnings(), threadpool_limits(limits=1), config_context(skip_parameter_validation=True):
             warnings.simplefilter("ignore", ConvergenceWarning)
             return fn(*args, **kwargs)
     return wrapper
