@@ -8,7 +8,7 @@ import torch
 
 from massive_activations.capture.capture import CaptureSettings, capture, layer_ratios
 from massive_activations.evals.quantization import outlier_dims, w8a8
-from massive_activations.evals.splice import lm_loss, loss_with_layer
+from massive_activations.evals.splice import clean_pass, lm_loss, loss_with_layer, token_losses, token_losses_with_layer
 from massive_activations.sources.model_parts import UnsupportedArchitectureError, check_config, find_parts
 from tests.tiny_models import KINDS, VOCAB, byte_tokenizer, tiny_config, tiny_model
 
@@ -52,6 +52,22 @@ def test_planted_value_is_found_at_its_layer_position_and_dim(kind):
         expected = float(h.max(dim=1).values.mean() / h.median(dim=1).values.mean())
         assert ratios[layer] == pytest.approx(expected, rel=1e-5), (kind, layer)
     assert ratios[LAYER] > 10 * ratios[0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_splice_started_from_the_clean_pass_gives_the_losses_of_running_every_block(kind):
+    """Blocks before the spliced layer replay the clean pass's outputs, batch by batch: the losses are
+    those of running the whole model, to the last bit, at every layer; the clean losses too."""
+    model, tokens = tiny_model(kind), prompts(n=5)
+    losses, recorded = clean_pass(model, tokens, batch_size=2)  # three batches, the last one short
+    assert recorded is not None and [len(r) for r in recorded] == [model.config.num_hidden_layers] * 3
+    assert np.array_equal(losses, token_losses(model, tokens, 2))
+    noisy = lambda h, _ids: h + 0.1 * h.std() * torch.sin(torch.arange(h.numel()).reshape(h.shape))  # noqa: E731
+    for layer in range(model.config.num_hidden_layers):
+        for replace in (noisy, lambda h, _ids: h * 0):
+            assert np.array_equal(token_losses_with_layer(model, tokens, layer, replace, 2, recorded),
+                                  token_losses_with_layer(model, tokens, layer, replace, 2)), (kind, layer)
+    assert all("forward" not in block.__dict__ for block in find_parts(model).blocks)  # each block runs again
 
 
 @pytest.mark.parametrize("kind", KINDS)

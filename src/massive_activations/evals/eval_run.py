@@ -46,13 +46,7 @@ from massive_activations.evals.sae import (
     token_mask,
     train_saes,
 )
-from massive_activations.evals.splice import (
-    ce_loss_score,
-    lm_loss,
-    token_losses,
-    token_losses_with_layer,
-    zero_ablation,
-)
+from massive_activations.evals.splice import ce_loss_score, clean_pass, lm_loss, token_losses_with_layer, zero_ablation
 from massive_activations.provenance import library_versions, module_version
 from massive_activations.sources.checkpoints import CheckpointHandle, CheckpointSource
 from massive_activations.sources.model_parts import find_parts, input_device
@@ -152,13 +146,16 @@ class Splicer:
 
     def __init__(self, lm: Any, tokens: np.ndarray, batch_size: int):
         self.lm, self.tokens, self.batch_size = lm, tokens, batch_size
-        self.original = token_losses(lm, tokens, batch_size)
+        self.original, self._recorded = clean_pass(lm, tokens, batch_size)  # splices start after their layer
         self._zero: dict[int, np.ndarray] = {}
 
     def zero(self, layer: int) -> np.ndarray:
         if layer not in self._zero:
-            self._zero[layer] = token_losses_with_layer(self.lm, self.tokens, layer, zero_ablation, self.batch_size)
+            self._zero[layer] = self._with_layer(layer, zero_ablation)
         return self._zero[layer]
+
+    def _with_layer(self, layer: int, replace) -> np.ndarray:
+        return token_losses_with_layer(self.lm, self.tokens, layer, replace, self.batch_size, self._recorded)
 
     def score(self, layer: int, reconstruct, masked_bar: dict | None,
               massive: torch.Tensor | None = None) -> dict[str, float]:
@@ -175,7 +172,7 @@ class Splicer:
                 out[passed] = flat[passed]
             return out.reshape(h.shape)
 
-        ce = token_losses_with_layer(self.lm, self.tokens, layer, replace, self.batch_size)
+        ce = self._with_layer(layer, replace)
         original, zero = self.original, self.zero(layer)
         out = {"ce_original": float(original.mean()), "ce_zero": float(zero.mean()),
                "ce_reconstructed": float(ce.mean()),
