@@ -151,8 +151,6 @@ def train(store: Store, series: str = "ratio", seed: int = 0,
 
 
 def _importance(bundle: dict[str, dict[str, Any]], data: R.Dataset, seed: int) -> list[dict[str, Any]]:
-    from sklearn.inspection import permutation_importance
-
     out = []
     for target, entry in bundle.items():
         if target not in R.TARGETS:
@@ -160,12 +158,11 @@ def _importance(bundle: dict[str, dict[str, Any]], data: R.Dataset, seed: int) -
         have = np.isfinite(data.y[target])
         if not np.all(np.isfinite(R.predictions(entry["final"], data.X[have]))):
             continue  # its scores say why (not finite); an importance of NaN predictions means nothing
-        result = permutation_importance(entry["final"], data.X[have], data.y[target][have], n_repeats=10,
-                                        random_state=seed)
+        mean, sd = R.permutation_importance(entry["final"], data.X[have], data.y[target][have], n_repeats=10,
+                                            seed=seed)
         for i, name in enumerate(FEATURES):
             out.append({"target": target, "regressor": entry["regressor"], "feature": name,
-                        "importance_mean": float(result.importances_mean[i]),
-                        "importance_std": float(result.importances_std[i])})
+                        "importance_mean": float(mean[i]), "importance_std": float(sd[i])})
     return out
 
 

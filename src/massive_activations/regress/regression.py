@@ -284,6 +284,28 @@ def predictions(model: Any, X: np.ndarray) -> np.ndarray:  # noqa: N803
         return model.predict(X)
 
 
+def permutation_importance(model: Any, X: np.ndarray, y: np.ndarray, n_repeats: int,  # noqa: N803
+                           seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's permutation importance (the mean and sd per feature of the drop in R² when its
+    column is shuffled), with the shuffles scikit-learn draws for ``seed``, but every shuffled copy
+    predicted in one call: the fitted models predict row by row, so the scores are the same
+    (tests/test_regression.py), where one prediction per copy (1 + features × repeats) cost a
+    gradient-boosting model ~6 ms each, most of the regress stage's last part."""
+    from sklearn.inspection import permutation_importance as drawn_by_sklearn
+
+    copies: list[np.ndarray] = []
+
+    def keep(_model: Any, X_shuffled: np.ndarray, _y: np.ndarray) -> float:  # noqa: N803
+        copies.append(np.array(X_shuffled, copy=True))  # scikit-learn shuffles the next repeat in place
+        return 0.0
+
+    drawn_by_sklearn(model, X, y, scoring=keep, n_repeats=n_repeats, random_state=seed)
+    predicted = predictions(model, np.concatenate(copies)).reshape(len(copies), len(X))
+    scores = np.array([r2_score(y, p) for p in predicted])  # the baseline first, then feature by feature
+    drop = scores[0] - scores[1:].reshape(X.shape[1], n_repeats)
+    return drop.mean(axis=1), drop.std(axis=1)
+
+
 def _inner_groups_cv(groups: np.ndarray) -> tuple[Any, dict[str, Any]]:
     """Selection folds inside a training set, and the fit arguments they need: by model (the groups go
     to ``fit``) when it holds several, else by row (no groups: KFold ignores them)."""
