@@ -6,18 +6,19 @@ trend in log step (peaked: rises then falls; saturating: a logistic rise), 4 and
 plus each one's own AR(1) noise of unit variance (φ = 0, 0.5, 0.8, 0.95). In the null worlds the two
 noises are independent (no association beyond the step); in the planted worlds the metric's noise is
 0.7·(the ratio's noise) + √0.51·(its own), a partial correlation of 0.7 beyond the step. Beside them,
-null worlds whose noise is not AR(1), which no method here models: smooth AR(2) noise (φ = 1.2, −0.4)
-and MA(3) noise (the mean of four consecutive white draws), at 24 and 37 checkpoints.
+null worlds whose noise is not AR(1), which no method here models: smooth AR(2) noise (φ = 1.2, −0.4),
+MA(3) noise (the mean of four consecutive white draws) and heavy-tailed AR(1) noise (φ = 0.8, Student
+t₃ innovations), at 24 and 37 checkpoints.
 
 Methods:
-- ``ours``: rank_stats.correlations_with_ci (each series less a spline in log step, ranked;
-  Dutilleul's effective n through the spline, each series' noise an AR(2) fitted through it; flags
-  p < 0.05);
-- ``bartlett``: what ours was until 2026-12-06, the same ranked residuals with Bartlett's tapered sum
-  of lag products for the effective n;
+- ``ours``: rank_stats.correlations_with_ci (the Pearson correlation of each series less a spline in
+  log step; Dutilleul's effective n through the spline, each series' noise an AR(2) fitted through
+  it; flags p < 0.05);
+- ``ranked``: what ours was until this entry, Spearman's ρ of the same residuals (their ranks) with
+  the same effective n;
 - ``diff``: its first-difference view, diff_rho (same test);
-- ``block``: the same ranked residuals with arch's stationary bootstrap, block length by Politis and
-  White's rule (flags when the 95% percentile interval excludes 0);
+- ``block``: the same residuals with arch's stationary bootstrap, block length by Politis and White's
+  rule (flags when the 95% percentile interval excludes 0);
 - ``old``: the method this replaced, a straight line in rank(step) and an iid percentile bootstrap.
 
 Coverage: how often the 95% interval holds the truth (0 in the null worlds; in the planted worlds the
@@ -44,10 +45,11 @@ from statsmodels.tsa.arima_process import arma_acf
 
 from massive_activations.evals.rank_stats import (
     MIN_CHECKPOINTS,
-    beyond_trend,
     correlation_test,
     correlations_with_ci,
-    effective_n,
+    projected_n_eff,
+    residual,
+    residual_acf,
     trend_basis,
 )
 
@@ -55,8 +57,8 @@ TRENDS = ("peaked", "saturating")
 PHIS = (0.0, 0.5, 0.8, 0.95)
 SIZES = (7, 20, 24, 37)
 PLANTED = 0.7
-NOISES = ("ar1", "ar2", "ma3")  # ar2 and ma3: null worlds only, φ unused
-METHODS = ("ours", "bartlett", "diff", "block", "old")
+NOISES = ("ar1", "ar2", "ma3", "t3")  # ar2, ma3, t3: null worlds only, φ unused (t3 has its own)
+METHODS = ("ours", "ranked", "diff", "block", "old")
 
 
 def trend(kind: str, step: np.ndarray) -> np.ndarray:
@@ -74,9 +76,17 @@ def ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
 
 
 def noise(rng: np.random.Generator, kind: str, n: int, phi: float) -> np.ndarray:
-    """Stationary noise of unit marginal variance: AR(1) with ``phi``, smooth AR(2), or MA(3)."""
+    """Stationary noise of unit marginal variance: AR(1) with ``phi``, smooth AR(2), MA(3), or AR(1)
+    with φ = 0.8 and Student t₃ innovations (heavy tails: a few checkpoints far off the trend)."""
     if kind == "ar1":
         return ar1(rng, n, phi)
+    if kind == "t3":
+        shocks = rng.standard_t(3, size=n) / np.sqrt(3.0)  # t₃ has variance 3
+        out = np.empty(n)
+        out[0] = shocks[0]
+        for i in range(1, n):
+            out[i] = 0.8 * out[i - 1] + 0.6 * shocks[i]
+        return out
     if kind == "ar2":
         return np.linalg.cholesky(toeplitz(arma_acf([1, -1.2, 0.4], [1], n))) @ rng.normal(size=n)
     white = rng.normal(size=n + 3)
@@ -108,19 +118,20 @@ def old_method(metric, ratio, step, n_boot=1000, seed=0):
     return float(partial(metric, ratio, step)), float(low), float(high)
 
 
-def bartlett_method(metric, ratio, step):
-    """Ours until 2026-12-06: the same ranked residuals; Bartlett's tapered sum for the effective n."""
+def ranked_method(metric, ratio, step):
+    """Ours until this entry: Spearman's ρ of the same residuals, with the same effective n."""
     basis = trend_basis(step)
-    em, er = beyond_trend(metric, basis), beyond_trend(ratio, basis)
-    r = float(np.corrcoef(em, er)[0, 1])
-    low, high, _ = correlation_test(r, effective_n(em, er, basis.shape[1] - 1), 0.95)
+    em, er = residual(metric, basis), residual(ratio, basis)
+    r = float(np.corrcoef(rankdata(em), rankdata(er))[0, 1])
+    n_eff = projected_n_eff(residual_acf(rankdata(em), basis), residual_acf(rankdata(er), basis), basis)
+    low, high, _ = correlation_test(r, n_eff, 0.95)
     return r, low, high
 
 
 def block_method(metric, ratio, step, n_boot=300, seed=0):
-    """Our ranked spline residuals; stationary bootstrap of the pairs, Politis–White block length."""
+    """Our spline residuals; stationary bootstrap of the pairs, Politis–White block length."""
     basis = trend_basis(step)
-    em, er = beyond_trend(metric, basis), beyond_trend(ratio, basis)
+    em, er = residual(metric, basis), residual(ratio, basis)
     block = float(np.clip(optimal_block_length(np.column_stack([em, er]))["stationary"].mean(), 1, len(em) / 2))
     boot = StationaryBootstrap(block, em, er, seed=seed)
     draws = boot.apply(lambda a, b: np.array([np.corrcoef(a, b)[0, 1]]), n_boot)[:, 0]
@@ -134,17 +145,17 @@ def limits() -> dict[str, dict[str, float]]:
     for kind in TRENDS:
         m, r, s = world(np.random.default_rng(12345), kind, 20_000, 0.0, PLANTED)
         basis = trend_basis(s)
-        em, er = beyond_trend(m, basis), beyond_trend(r, basis)
+        em, er = residual(m, basis), residual(r, basis)
         dm, dr = rankdata(np.diff(m)), rankdata(np.diff(r))
-        out[kind] = {"ours": float(np.corrcoef(em, er)[0, 1]), "bartlett": float(np.corrcoef(em, er)[0, 1]),
-                     "block": float(np.corrcoef(em, er)[0, 1]),
+        out[kind] = {"ours": float(np.corrcoef(em, er)[0, 1]), "block": float(np.corrcoef(em, er)[0, 1]),
+                     "ranked": float(np.corrcoef(rankdata(em), rankdata(er))[0, 1]),
                      "diff": float(np.corrcoef(dm, dr)[0, 1]), "old": old_method(m, r, s, n_boot=2)[0]}
     return out
 
 
 def one_world(kind: str, n: int, phi: float, planted: float, reps: int, baseline_reps: int,
               truth: dict[str, float], noise_kind: str = "ar1") -> dict:
-    """``reps`` replicates of ours (its diff view and the Bartlett version beside it); the slower
+    """``reps`` replicates of ours (its diff view and the ranked version beside it); the slower
     baselines on the first ``baseline_reps`` of them."""
     seed = [SIZES.index(n), PHIS.index(phi), TRENDS.index(kind), int(planted * 10)]
     rng = np.random.default_rng(seed + ([NOISES.index(noise_kind)] if noise_kind != "ar1" else []))
@@ -161,7 +172,7 @@ def one_world(kind: str, n: int, phi: float, planted: float, reps: int, baseline
         else:
             res["ours"] = (ours["partial_rho"], ours["partial_rho_low"], ours["partial_rho_high"])
             res["diff"] = (ours["diff_rho"], ours["diff_rho_low"], ours["diff_rho_high"])
-            res["bartlett"] = bartlett_method(metric, ratio, step)
+            res["ranked"] = ranked_method(metric, ratio, step)
             if baseline:
                 res["block"] = block_method(metric, ratio, step, seed=rep)
         for m, (_, low, high) in res.items():
