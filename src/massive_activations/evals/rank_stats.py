@@ -11,7 +11,7 @@ metric tracks the ratio *beyond* a shared trend in time:
   (AR φ = 0.95) that misfit pulled the partial ρ down and the interval covered the truth 74% of the
   time. The partial ρ is the Pearson correlation of the two residual series. It was Spearman's ρ of
   them; ranking threw away power the method needs at 24 checkpoints with smooth noise (0.77–0.79
-  with φ = 0.95 against 0.81–0.85 now) and bought no protection: the effective n below is the null
+  with φ = 0.95, against 0.83–0.85 now) and bought no protection: the effective n below rests on the null
   variance of a Pearson correlation, and with heavy-tailed noise (t₃ innovations) the Pearson
   version still holds its error rate (bench/inference_calibration.py). Ranking the raw series
   before the fit is worse still: the ranks of a peaked trend have a cusp at the peak that no smooth
