@@ -34,6 +34,7 @@ import argparse
 import datetime
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -66,12 +67,14 @@ def trend(kind: str, step: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * ((x - 0.6) / 0.2) ** 2) if kind == "peaked" else 1 / (1 + np.exp(-(x - 0.4) / 0.08))
 
 
-def ar1(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
-    """Stationary AR(1) with unit marginal variance."""
+def ar1(rng: np.random.Generator, n: int, phi: float, draw: Callable[[], float] | None = None) -> np.ndarray:
+    """Stationary AR(1) with unit marginal variance; innovations from ``draw`` (unit variance, normal
+    by default)."""
+    draw = draw or rng.normal
     out = np.empty(n)
-    out[0] = rng.normal()
+    out[0] = draw()
     for i in range(1, n):
-        out[i] = phi * out[i - 1] + np.sqrt(1 - phi * phi) * rng.normal()
+        out[i] = phi * out[i - 1] + np.sqrt(1 - phi * phi) * draw()
     return out
 
 
@@ -81,12 +84,7 @@ def noise(rng: np.random.Generator, kind: str, n: int, phi: float) -> np.ndarray
     if kind == "ar1":
         return ar1(rng, n, phi)
     if kind == "t3":
-        shocks = rng.standard_t(3, size=n) / np.sqrt(3.0)  # t₃ has variance 3
-        out = np.empty(n)
-        out[0] = shocks[0]
-        for i in range(1, n):
-            out[i] = 0.8 * out[i - 1] + 0.6 * shocks[i]
-        return out
+        return ar1(rng, n, 0.8, lambda: rng.standard_t(3) / np.sqrt(3.0))  # t₃ has variance 3
     if kind == "ar2":
         return np.linalg.cholesky(toeplitz(arma_acf([1, -1.2, 0.4], [1], n))) @ rng.normal(size=n)
     white = rng.normal(size=n + 3)
