@@ -1,8 +1,8 @@
 """Ranking the raw series before the trend fit, against the method (no ranks), on the same replicates.
 
 Why it is asked: a rank transform first would make the partial ρ a rank statistic throughout, robust to
-any monotone distortion of the metric. What it costs: the ranks of a peaked trend have a cusp at the
-peak that no smooth curve follows, so part of the shared trend stays in both residual series.
+any monotone distortion of the metric. What it may cost: ranks are a non-linear mix of trend and
+noise that no smooth curve in log step separates again (a peaked trend's ranks have a cusp at the peak).
 
 The worlds, their seeds and the replicate order are those of bench/inference_calibration.py at 24
 checkpoints (AR(1) noise), so the ``ours`` columns reproduce that bench's figures for n = 24.

@@ -14,9 +14,10 @@ metric tracks the ratio *beyond* a shared trend in time:
   with φ = 0.95, against 0.83–0.85 now) and bought no protection: the effective n below rests on the null
   variance of a Pearson correlation, and with heavy-tailed noise (t₃ innovations) the Pearson
   version still holds its error rate (bench/inference_calibration.py). Ranking the raw series
-  before the fit is worse still: the ranks of a peaked trend have a cusp at the peak that no smooth
-  curve removes, and that shared misfit, which the effective n then discounts, cost power at 24
-  checkpoints (0.34–0.83 against 0.83–0.93, the smoother the noise the more; bench/rank_first.py).
+  before the fit is worse still: ranks are a non-linear mix of trend and noise that no smooth curve
+  in log step separates again (a peaked trend's ranks have a cusp at the peak). The error rate holds,
+  but power at 24 checkpoints falls to 0.34–0.83 from 0.83–0.93, the more the smoother the noise
+  (bench/rank_first.py).
 - **Inference.** The residuals stay autocorrelated from checkpoint to checkpoint, so they are not
   ``n`` independent points. The partial ρ's effective number of checkpoints is Dutilleul's modified
   t test carried through the spline: with no association, two independent Gaussian series with
