@@ -5,8 +5,9 @@ any monotone distortion of the metric. What it may cost: ranks are a non-linear 
 noise that no smooth curve in log step separates again (a peaked trend's ranks have a cusp at the peak).
 
 The worlds, their seeds and the replicate order are those of bench/inference_calibration.py at 24
-checkpoints (AR(1) noise), so the ``ours`` columns reproduce that bench's figures for n = 24.
-``rank first``: ``correlations_with_ci(rank(metric), rank(ratio), step)``; flags p < 0.05.
+checkpoints (AR(1) noise). A replicate is flagged when p < 0.05, the method's own rule (that bench flags
+an interval that excludes 0; in the null worlds they disagree on at most about 2 replicates in 1,000).
+``rank first``: ``correlations_with_ci(rank(metric), rank(ratio), step)``.
 
     .venv/bin/python bench/rank_first.py [--reps 2000] [--record]
 """
